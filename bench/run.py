@@ -1,0 +1,746 @@
+#!/usr/bin/env python
+"""Benchmark kestrelpy against other ASGI servers with wrk on loopback.
+
+Every (server, workload) pair gets a fresh server process. Servers are
+interleaved inside each round (A B C A B C ...) so that slow drift of the
+shared machine hits all of them alike; the report gives medians over rounds
+and the median of the per-round ratios to uvicorn (httptools + uvloop).
+
+    python bench/run.py --quick
+    python bench/run.py --rounds 3 --duration 5 --servers all --markdown bench/out/report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LUA_DIR = REPO_ROOT / "bench" / "lua"
+OUT_DIR = REPO_ROOT / "bench" / "out"
+HOST = "127.0.0.1"
+BASELINE = "uvicorn"
+RESULT_MARKER = "BENCH_RESULT "
+READY_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+BAD_ANSWER_GRACE_S = 1.0
+# wrk gives up on a single response after this long and counts a timeout error.
+WRK_TIMEOUT = "5s"
+# Extra time allowed for a wrk process beyond its -d before we kill it.
+WRK_GRACE_S = 20.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    package: str
+    build_args: Callable[[str, int], list[str]]  # (app target, port) -> args after `python`
+
+
+def kestrelpy_args(http: str | None) -> Callable[[str, int], list[str]]:
+    def build(app: str, port: int) -> list[str]:
+        extra = ["--http", http] if http else []
+        return ["-m", "kestrelpy", app, "--host", HOST, "--port", str(port), "--no-access-log", *extra]
+
+    return build
+
+
+def uvicorn_args(http: str) -> Callable[[str, int], list[str]]:
+    def build(app: str, port: int) -> list[str]:
+        return [
+            "-m", "uvicorn", app, "--host", HOST, "--port", str(port),
+            "--no-access-log", "--loop", "uvloop", "--http", http,
+        ]  # fmt: skip
+
+    return build
+
+
+def hypercorn_args(app: str, port: int) -> list[str]:
+    # Hypercorn's access log is off unless --access-logfile is given.
+    return ["-m", "hypercorn", app, "--bind", f"{HOST}:{port}", "--worker-class", "uvloop"]
+
+
+def granian_args(app: str, port: int) -> list[str]:
+    return [
+        "-m", "granian", "--interface", "asgi", "--host", HOST, "--port", str(port),
+        "--workers", "1", "--loop", "uvloop", "--no-access-log", app,
+    ]  # fmt: skip
+
+
+SERVERS: dict[str, Server] = {
+    s.name: s
+    for s in (
+        Server("kestrelpy", "kestrelpy", kestrelpy_args(None)),
+        Server("kestrelpy-h11", "kestrelpy", kestrelpy_args("h11")),
+        Server("uvicorn", "uvicorn", uvicorn_args("httptools")),
+        Server("uvicorn-h11", "uvicorn", uvicorn_args("h11")),
+        Server("hypercorn", "hypercorn", hypercorn_args),
+        Server("granian", "granian", granian_args),
+    )
+}
+DEFAULT_SERVERS = ("kestrelpy", "uvicorn")
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    app: str
+    script: str  # file in bench/lua, run together with report.lua
+    connections: int | None  # None: use --connections
+    probe: Callable[[int], str | None]  # port -> problem with the response, or None
+    # wrk's latency histogram is unusable with pipelining: it records one sample per batch and its
+    # coordinated-omission correction, calibrated on per-response counts, files samples below the
+    # histogram minimum, so the percentiles come out as 0. Report "n/a" rather than a fake number.
+    latency_is_meaningful: bool = True
+
+
+ECHO_PROBE_BODY = b"kestrel-bench-probe" * 8
+
+
+BodyCheck = Callable[[bytes, str], bool]  # (body, content-type) -> looks right
+
+
+def response_problem(port: int, method: str, body: bytes | None, check: BodyCheck) -> str | None:
+    """Return why one real request does not look right, or None when it does."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        conn.request(method, "/", body=body, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            return f"status {response.status}"
+        if response.getheader("content-length") is None:
+            return "no content-length header"
+        if not check(payload, response.getheader("content-type") or ""):
+            return f"unexpected body {payload[:60]!r}"
+        return None
+    finally:
+        conn.close()
+
+
+def is_valid_json(payload: bytes) -> bool:
+    try:
+        json.loads(payload)
+    except ValueError:
+        return False
+    return True
+
+
+def probe_plaintext(port: int) -> str | None:
+    return response_problem(port, "GET", None, lambda b, ct: b == b"Hello, world!" and "text/plain" in ct)
+
+
+def probe_json(port: int) -> str | None:
+    return response_problem(port, "GET", None, lambda b, ct: is_valid_json(b) and "json" in ct)
+
+
+def probe_echo(port: int) -> str | None:
+    return response_problem(port, "POST", ECHO_PROBE_BODY, lambda b, ct: b == ECHO_PROBE_BODY)
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("plaintext", "plaintext", "get.lua", None, probe_plaintext),
+        Workload("json", "json", "get.lua", None, probe_json),
+        Workload("echo", "echo", "post_1k.lua", None, probe_echo),
+        Workload("pipelined", "plaintext", "pipeline_16.lua", None, probe_plaintext, False),
+        Workload("conn1000", "plaintext", "get.lua", 1000, probe_plaintext),
+    )
+}
+
+
+# --------------------------------------------------------------------------- /proc accounting
+
+
+@dataclass(frozen=True)
+class ProcId:
+    """A PID plus its start time, so a recycled PID is never mistaken for ours."""
+
+    pid: int
+    start_ticks: int
+
+
+def read_stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and parentheses; everything after the last ')' is regular.
+    return raw.rpartition(")")[2].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """PIDs of root and all of its descendants (servers may fork workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = read_stat_fields(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, []))
+    return tree
+
+
+def tree_identities(root: int) -> list[ProcId]:
+    ids = []
+    for pid in process_tree(root):
+        fields = read_stat_fields(pid)
+        if fields is not None:
+            ids.append(ProcId(pid, int(fields[19])))
+    return ids
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime of the tree, plus cutime+cstime so reaped children are not lost."""
+    ticks = 0
+    for pid in process_tree(root):
+        fields = read_stat_fields(pid)
+        if fields is not None:
+            # After the comm: index 11..14 are utime, stime, cutime, cstime.
+            ticks += sum(int(v) for v in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def tree_peak_rss_kib(root: int) -> int:
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def is_alive(proc_id: ProcId) -> bool:
+    fields = read_stat_fields(proc_id.pid)
+    return fields is not None and int(fields[19]) == proc_id.start_ticks and fields[0] != "Z"
+
+
+# --------------------------------------------------------------------------- server lifecycle
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log_tail(self, lines: int = 6) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+
+class ServerStartError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
+
+
+def start_server(server: Server, workload: Workload, cpu: int | None, log_dir: Path) -> RunningServer:
+    port = free_port()
+    argv = pinned(cpu, [sys.executable, *server.build_args(f"bench.apps:{workload.app}", port)])
+    log_path = log_dir / f"{server.name}-{workload.name}-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    running = RunningServer(process, port, log_path)
+    try:
+        wait_until_ready(running, workload)
+    except BaseException:
+        stop_server(running)
+        raise
+    return running
+
+
+def wait_until_ready(running: RunningServer, workload: Workload) -> None:
+    """Poll a TCP connect plus a real request until the answer is correct (bounded)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last_problem = "never accepted a connection"
+    first_bad_answer: float | None = None
+    while time.monotonic() < deadline:
+        code = running.process.poll()
+        if code is not None:
+            raise ServerStartError(f"exited with code {code}: {running.log_tail()}")
+        try:
+            problem = workload.probe(running.port)
+        except (OSError, http.client.HTTPException) as exc:
+            last_problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if problem is None:
+                return
+            # Tolerate a brief bad patch while the app starts up, but do not wait out the
+            # full timeout for a server that answers wrongly.
+            first_bad_answer = first_bad_answer or time.monotonic()
+            if time.monotonic() - first_bad_answer > BAD_ANSWER_GRACE_S:
+                raise ServerStartError(f"wrong answer to a probe request: {problem}")
+        time.sleep(0.05)
+    raise ServerStartError(f"not ready after {READY_TIMEOUT_S:.0f}s ({last_problem}): {running.log_tail()}")
+
+
+def stop_server(running: RunningServer) -> None:
+    """SIGTERM by PID, SIGKILL after a timeout; then reap any forked worker left behind."""
+    process = running.process
+    family = tree_identities(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    leftovers = [p for p in family if p.pid != process.pid]
+    while leftovers and time.monotonic() < deadline:
+        leftovers = [p for p in leftovers if is_alive(p)]
+        time.sleep(0.05)
+    for proc_id in leftovers:
+        if is_alive(proc_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc_id.pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    duration_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: dict[str, int]
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+
+class WrkError(Exception):
+    pass
+
+
+def compose_script(workload: Workload, script_dir: Path) -> Path:
+    """wrk takes one script, so each workload script gets the reporting hook appended."""
+    path = script_dir / f"{workload.name}.lua"
+    if not path.exists():
+        body = (LUA_DIR / workload.script).read_text() + "\n" + (LUA_DIR / "report.lua").read_text()
+        path.write_text(body)
+    return path
+
+
+def run_wrk(port: int, script: Path, connections: int, duration_s: int, cpu: int | None) -> WrkResult:
+    argv = pinned(cpu, [
+        "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", WRK_TIMEOUT,
+        "-s", str(script), f"http://{HOST}:{port}/",
+    ])  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + WRK_GRACE_S)
+    except subprocess.TimeoutExpired as exc:
+        raise WrkError(f"wrk did not finish within {duration_s + WRK_GRACE_S:.0f}s") from exc
+    if done.returncode != 0:
+        raise WrkError(f"wrk exited {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
+    return parse_wrk_output(done.stdout)
+
+
+def parse_wrk_output(stdout: str) -> WrkResult:
+    for line in stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            data = json.loads(line[len(RESULT_MARKER) :])
+            return WrkResult(
+                requests=data["requests"],
+                duration_s=data["duration_us"] / 1e6,
+                p50_ms=data["latency_us"]["p50"] / 1000,
+                p99_ms=data["latency_us"]["p99"] / 1000,
+                errors=data["errors"],
+            )
+    raise WrkError(f"no result line in wrk output: {stdout.strip()[-200:]}")
+
+
+# --------------------------------------------------------------------------- one measurement
+
+
+@dataclass
+class Measurement:
+    server: str
+    workload: str
+    round: int
+    error: str | None = None
+    requests: int = 0
+    requests_per_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_us_per_request: float = 0.0
+    peak_rss_kib: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int
+    duration_s: int
+    warmup_s: int
+    connections: int
+    server_cpu: int | None
+    client_cpu: int | None
+
+
+def measure(server: Server, workload: Workload, round_no: int, settings: Settings, tmp: Path) -> Measurement:
+    result = Measurement(server.name, workload.name, round_no)
+    script = compose_script(workload, tmp)
+    connections = workload.connections or settings.connections
+    try:
+        running = start_server(server, workload, settings.server_cpu, tmp)
+    except ServerStartError as exc:
+        result.error = f"failed to start: {exc}"
+        return result
+    try:
+        if settings.warmup_s > 0:
+            run_wrk(running.port, script, connections, settings.warmup_s, settings.client_cpu)
+        cpu_before = tree_cpu_seconds(running.process.pid)
+        wrk = run_wrk(running.port, script, connections, settings.duration_s, settings.client_cpu)
+        cpu_used = tree_cpu_seconds(running.process.pid) - cpu_before
+        result.peak_rss_kib = tree_peak_rss_kib(running.process.pid)
+        if running.process.poll() is not None:
+            result.error = f"server died during the run: {running.log_tail()}"
+        elif wrk.requests == 0:
+            result.error = f"no responses (wrk errors: {wrk.errors})"
+        result.requests = wrk.requests
+        result.requests_per_s = wrk.requests_per_s
+        if workload.latency_is_meaningful:
+            result.p50_ms, result.p99_ms = wrk.p50_ms, wrk.p99_ms
+        result.errors = wrk.errors
+        result.cpu_us_per_request = cpu_used * 1e6 / wrk.requests if wrk.requests else 0.0
+    except WrkError as exc:
+        result.error = str(exc)
+    finally:
+        stop_server(running)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_number(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def median_ms(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return fmt_number(statistics.median(known), 2) if known else "n/a"
+
+
+def per_round_ratios(runs: list[Measurement], baseline: list[Measurement]) -> list[float]:
+    base_by_round = {m.round: m.requests_per_s for m in baseline if m.ok and m.requests_per_s}
+    return [m.requests_per_s / base_by_round[m.round] for m in runs if m.ok and m.round in base_by_round]
+
+
+def table_row(name: str, runs: list[Measurement], baseline: list[Measurement], rounds: int) -> str:
+    good = [m for m in runs if m.ok]
+    if not good:
+        reason = runs[0].error if runs else "not run"
+        return f"| {name} | failed | | | | | | | 0/{rounds} | {shorten(reason or '', 90)} |"
+    ratios = per_round_ratios(good, baseline)
+    ratio = f"{statistics.median(ratios):.2f}x" if ratios else "n/a"
+    errors = sum(sum(m.errors.values()) for m in good)
+    cells = [
+        name,
+        fmt_number(statistics.median(m.requests_per_s for m in good)),
+        ratio,
+        median_ms([m.p50_ms for m in good]),
+        median_ms([m.p99_ms for m in good]),
+        fmt_number(statistics.median(m.cpu_us_per_request for m in good), 1),
+        fmt_number(max(m.peak_rss_kib for m in good) / 1024, 1),
+        str(errors),
+        f"{len(good)}/{rounds}",
+        "",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def shorten(text: str, limit: int) -> str:
+    text = text.replace("|", "/").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_tables(
+    results: list[Measurement], servers: Sequence[str], workloads: Sequence[str], rounds: int
+) -> str:
+    lines: list[str] = []
+    columns = ["server", "req/s", f"vs {BASELINE}", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB"]
+    columns += ["errors", "rounds", "note"]
+    header = "| " + " | ".join(columns) + " |"
+    for workload in workloads:
+        lines += [f"### {workload_title(workload)}", "", header, "|" + "---|" * 10]
+        baseline = [m for m in results if m.workload == workload and m.server == BASELINE]
+        for server in servers:
+            runs = [m for m in results if m.workload == workload and m.server == server]
+            lines.append(table_row(server, runs, baseline, rounds))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def workload_title(name: str) -> str:
+    return {
+        "plaintext": "plaintext: GET, 13-byte text/plain body",
+        "json": "json: GET, small JSON body serialised per request",
+        "echo": "echo: POST 1 KiB body, echoed back",
+        "pipelined": "pipelined: plaintext, 16 requests per write",
+        "conn1000": "conn1000: plaintext, 1000 keep-alive connections",
+    }.get(name, name)
+
+
+def render_failures(results: list[Measurement]) -> str:
+    failed = [m for m in results if not m.ok]
+    if not failed:
+        return ""
+    lines = ["", "### Failed runs", ""]
+    lines += [f"- round {m.round}, {m.workload}, {m.server}: {shorten(m.error or '', 300)}" for m in failed]
+    return "\n".join(lines) + "\n"
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def wrk_version() -> str:
+    done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=5)
+    first = (done.stdout or done.stderr).splitlines()
+    return first[0].split(" Copyright")[0] if first else "unknown"
+
+
+def render_header(servers: Sequence[str], settings: Settings, workloads: Sequence[str]) -> str:
+    packages = sorted({SERVERS[s].package for s in servers})
+    versions = ", ".join(f"{p} {package_version(p)}" for p in packages)
+    versions += f"; httptools {package_version('httptools')}, h11 {package_version('h11')}"
+    versions += f", uvloop {package_version('uvloop')}"
+    conns = ", ".join(f"{w}: {WORKLOADS[w].connections or settings.connections}" for w in workloads)
+    pinning = (
+        f"server on CPU {settings.server_cpu}, wrk on CPU {settings.client_cpu}"
+        if settings.server_cpu is not None
+        else "no CPU pinning"
+    )
+    return "\n".join([
+        "# kestrelpy benchmark",
+        "",
+        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {os.cpu_count()} CPUs, {cpu_model()}, Linux {platform.release()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()})",
+        f"- packages: {versions}",
+        f"- client: {wrk_version()}, 1 thread, {pinning}",
+        f"- {settings.rounds} round(s) of {settings.duration_s} s per run after a {settings.warmup_s} s"
+        f" warm-up; connections per workload: {conns}",
+        "- figures are medians over rounds; the ratio is the median of per-round req/s ratios"
+        f" to {BASELINE} (httptools + uvloop); peak RSS is the largest VmHWM over rounds,"
+        " summed over the server's process tree",
+        "",
+    ])  # fmt: skip
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """1000 connections need >1000 descriptors in both wrk and the server; children inherit this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log(f"warning: open file limit {target} is below the {needed} descriptors some workloads need")
+
+
+def choose_cpus() -> tuple[int | None, int | None]:
+    """Server on the first allowed CPU, wrk on the second, when taskset and two CPUs exist."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if shutil.which("taskset") is None or len(allowed) < 2:
+        log("warning: cannot pin server and client to separate CPUs; running unpinned")
+        return None, None
+    return allowed[0], allowed[1]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def plan(rounds: int, workloads: Sequence[str], servers: Sequence[str]) -> Iterator[tuple[int, str, str]]:
+    """Interleave servers inside each workload and round: A B C, A B C, ..."""
+    for round_no in range(1, rounds + 1):
+        for workload in workloads:
+            for server in servers:
+                yield round_no, workload, server
+
+
+def describe(m: Measurement) -> str:
+    if not m.ok:
+        return f"FAILED: {shorten(m.error or '', 200)}"
+    errors = sum(m.errors.values())
+    text = (
+        f"{m.requests_per_s:,.0f} req/s, p50 {median_ms([m.p50_ms])} ms, p99 {median_ms([m.p99_ms])} ms, "
+        f"{m.cpu_us_per_request:.1f} µs CPU/req, RSS {m.peak_rss_kib / 1024:.1f} MiB"
+    )
+    return text + (f", {errors} errors" if errors else "")
+
+
+def run_all(
+    servers: Sequence[str], workloads: Sequence[str], settings: Settings, deadline: float
+) -> tuple[list[Measurement], str | None]:
+    results: list[Measurement] = []
+    steps = list(plan(settings.rounds, workloads, servers))
+    with tempfile.TemporaryDirectory(prefix="kestrel-bench-") as tmp:
+        try:
+            for index, (round_no, workload, server) in enumerate(steps, 1):
+                if time.monotonic() > deadline:
+                    return results, "overall time limit reached; the report is partial"
+                m = measure(SERVERS[server], WORKLOADS[workload], round_no, settings, Path(tmp))
+                results.append(m)
+                log(f"[{index}/{len(steps)}] round {round_no} {workload:<9} {server:<14} {describe(m)}")
+        except KeyboardInterrupt:
+            return results, "interrupted; the report is partial"
+    return results, None
+
+
+def estimated_seconds(steps: int, settings: Settings) -> float:
+    return steps * (settings.duration_s + settings.warmup_s + 1.5)
+
+
+def parse_list(value: str, known: dict[str, Any], what: str) -> list[str]:
+    if value == "all":
+        return list(known)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s runs: a smoke test")
+    parser.add_argument("--rounds", type=int, help="rounds of interleaved runs (default 3)")
+    parser.add_argument("--duration", type=int, help="seconds measured per run (default 10)")
+    parser.add_argument("--warmup", type=int, help="seconds of discarded load before each run (default 1)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (conn1000 uses 1000)")
+    parser.add_argument(
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        type=lambda v: parse_list(v, SERVERS, "server"),
+        help=f"comma-separated, or 'all' (known: {', '.join(SERVERS)})",
+    )
+    parser.add_argument(
+        "--workloads",
+        default="all",
+        type=lambda v: parse_list(v, WORKLOADS, "workload"),
+        help=f"comma-separated, or 'all' (known: {', '.join(WORKLOADS)})",
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the report, with a machine header, here")
+    parser.add_argument("--raw-json", action="store_true", help="save every run's numbers under bench/out/")
+    parser.add_argument("--time-limit", type=float, help="overall limit in seconds (default: 2x estimate)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (2 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else 1
+    if rounds < 1 or duration < 1 or warmup < 0 or args.connections < 1:
+        raise SystemExit("rounds, duration and connections must be positive; warmup must not be negative")
+    server_cpu, client_cpu = choose_cpus()
+    return Settings(rounds, duration, warmup, args.connections, server_cpu, client_cpu)
+
+
+def save_raw(results: list[Measurement]) -> Path:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"raw-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps([asdict(m) for m in results], indent=2))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    settings = settings_from(args)
+    servers, workloads = args.servers, args.workloads
+    most_connections = max((WORKLOADS[w].connections or settings.connections) for w in workloads)
+    raise_open_file_limit(needed=2 * most_connections)
+
+    steps = settings.rounds * len(servers) * len(workloads)
+    estimate = estimated_seconds(steps, settings)
+    limit = args.time_limit or 2 * estimate + 60
+    log(f"{steps} runs, about {estimate / 60:.1f} min (hard limit {limit / 60:.1f} min)")
+    results, note = run_all(servers, workloads, settings, time.monotonic() + limit)
+
+    tables = render_tables(results, servers, workloads, settings.rounds)
+    failures = render_failures(results)
+    footer = f"\n> {note}\n" if note else ""
+    print(tables + failures + footer)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        header = render_header(servers, settings, workloads)
+        args.markdown.write_text(header + "\n" + tables + failures + footer)
+        log(f"report written to {args.markdown}")
+    if args.raw_json:
+        log(f"raw results written to {save_raw(results)}")
+    return 0 if results and all(m.ok for m in results) and note is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

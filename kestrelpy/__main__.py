@@ -1,0 +1,5 @@
+import sys
+
+from kestrelpy.cli import main
+
+sys.exit(main())

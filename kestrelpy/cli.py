@@ -1,0 +1,122 @@
+"""The `kestrelpy` command. Flags are generated from the Config fields; CLI beats KESTRELPY_* beats defaults.
+
+This is the only place that reads argv or the environment, and the only place that turns a
+KestrelpyError into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kestrelpy import __version__
+from kestrelpy.config import Config, Limits, env_name, flag_name, options
+from kestrelpy.errors import ConfigError, KestrelpyError
+
+EPILOG = """\
+Every flag can also be set through the environment: --timeout-keep-alive is KESTRELPY_TIMEOUT_KEEP_ALIVE,
+and so on (several --header values go one per line in KESTRELPY_HEADER).
+
+`kestrelpy check [--host H] [--port P]` runs the startup guard alone: it explains why a bind would fail
+and how to fix it, without starting a server.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kestrelpy",
+        description="Serve an ASGI application over HTTP/1.1.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("app", metavar="APP", help="The ASGI application, as module:attribute.")
+    parser.add_argument("--version", action="version", version=f"kestrelpy {__version__}")
+    for _owner, f in options():
+        meta = f.metadata
+        default = f.default
+        help_text = f"{meta['help']} [default: {_show_default(default)}]"
+        names = [flag_name(f)]
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
+        if meta["negatable"]:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.type in ("bool", bool):
+            kwargs["action"] = "store_true"
+        elif meta["repeatable"]:
+            kwargs["action"] = "append"
+            kwargs["metavar"] = meta["metavar"]
+        else:
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+            if meta["metavar"]:
+                kwargs["metavar"] = meta["metavar"]
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value == ():
+        return "none"
+    return str(value)
+
+
+def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """Merge CLI arguments over KESTRELPY_* variables over the declared defaults."""
+    values: dict[type, dict[str, Any]] = {Config: {}, Limits: {}}
+    for owner, f in options():
+        meta = f.metadata
+        parse = meta["parse"] or str
+        if f.name in vars(args):
+            raw = getattr(args, f.name)
+            if meta["repeatable"]:
+                try:
+                    values[owner][f.name] = tuple(parse(item) for item in raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{flag_name(f)}: {exc}") from None
+                continue
+            if isinstance(raw, bool):
+                values[owner][f.name] = raw
+                continue
+            text, source = str(raw), flag_name(f)
+        elif env_name(f) in environ:
+            text, source = environ[env_name(f)], env_name(f)
+        else:
+            continue
+        try:
+            value = parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        values[owner][f.name] = value
+    limits = Limits(**values[Limits])
+    return Config(app=args.app, limits=limits, **values[Config])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["check"]:
+        from kestrelpy.guard.command import run_check
+
+        return run_check(args_list[1:])
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    try:
+        config = config_from(args, os.environ)
+        from kestrelpy import logs
+        from kestrelpy.server import run_server
+
+        logs.configure(config.log_level, access_log=config.access_log)
+        run_server(config)
+    except KestrelpyError as exc:
+        print(f"kestrelpy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+

@@ -1,0 +1,214 @@
+"""What the probes learned about the host, as frozen values.
+
+Probes (linux.py, darwin.py, windows.py) turn raw text into these; the verdict (verdict.py) turns these into
+findings. Nothing here performs I/O, so every rule can be exercised with hand-built facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# The capability bit that lets a process bind ports below the unprivileged floor (linux/capability.h).
+CAP_NET_BIND_SERVICE = 10
+
+# The compiled-in floor used by kernels older than 4.11, which have no ip_unprivileged_port_start sysctl.
+DEFAULT_UNPRIVILEGED_PORT_START = 1024
+
+TcpState = Literal["LISTEN", "TIME_WAIT", "OTHER"]
+NetnsOwner = Literal["own", "outside", "unknown"]
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One TCP socket seen on the port we care about, whatever the OS it was read from."""
+
+    family: int  # 4 or 6
+    address: str  # canonical IP text, "0.0.0.0" / "::" for the wildcard
+    port: int
+    state: TcpState
+    uid: int | None = None
+    inode: int | None = None
+    pids: tuple[int, ...] = ()
+    names: tuple[str, ...] = ()
+    user: str | None = None
+    timewait_seconds: float | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.address in ("0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class PortFacts:
+    """Who uses one TCP port, as far as this process can see."""
+
+    port: int
+    listeners: tuple[Listener, ...] = ()
+    source: str = ""  # where the rows came from, for the message ("/proc/net/tcp", "lsof", ...)
+    owners_visible: bool = True  # False when the process table could not be read for every holder
+
+
+@dataclass(frozen=True)
+class LinuxPrivilege:
+    """Everything the kernel looks at before it lets a process bind a low port."""
+
+    threshold: int
+    threshold_source: Literal["sysctl", "default"]
+    euid: int
+    user: str | None
+    capeff: int
+    capamb: int
+    no_new_privs: bool
+    netns_owner: NetnsOwner  # "outside": our capabilities do not count in this network namespace
+    uid_map_initial: bool
+    authbind: bool
+
+    @property
+    def has_bind_capability(self) -> bool:
+        return bool(self.capeff >> CAP_NET_BIND_SERVICE & 1)
+
+    @property
+    def capability_counts(self) -> bool:
+        """True when CAP_NET_BIND_SERVICE is effective in the user namespace owning our network namespace."""
+        if not self.has_bind_capability:
+            return False
+        if self.netns_owner == "unknown":
+            return self.uid_map_initial
+        return self.netns_owner == "own"
+
+
+@dataclass(frozen=True)
+class LsmFacts:
+    selinux_enforcing: bool | None
+    context: str | None  # /proc/self/attr/current
+
+    @property
+    def active(self) -> bool:
+        if self.selinux_enforcing:
+            return True
+        ctx = (self.context or "").strip()
+        return bool(ctx) and "unconfined" not in ctx
+
+
+@dataclass(frozen=True)
+class WslFacts:
+    version: Literal[1, 2]
+    interop: bool
+
+
+@dataclass(frozen=True)
+class FdInfo:
+    """An inherited socket, inspected instead of probing privileges (the bind already happened)."""
+
+    fd: int
+    is_socket: bool
+    listening: bool = False
+    family: int | None = None
+    address: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class HttpSysUrl:
+    raw: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+@dataclass(frozen=True)
+class HttpSysProcess:
+    pid: int
+    image: str | None = None
+    services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpSysQueue:
+    """One http.sys request queue: the processes serving it and the URLs registered for it."""
+
+    processes: tuple[HttpSysProcess, ...]
+    urls: tuple[HttpSysUrl, ...]
+
+
+@dataclass(frozen=True)
+class HttpSysState:
+    queues: tuple[HttpSysQueue, ...]
+    linked: bool  # False for the session view, where URLs and processes are listed apart
+    urls: tuple[HttpSysUrl, ...]  # every registered URL, linked or not
+
+
+@dataclass(frozen=True)
+class PortRange:
+    start: int
+    end: int
+    administered: bool = False
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.start <= port <= self.end
+
+
+@dataclass(frozen=True)
+class DynamicRange:
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class WindowsFacts:
+    excluded: tuple[PortRange, ...] | None = None  # None: not probed
+    dynamic: DynamicRange | None = None
+    httpsys: HttpSysState | None = None
+    reservations: tuple[HttpSysUrl, ...] = ()
+    iplisten: tuple[str, ...] = ()
+    processes: tuple[HttpSysProcess, ...] = ()  # image names of holders, from tasklist
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """The facts gathered for one set of endpoints."""
+
+    platform: str  # "linux", "darwin", "win32"
+    euid: int | None = None
+    user: str | None = None
+    linux: LinuxPrivilege | None = None
+    lsm: LsmFacts | None = None
+    container: str | None = None
+    wsl: WslFacts | None = None
+    windows: WindowsFacts | None = None
+    ports: tuple[PortFacts, ...] = ()
+    windows_side_ports: tuple[PortFacts, ...] = ()  # WSL: what Windows itself listens on
+    resolved: tuple[tuple[str, tuple[str, ...]], ...] = ()  # host -> addresses (empty: does not resolve)
+    fds: tuple[FdInfo, ...] = ()
+    notes: tuple[str, ...] = field(default=())  # probes that could not run, for --json
+
+    def port(self, port: int) -> PortFacts | None:
+        for p in self.ports:
+            if p.port == port:
+                return p
+        return None
+
+    def windows_side_port(self, port: int) -> PortFacts | None:
+        for p in self.windows_side_ports:
+            if p.port == port:
+                return p
+        return None
+
+    def addresses(self, host: str) -> tuple[str, ...] | None:
+        """The addresses a host name resolved to; () when it does not resolve, None when not looked up."""
+        for name, addrs in self.resolved:
+            if name == host:
+                return addrs
+        return None
+
+    def fd(self, fd: int) -> FdInfo | None:
+        for info in self.fds:
+            if info.fd == fd:
+                return info
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,24 @@
+"""Why a request was refused before it reached the app, and what to answer.
+
+Both parser adapters report malformed input as one of these reasons, so a bad request gets the same
+status and body whichever parser read it (the idea of Kestrel's RequestRejectionReason).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RequestRejection(Enum):
+    """A named cause with the status it is answered with and a short plain-text explanation."""
+
+    MALFORMED_REQUEST = (400, "Invalid HTTP request.")
+    MISSING_HOST = (400, "An HTTP/1.1 request must carry exactly one Host header.")
+    MULTIPLE_HOST = (400, "An HTTP/1.1 request must carry exactly one Host header.")
+    INVALID_TARGET = (400, "Invalid request target.")
+    HEADERS_TOO_LARGE = (431, "Request header fields too large.")
+    UNSUPPORTED_HTTP_VERSION = (505, "HTTP version not supported.")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message

@@ -1,0 +1,88 @@
+"""Response serialisation: status line, header validation, and body framing chosen by one pure function.
+
+The framing rules follow RFC 9112 section 6 (message body length) and RFC 9110 section 6.4.1
+(responses to HEAD, 1xx, 204 and 304 carry no content). `body_framing()` decides once per response;
+the body writers below only count and frame bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import Enum
+from http import HTTPStatus
+
+# RFC 9110 section 5.1: field-name = token; section 5.5: field values exclude CR, LF and NUL.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+class HeaderError(ValueError):
+    """The application gave a header that cannot be sent safely."""
+
+
+class Framing(Enum):
+    NONE = "none"  # no body may follow (HEAD, 1xx, 204, 304)
+    CONTENT_LENGTH = "content-length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"  # HTTP/1.0 peer, unknown length: the close marks the end
+
+
+def body_framing(
+    *,
+    status: int,
+    head_request: bool,
+    has_content_length: bool,
+    http11: bool,
+) -> Framing:
+    """How the response body is delimited on the wire.
+
+    HEAD keeps GET's header framing (RFC 9110 section 9.3.2) but the writer sends no body bytes; the
+    caller handles that, so this function answers as for GET except that no body is written.
+    """
+    if status < 200 or status in (204, 304):
+        return Framing.NONE
+    if has_content_length:
+        return Framing.CONTENT_LENGTH
+    if http11:
+        return Framing.CHUNKED
+    return Framing.UNTIL_CLOSE
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n`, built once per status code."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
+        if 100 <= status <= 999:
+            _STATUS_LINES[status] = line
+    return line
+
+
+def validate_header(name: bytes, value: bytes) -> None:
+    """Refuse a header that could split the response (CVE-2020-7695 class)."""
+    if not _TOKEN.fullmatch(name):
+        raise HeaderError(f"invalid response header name {name!r}")
+    if _FORBIDDEN_IN_VALUE.search(value):
+        raise HeaderError(f"invalid response header value for {name!r}: CR, LF and NUL are not allowed")
+
+
+def encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Header lines for already-validated pairs."""
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 section 7.1)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -1,0 +1,200 @@
+"""Server: owns the listening sockets, the connections, the heartbeat, signals and graceful shutdown.
+
+Order of a run: load the app, let the startup guard warn about binds it expects to fail, bind every
+endpoint, run lifespan startup, then start accepting. On SIGINT/SIGTERM: stop accepting, close idle
+connections, let in-flight requests finish within the graceful timeout, then run lifespan shutdown.
+A second signal closes everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+import anyio
+
+from kestrelpy import platform
+from kestrelpy.asgi import ASGIApp
+from kestrelpy.config import Config
+from kestrelpy.endpoints import Endpoint, tcp_endpoint
+from kestrelpy.errors import KestrelpyError
+from kestrelpy.heartbeat import Heartbeat
+from kestrelpy.importer import load_app
+from kestrelpy.lifespan import Lifespan
+from kestrelpy.protocols.http11 import HttpConnection
+from kestrelpy.sockets import bind_endpoints, socket_address
+from kestrelpy.state import ServerState
+
+logger = logging.getLogger("kestrelpy.error")
+
+
+def connection_class(http: str) -> type[HttpConnection]:
+    """The parser adapter for `--http` (auto = httptools, or h11 where httptools is not installed)."""
+    if http in ("auto", "httptools"):
+        try:
+            from kestrelpy.protocols.http11_httptools import HttptoolsConnection
+        except ImportError:
+            if http == "httptools":
+                raise KestrelpyError("--http httptools was asked for but httptools is not installed") from None
+        else:
+            return HttptoolsConnection
+    from kestrelpy.protocols.http11_h11 import H11Connection
+
+    return H11Connection
+
+
+def display_url(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class Server:
+    """One server process. `await serve()` runs until `request_shutdown()` or a shutdown signal."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = asyncio.Event()
+        self.addresses: list[tuple[str, int]] = []
+        self._shutdown_requested = asyncio.Event()
+        self._state: ServerState | None = None
+
+    def endpoints(self) -> list[Endpoint]:
+        return [tcp_endpoint(self.config.host, self.config.port)]
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown; asked a second time, close every connection at once."""
+        if self._shutdown_requested.is_set():
+            self._force_close()
+        self._shutdown_requested.set()
+
+    async def serve(self) -> None:
+        config = self.config
+        app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        endpoints = self.endpoints()
+        _warn_predicted_failures(endpoints)
+        sockets = bind_endpoints(endpoints, config.backlog)
+        try:
+            await self._serve_sockets(app, sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    async def _serve_sockets(self, app: ASGIApp, sockets: list[socket.socket]) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        lifespan = Lifespan(app, config.lifespan)
+        startup_error: KestrelpyError | None = None
+        async with anyio.create_task_group() as tasks:
+            if lifespan.enabled:
+                tasks.start_soon(lifespan.main)
+                try:
+                    await lifespan.startup()
+                except KestrelpyError as exc:
+                    startup_error = exc
+            if startup_error is None:
+                await self._run_until_shutdown(app, sockets, lifespan, loop)
+                if lifespan.enabled:
+                    await lifespan.shutdown()
+            tasks.cancel_scope.cancel()
+        if startup_error is not None:
+            raise startup_error
+
+    async def _run_until_shutdown(
+        self,
+        app: ASGIApp,
+        sockets: list[socket.socket],
+        lifespan: Lifespan,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        config = self.config
+        state = ServerState(config, app, loop, access_log=config.access_log)
+        state.lifespan_state = lifespan.state
+        self._state = state
+        heartbeat = Heartbeat(state, loop)
+        heartbeat.start()
+        protocol = connection_class(config.http)
+
+        def factory() -> HttpConnection:
+            return protocol(state)
+
+        listeners = [await loop.create_server(factory, sock=sock, backlog=config.backlog) for sock in sockets]
+        self.addresses = [socket_address(sock) for sock in sockets]
+        logger.info(
+            "Started server process [%d] (%s, %s)",
+            os.getpid(),
+            platform.loop_name(loop),
+            protocol.__name__.replace("Connection", "").lower(),
+        )
+        for address in self.addresses:
+            logger.info("Listening on %s (press CTRL+C to quit)", display_url(address))
+        restore_signals = platform.install_shutdown_handlers(loop, self._on_signal)
+        self.started.set()
+        try:
+            await self._shutdown_requested.wait()
+            await self._drain(listeners, state)
+        finally:
+            restore_signals()
+            heartbeat.stop()
+
+    def _on_signal(self, signum: int) -> None:
+        logger.info("Shutting down (signal %d)%s", signum, "" if not self._shutdown_requested.is_set() else ", now")
+        self.request_shutdown()
+
+    async def _drain(self, listeners: list[asyncio.AbstractServer], state: ServerState) -> None:
+        state.shutting_down = True
+        for listener in listeners:
+            listener.close()
+        for conn in list(state.connections):
+            conn.shutdown()
+        if state.connections:
+            logger.info("Waiting for %d connection(s) to finish", len(state.connections))
+        with anyio.move_on_after(self.config.timeout_graceful_shutdown):
+            await state.wait_all_closed()
+        if state.connections:
+            logger.warning(
+                "Graceful shutdown timed out after %ss; closing %d connection(s)",
+                self.config.timeout_graceful_shutdown,
+                len(state.connections),
+            )
+            self._force_close()
+            with anyio.move_on_after(1):
+                await state.wait_all_closed()
+        for listener in listeners:
+            with anyio.move_on_after(1):
+                await listener.wait_closed()
+
+    def _force_close(self) -> None:
+        state = self._state
+        if state is None:
+            return
+        for conn in list(state.connections):
+            conn.cancel_app()
+            conn.abort()
+
+
+def _warn_predicted_failures(endpoints: list[Endpoint]) -> None:
+    from kestrelpy import guard
+
+    for finding in guard.predict(endpoints):
+        logger.warning("%s", finding.render())
+
+
+def run_server(config: Config, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+    """Run a server to completion on a new event loop of the configured kind."""
+    factory = loop_factory or platform.loop_factory(config.loop)
+    server = Server(config)
+    runner_cls = getattr(asyncio, "Runner", None)
+    if runner_cls is not None:
+        with runner_cls(loop_factory=factory) as runner:
+            runner.run(server.serve())
+        return
+    loop = factory()  # Python 3.10: no asyncio.Runner
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.serve())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

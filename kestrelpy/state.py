@@ -1,0 +1,76 @@
+"""ServerState: what every connection of one server shares, built once from the Config."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kestrelpy.asgi import ASGIApp
+from kestrelpy.config import Config
+from kestrelpy.protocols.writer import encode_headers
+
+if TYPE_CHECKING:
+    from kestrelpy.protocols.http11 import HttpConnection
+
+SERVER_NAME = b"kestrelpy"
+
+
+class ServerState:
+    """Shared, mostly read-only state: the app, precomputed header bytes, live connections, the clock."""
+
+    __slots__ = (
+        "_all_closed",
+        "access_log",
+        "app",
+        "clock",
+        "connections",
+        "date_header",
+        "date_line",
+        "extra_header_lines",
+        "keep_alive_timeout",
+        "lifespan_state",
+        "loop",
+        "root_path",
+        "root_path_bytes",
+        "server_line",
+        "shutting_down",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        access_log: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.loop = loop
+        self.clock = clock
+        self.access_log = access_log
+        self.connections: set[HttpConnection] = set()
+        self.lifespan_state: dict[str, Any] = {}
+        self.root_path = config.root_path
+        self.root_path_bytes = config.root_path.encode("utf-8")
+        self.keep_alive_timeout = config.limits.keep_alive_timeout
+        self.server_line = b"server: %s\r\n" % SERVER_NAME if config.server_header else b""
+        self.date_header = config.date_header
+        self.date_line = b""
+        self.extra_header_lines = encode_headers(
+            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in config.headers
+        )
+        self.shutting_down = False
+        self._all_closed: asyncio.Event | None = None
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    async def wait_all_closed(self) -> None:
+        if self.connections:
+            self._all_closed = asyncio.Event()
+            await self._all_closed.wait()
