@@ -258,12 +258,21 @@ class RunningServer:
     port: int
     log_path: Path
 
-    def log_tail(self, lines: int = 6) -> str:
+    def last_log_line(self) -> str:
+        """The server's last words, usually the exception that stopped it."""
         try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(text[-lines:])
+        return lines[-1].strip() if lines else "(no output)"
+
+    def keep_log(self, name: str) -> Path:
+        """Copy the log out of the temporary directory so a failure can be investigated."""
+        target = OUT_DIR / "logs" / f"{name}.log"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(self.log_path, target)
+        return target
 
 
 class ServerStartError(Exception):
@@ -286,13 +295,7 @@ def start_server(server: Server, workload: Workload, cpu: int | None, log_dir: P
     log_path = log_dir / f"{server.name}-{workload.name}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    running = RunningServer(process, port, log_path)
-    try:
-        wait_until_ready(running, workload)
-    except BaseException:
-        stop_server(running)
-        raise
-    return running
+    return RunningServer(process, port, log_path)
 
 
 def wait_until_ready(running: RunningServer, workload: Workload) -> None:
@@ -303,7 +306,7 @@ def wait_until_ready(running: RunningServer, workload: Workload) -> None:
     while time.monotonic() < deadline:
         code = running.process.poll()
         if code is not None:
-            raise ServerStartError(f"exited with code {code}: {running.log_tail()}")
+            raise ServerStartError(f"exited with code {code}: {running.last_log_line()}")
         try:
             problem = workload.probe(running.port)
         except (OSError, http.client.HTTPException) as exc:
@@ -317,7 +320,7 @@ def wait_until_ready(running: RunningServer, workload: Workload) -> None:
             if time.monotonic() - first_bad_answer > BAD_ANSWER_GRACE_S:
                 raise ServerStartError(f"wrong answer to a probe request: {problem}")
         time.sleep(0.05)
-    raise ServerStartError(f"not ready after {READY_TIMEOUT_S:.0f}s ({last_problem}): {running.log_tail()}")
+    raise ServerStartError(f"not ready after {READY_TIMEOUT_S:.0f}s ({last_problem})")
 
 
 def stop_server(running: RunningServer) -> None:
@@ -352,6 +355,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: dict[str, int]
+    client_cpu_share: float = 0.0  # wrk's CPU time / wall time; near 1.0 means the client is the bottleneck
 
     @property
     def requests_per_s(self) -> float:
@@ -376,13 +380,23 @@ def run_wrk(port: int, script: Path, connections: int, duration_s: int, cpu: int
         "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", WRK_TIMEOUT,
         "-s", str(script), f"http://{HOST}:{port}/",
     ])  # fmt: skip
+    cpu_before = children_cpu_seconds()
+    started = time.monotonic()
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + WRK_GRACE_S)
     except subprocess.TimeoutExpired as exc:
         raise WrkError(f"wrk did not finish within {duration_s + WRK_GRACE_S:.0f}s") from exc
     if done.returncode != 0:
         raise WrkError(f"wrk exited {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
-    return parse_wrk_output(done.stdout)
+    result = parse_wrk_output(done.stdout)
+    # wrk is the only child reaped in this window (servers are reaped in stop_server).
+    result.client_cpu_share = (children_cpu_seconds() - cpu_before) / (time.monotonic() - started)
+    return result
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def parse_wrk_output(stdout: str) -> WrkResult:
@@ -413,6 +427,8 @@ class Measurement:
     p50_ms: float | None = None
     p99_ms: float | None = None
     cpu_us_per_request: float = 0.0
+    server_cpu_share: float = 0.0  # of one CPU, during the measured run
+    client_cpu_share: float = 0.0
     peak_rss_kib: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -435,12 +451,9 @@ def measure(server: Server, workload: Workload, round_no: int, settings: Setting
     result = Measurement(server.name, workload.name, round_no)
     script = compose_script(workload, tmp)
     connections = workload.connections or settings.connections
+    running = start_server(server, workload, settings.server_cpu, tmp)
     try:
-        running = start_server(server, workload, settings.server_cpu, tmp)
-    except ServerStartError as exc:
-        result.error = f"failed to start: {exc}"
-        return result
-    try:
+        wait_until_ready(running, workload)
         if settings.warmup_s > 0:
             run_wrk(running.port, script, connections, settings.warmup_s, settings.client_cpu)
         cpu_before = tree_cpu_seconds(running.process.pid)
@@ -448,7 +461,7 @@ def measure(server: Server, workload: Workload, round_no: int, settings: Setting
         cpu_used = tree_cpu_seconds(running.process.pid) - cpu_before
         result.peak_rss_kib = tree_peak_rss_kib(running.process.pid)
         if running.process.poll() is not None:
-            result.error = f"server died during the run: {running.log_tail()}"
+            result.error = f"server died during the run: {running.last_log_line()}"
         elif wrk.requests == 0:
             result.error = f"no responses (wrk errors: {wrk.errors})"
         result.requests = wrk.requests
@@ -457,10 +470,17 @@ def measure(server: Server, workload: Workload, round_no: int, settings: Setting
             result.p50_ms, result.p99_ms = wrk.p50_ms, wrk.p99_ms
         result.errors = wrk.errors
         result.cpu_us_per_request = cpu_used * 1e6 / wrk.requests if wrk.requests else 0.0
+        result.server_cpu_share = cpu_used / wrk.duration_s if wrk.duration_s else 0.0
+        result.client_cpu_share = wrk.client_cpu_share
+    except ServerStartError as exc:
+        result.error = f"failed to start: {exc}"
     except WrkError as exc:
         result.error = str(exc)
     finally:
         stop_server(running)
+    if result.error:
+        log_copy = running.keep_log(f"{server.name}-{workload.name}-r{round_no}")
+        result.error += f" (server log: {log_copy.relative_to(REPO_ROOT)})"
     return result
 
 
@@ -469,6 +489,12 @@ def measure(server: Server, workload: Workload, round_no: int, settings: Setting
 
 def fmt_number(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
+
+
+def cpu_shares(runs: list[Measurement]) -> str:
+    server = statistics.median(m.server_cpu_share for m in runs)
+    client = statistics.median(m.client_cpu_share for m in runs)
+    return f"{server:.0%} / {client:.0%}"
 
 
 def median_ms(values: list[float | None]) -> str:
@@ -481,11 +507,11 @@ def per_round_ratios(runs: list[Measurement], baseline: list[Measurement]) -> li
     return [m.requests_per_s / base_by_round[m.round] for m in runs if m.ok and m.round in base_by_round]
 
 
-def table_row(name: str, runs: list[Measurement], baseline: list[Measurement], rounds: int) -> str:
+def table_row(name: str, runs: list[Measurement], baseline: list[Measurement]) -> str:
     good = [m for m in runs if m.ok]
     if not good:
-        reason = runs[0].error if runs else "not run"
-        return f"| {name} | failed | | | | | | | 0/{rounds} | {shorten(reason or '', 90)} |"
+        status, reason = ("failed", runs[0].error or "") if runs else ("not run", "")
+        return f"| {name} | {status} | | | | | | | | 0/{len(runs)} | {shorten(reason, 90)} |"
     ratios = per_round_ratios(good, baseline)
     ratio = f"{statistics.median(ratios):.2f}x" if ratios else "n/a"
     errors = sum(sum(m.errors.values()) for m in good)
@@ -496,9 +522,10 @@ def table_row(name: str, runs: list[Measurement], baseline: list[Measurement], r
         median_ms([m.p50_ms for m in good]),
         median_ms([m.p99_ms for m in good]),
         fmt_number(statistics.median(m.cpu_us_per_request for m in good), 1),
+        cpu_shares(good),
         fmt_number(max(m.peak_rss_kib for m in good) / 1024, 1),
         str(errors),
-        f"{len(good)}/{rounds}",
+        f"{len(good)}/{len(runs)}",
         "",
     ]
     return "| " + " | ".join(cells) + " |"
@@ -509,19 +536,17 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def render_tables(
-    results: list[Measurement], servers: Sequence[str], workloads: Sequence[str], rounds: int
-) -> str:
+def render_tables(results: list[Measurement], servers: Sequence[str], workloads: Sequence[str]) -> str:
     lines: list[str] = []
-    columns = ["server", "req/s", f"vs {BASELINE}", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB"]
-    columns += ["errors", "rounds", "note"]
+    columns = ["server", "req/s", f"vs {BASELINE}", "p50 ms", "p99 ms", "CPU µs/req", "CPU srv / wrk"]
+    columns += ["peak RSS MiB", "errors", "rounds", "note"]
     header = "| " + " | ".join(columns) + " |"
     for workload in workloads:
-        lines += [f"### {workload_title(workload)}", "", header, "|" + "---|" * 10]
+        lines += [f"### {workload_title(workload)}", "", header, "|" + "---|" * len(columns)]
         baseline = [m for m in results if m.workload == workload and m.server == BASELINE]
         for server in servers:
             runs = [m for m in results if m.workload == workload and m.server == server]
-            lines.append(table_row(server, runs, baseline, rounds))
+            lines.append(table_row(server, runs, baseline))
         lines.append("")
     return "\n".join(lines)
 
@@ -541,7 +566,7 @@ def render_failures(results: list[Measurement]) -> str:
     if not failed:
         return ""
     lines = ["", "### Failed runs", ""]
-    lines += [f"- round {m.round}, {m.workload}, {m.server}: {shorten(m.error or '', 300)}" for m in failed]
+    lines += [f"- {m.server}, {m.workload}, round {m.round}: {shorten(m.error or '', 400)}" for m in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -634,7 +659,8 @@ def describe(m: Measurement) -> str:
     errors = sum(m.errors.values())
     text = (
         f"{m.requests_per_s:,.0f} req/s, p50 {median_ms([m.p50_ms])} ms, p99 {median_ms([m.p99_ms])} ms, "
-        f"{m.cpu_us_per_request:.1f} µs CPU/req, RSS {m.peak_rss_kib / 1024:.1f} MiB"
+        f"{m.cpu_us_per_request:.1f} µs CPU/req, CPU srv/wrk {cpu_shares([m])}, "
+        f"RSS {m.peak_rss_kib / 1024:.1f} MiB"
     )
     return text + (f", {errors} errors" if errors else "")
 
@@ -728,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"{steps} runs, about {estimate / 60:.1f} min (hard limit {limit / 60:.1f} min)")
     results, note = run_all(servers, workloads, settings, time.monotonic() + limit)
 
-    tables = render_tables(results, servers, workloads, settings.rounds)
+    tables = render_tables(results, servers, workloads)
     failures = render_failures(results)
     footer = f"\n> {note}\n" if note else ""
     print(tables + failures + footer)

@@ -72,14 +72,20 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     for owner, f in options():
         meta = f.metadata
         parse = meta["parse"] or str
+        if meta["repeatable"]:
+            if f.name in vars(args):
+                items, source = getattr(args, f.name), flag_name(f)
+            elif env_name(f) in environ:
+                items, source = environ[env_name(f)].splitlines(), env_name(f)
+            else:
+                continue
+            try:
+                values[owner][f.name] = tuple(parse(item) for item in items if item.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            continue
         if f.name in vars(args):
             raw = getattr(args, f.name)
-            if meta["repeatable"]:
-                try:
-                    values[owner][f.name] = tuple(parse(item) for item in raw)
-                except ValueError as exc:
-                    raise ConfigError(f"{flag_name(f)}: {exc}") from None
-                continue
             if isinstance(raw, bool):
                 values[owner][f.name] = raw
                 continue

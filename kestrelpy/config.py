@@ -37,11 +37,6 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _parse_headers(text: str) -> tuple[tuple[str, str], ...]:
-    # The environment carries several headers one per line.
-    return tuple(parse_header(line) for line in text.splitlines() if line.strip())
-
-
 def option(
     default: Any,
     help: str,
@@ -55,7 +50,8 @@ def option(
 ) -> Any:
     """Declare a config field once: its default, its help text and how the CLI and environment spell it.
 
-    `flag=None` derives `--field-name` from the field name; `parse` turns a CLI/env string into the value.
+    `flag=None` derives `--field-name` from the field name; `parse` turns a CLI/env string into the value
+    (for a `repeatable` option, one item: the environment gives several items one per line).
     """
     metadata = {
         "help": help,
@@ -113,7 +109,7 @@ class Config:
         (),
         "Extra response header NAME:VALUE sent with every response; repeat for more.",
         flag="--header",
-        parse=_parse_headers,
+        parse=parse_header,
         repeatable=True,
         metavar="NAME:VALUE",
     )

@@ -45,7 +45,7 @@ def _split_name(name: str) -> tuple[str, str] | None:
 
 
 def parse_lsof_table(text: str | None, port: int | None = None) -> list[Listener]:
-    """The default `lsof -nP -iTCP -sTCP:LISTEN` table (COMMAND PID USER FD TYPE DEVICE SIZE/OFF NODE NAME)."""
+    """The default `lsof -nP -iTCP -sTCP:LISTEN` table: COMMAND PID USER FD TYPE DEVICE SIZE/OFF NODE NAME."""
     rows: list[Listener] = []
     for line in (text or "").splitlines():
         parts = line.split()
@@ -155,4 +155,6 @@ def collect_port(io: HostIO, port: int) -> PortFacts:
         is_root = io.euid() == 0
         return PortFacts(port, tuple(parse_lsof_fields(result.stdout, port)), "lsof", owners_visible=is_root)
     fallback = io.run(NETSTAT)
-    return PortFacts(port, tuple(parse_netstat_anv(fallback.stdout if fallback else None, port)), "netstat -anv")
+    return PortFacts(
+        port, tuple(parse_netstat_anv(fallback.stdout if fallback else None, port)), "netstat -anv"
+    )

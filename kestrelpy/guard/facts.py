@@ -183,6 +183,7 @@ class HostFacts:
     windows_side_ports: tuple[PortFacts, ...] = ()  # WSL: what Windows itself listens on
     resolved: tuple[tuple[str, tuple[str, ...]], ...] = ()  # host -> addresses (empty: does not resolve)
     fds: tuple[FdInfo, ...] = ()
+    executable: str | None = None  # the interpreter Windows' firewall will ask about
     notes: tuple[str, ...] = field(default=())  # probes that could not run, for --json
 
     def port(self, port: int) -> PortFacts | None:

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 
 from kestrelpy.guard.facts import (
     DEFAULT_UNPRIVILEGED_PORT_START,
-    Listener,
     LinuxPrivilege,
+    Listener,
     LsmFacts,
     PortFacts,
     TcpState,
@@ -220,8 +220,9 @@ def collect_port(io: HostIO, port: int, *, owners: bool = True) -> PortFacts:
                 )
             )
         rows = named
-    return PortFacts(port=port, listeners=tuple(rows), source="/proc/net/tcp, /proc/net/tcp6",
-                     owners_visible=complete)
+    return PortFacts(
+        port=port, listeners=tuple(rows), source="/proc/net/tcp, /proc/net/tcp6", owners_visible=complete
+    )
 
 
 def collect_lsm(io: HostIO) -> LsmFacts:
@@ -237,8 +238,8 @@ def detect_wsl(io: HostIO) -> WslFacts | None:
     release = (io.read_text(OSRELEASE_PATH) or "").strip()
     if "microsoft" not in release.lower():
         return None
-    version = 2 if "wsl2" in release.lower() or "microsoft-standard" in release.lower() else 1
-    return WslFacts(version=version, interop=bool(io.env("WSL_INTEROP")))
+    wsl2 = "wsl2" in release.lower() or "microsoft-standard" in release.lower()
+    return WslFacts(version=2 if wsl2 else 1, interop=bool(io.env("WSL_INTEROP")))
 
 
 def detect_container(io: HostIO) -> str | None:

@@ -6,6 +6,7 @@ example the two directions of a dual-stack conflict). Templates use `str.format`
 supplies them. `FACT_*` templates describe the evidence a finding rests on.
 """
 
+# ruff: noqa: E501  (a catalogue of prose: sentences stay whole rather than being cut to fit)
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ _NO_SETCAP = (
     "process, a venv's `python` is a symlink so the capability lands on the shared system binary, "
     "`NoNewPrivileges=yes` ignores it, and the next package upgrade silently removes it."
 )
-_OTHER_PORT = "Or choose another port: `--port {free_port}`."
+_OTHER_PORT = "Or choose another port, for example `--port {free_port}`."
 _ATTACH = (
     "If none of this fits, run `kestrelpy check --host {host} --port {port} --dump-facts DIR` and attach DIR "
     "to a bug report."
@@ -63,7 +64,7 @@ _ATTACH = (
 WHO_HOLDS = {
     "linux": "`sudo ss -ltnp 'sport = :{port}'` (or `sudo lsof -nP -iTCP:{port} -sTCP:LISTEN`)",
     "darwin": "`sudo lsof -nP -iTCP:{port} -sTCP:LISTEN`",
-    "win32": "`netstat -ano -p TCP | findstr :{port}` and then `tasklist /svc /fi \"PID eq <pid>\"`",
+    "win32": '`netstat -ano -p TCP | findstr :{port}` and then `tasklist /svc /fi "PID eq <pid>"`',
 }
 STOP_PID = {
     "linux": "`kill {pid}`",
@@ -251,7 +252,7 @@ MESSAGES: dict[str, Message] = {
     ),
     "win_http_sys": Message(
         "KP-WIN-HTTP-SYS",
-        "Port {port} is held by the Windows HTTP driver (http.sys, shown as PID 4 \"System\") on behalf of "
+        'Port {port} is held by the Windows HTTP driver (http.sys, shown as PID 4 "System") on behalf of '
         "{registrant}.",
         (
             "Stop or reconfigure what registered the URL: {stop_service}.",
@@ -351,6 +352,7 @@ MESSAGES: dict[str, Message] = {
 FACT_THRESHOLD = "net.ipv4.ip_unprivileged_port_start is {threshold} (read from {path})"
 FACT_THRESHOLD_DEFAULT = "no ip_unprivileged_port_start sysctl (kernel older than 4.11): the floor is 1024"
 FACT_IDENTITY = "running as {who}; CapEff {capeff:016x}, so CAP_NET_BIND_SERVICE is {cap_state}"
+FACT_IDENTITY_MAC = "running as {who}, not root"
 FACT_AMBIENT = "ambient capabilities {capamb:016x}; NoNewPrivs {nnp}"
 FACT_NETNS_OUTSIDE = (
     "the user namespace owning this network namespace is outside ours (NS_GET_USERNS answered EPERM)"
@@ -382,7 +384,7 @@ DYNAMIC_REMEDY_DEFAULT = (
     "Ranges move after a reboot. If this keeps happening, check the dynamic port range with `netsh int ipv4 "
     "show dynamicport tcp` (the default is 49152 with 16384 ports)."
 )
-ADMINISTERED_NOTE = " added by an administrator; remove it with `netsh int ipv4 delete excludedportrange protocol=tcp startport={start} numberofports={count}`"  # noqa: E501
+ADMINISTERED_NOTE = " added by an administrator; remove it with `netsh int ipv4 delete excludedportrange protocol=tcp startport={start} numberofports={count}`"
 LIST_ADDRESSES = {"linux": "`ip -brief address`", "darwin": "`ifconfig`", "win32": "`ipconfig`"}
 
 # Layout of a rendered finding -----------------------------------------------------------------------

@@ -222,7 +222,7 @@ class SystemIO:
         return sys.byteorder
 
     def tcp_table(self, family: int) -> bytes | None:
-        if self._platform != "win32" or sys.platform != "win32":
+        if self._platform != "win32":
             return None
         return _get_extended_tcp_table(WINDOWS_AF_INET6 if family == 6 else 2)
 
@@ -233,7 +233,7 @@ def _get_extended_tcp_table(af: int) -> bytes | None:
 
     try:
         dll = getattr(ctypes, "WinDLL")("iphlpapi.dll")  # noqa: B009 - absent from ctypes off Windows
-    except OSError:
+    except (AttributeError, OSError):
         return None
     fn = dll.GetExtendedTcpTable
     fn.argtypes = [

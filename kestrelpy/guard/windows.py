@@ -108,7 +108,7 @@ def parse_netstat_ano(text: str | None, port: int | None = None) -> list[Listene
 
 
 class MibTcpRowOwnerPid(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes layout
+    _fields_ = [
         ("dwState", ctypes.c_uint32),
         ("dwLocalAddr", ctypes.c_uint32),
         ("dwLocalPort", ctypes.c_uint32),
@@ -119,7 +119,7 @@ class MibTcpRowOwnerPid(ctypes.Structure):
 
 
 class MibTcp6RowOwnerPid(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes layout
+    _fields_ = [
         ("ucLocalAddr", ctypes.c_ubyte * 16),
         ("dwLocalScopeId", ctypes.c_uint32),
         ("dwLocalPort", ctypes.c_uint32),
@@ -230,13 +230,13 @@ def parse_servicestate(text: str | None) -> HttpSysState:
     for line in body[1:]:
         stripped = line.strip()
         ind = _indent(line)
-        if linked and ":" in stripped and _key(line) == queue_key and not _URL.search(stripped):
-            if not started or group_indent is None or ind <= group_indent:
-                flush()
-                procs, urls, started = [], [], True
-                group_indent = None
-                last_proc_indent = None
-                continue
+        is_queue_key = linked and ":" in stripped and _key(line) == queue_key and not _URL.search(stripped)
+        if is_queue_key and (not started or group_indent is None or ind <= group_indent):
+            flush()
+            procs, urls, started = [], [], True
+            group_indent = None
+            last_proc_indent = None
+            continue
         if _HEX_ID.search(stripped):
             group_indent = ind if group_indent is None else min(group_indent, ind)
             continue
@@ -319,7 +319,11 @@ def nearest_free_port(port: int, excluded: Iterable[PortRange], taken: Iterable[
     busy = set(taken)
     for distance in range(1, 65536):
         for candidate in (port + distance, port - distance):
-            if 1024 <= candidate <= 65535 and candidate not in busy and not any(candidate in r for r in ranges):
+            if (
+                1024 <= candidate <= 65535
+                and candidate not in busy
+                and not any(candidate in r for r in ranges)
+            ):
                 return candidate
     return None
 
@@ -350,7 +354,7 @@ def collect_listeners(io: HostIO, port: int) -> PortFacts:
     rows: list[Listener] = []
     tables = [io.tcp_table(4), io.tcp_table(6)]
     if any(t is not None for t in tables):
-        for family, table in zip((4, 6), tables):
+        for family, table in zip((4, 6), tables, strict=True):
             rows += [r for r in decode_tcp_table(table or b"", family) if r.port == port]
         return PortFacts(port, tuple(rows), source="GetExtendedTcpTable")
     for argv in (NETSTAT, NETSTAT6):
@@ -395,7 +399,9 @@ def collect_exclusions(io: HostIO) -> tuple[tuple[PortRange, ...] | None, Dynami
     return (tuple(ranges) if seen else None), parse_dynamic_port(dyn.stdout if dyn else None)
 
 
-def collect_windows(io: HostIO, ports: Iterable[PortFacts], *, httpsys: bool, exclusions: bool) -> WindowsFacts:
+def collect_windows(
+    io: HostIO, ports: Iterable[PortFacts], *, httpsys: bool, exclusions: bool
+) -> WindowsFacts:
     """The expensive Windows facts, each only when asked: http.sys after PID 4 is seen or a 10013,
     excluded ranges after a 10013 (or in `kestrelpy check`)."""
     port_list = list(ports)
