@@ -43,6 +43,8 @@ RESULT_MARKER = "BENCH_RESULT "
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 BAD_ANSWER_GRACE_S = 1.0
+# Share of a pinned CPU taken by unrelated processes above which a run is flagged as disturbed.
+DISTURBED_LOAD = 0.10
 # wrk gives up on a single response after this long and counts a timeout error.
 WRK_TIMEOUT = "5s"
 # Extra time allowed for a wrk process beyond its -d before we kill it.
@@ -244,6 +246,16 @@ def tree_peak_rss_kib(root: int) -> int:
     return total
 
 
+def cpu_busy_seconds(cpu: int) -> float:
+    """user + nice + system time of one CPU. Interrupt time is left out: loopback traffic is
+    processed in softirq context and is part of the benchmark, not a disturbance."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            user, nice, system = (int(v) for v in line.split()[1:4])
+            return (user + nice + system) / CLK_TCK
+    return 0.0
+
+
 def is_alive(proc_id: ProcId) -> bool:
     fields = read_stat_fields(proc_id.pid)
     return fields is not None and int(fields[19]) == proc_id.start_ticks and fields[0] != "Z"
@@ -429,6 +441,7 @@ class Measurement:
     cpu_us_per_request: float = 0.0
     server_cpu_share: float = 0.0  # of one CPU, during the measured run
     client_cpu_share: float = 0.0
+    other_load: float = 0.0  # CPU share used by other processes on the pinned CPUs
     peak_rss_kib: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -449,29 +462,10 @@ class Settings:
 
 def measure(server: Server, workload: Workload, round_no: int, settings: Settings, tmp: Path) -> Measurement:
     result = Measurement(server.name, workload.name, round_no)
-    script = compose_script(workload, tmp)
-    connections = workload.connections or settings.connections
     running = start_server(server, workload, settings.server_cpu, tmp)
     try:
         wait_until_ready(running, workload)
-        if settings.warmup_s > 0:
-            run_wrk(running.port, script, connections, settings.warmup_s, settings.client_cpu)
-        cpu_before = tree_cpu_seconds(running.process.pid)
-        wrk = run_wrk(running.port, script, connections, settings.duration_s, settings.client_cpu)
-        cpu_used = tree_cpu_seconds(running.process.pid) - cpu_before
-        result.peak_rss_kib = tree_peak_rss_kib(running.process.pid)
-        if running.process.poll() is not None:
-            result.error = f"server died during the run: {running.last_log_line()}"
-        elif wrk.requests == 0:
-            result.error = f"no responses (wrk errors: {wrk.errors})"
-        result.requests = wrk.requests
-        result.requests_per_s = wrk.requests_per_s
-        if workload.latency_is_meaningful:
-            result.p50_ms, result.p99_ms = wrk.p50_ms, wrk.p99_ms
-        result.errors = wrk.errors
-        result.cpu_us_per_request = cpu_used * 1e6 / wrk.requests if wrk.requests else 0.0
-        result.server_cpu_share = cpu_used / wrk.duration_s if wrk.duration_s else 0.0
-        result.client_cpu_share = wrk.client_cpu_share
+        load_and_record(running, workload, settings, compose_script(workload, tmp), result)
     except ServerStartError as exc:
         result.error = f"failed to start: {exc}"
     except WrkError as exc:
@@ -484,11 +478,50 @@ def measure(server: Server, workload: Workload, round_no: int, settings: Setting
     return result
 
 
+def load_and_record(
+    running: RunningServer, workload: Workload, settings: Settings, script: Path, result: Measurement
+) -> None:
+    """Warm up, then run the measured load and fill in result."""
+    connections = workload.connections or settings.connections
+    if settings.warmup_s > 0:
+        run_wrk(running.port, script, connections, settings.warmup_s, settings.client_cpu)
+    pid = running.process.pid
+    pinned_cpus = [c for c in (settings.server_cpu, settings.client_cpu) if c is not None]
+    busy_before = [cpu_busy_seconds(c) for c in pinned_cpus]
+    cpu_before = tree_cpu_seconds(pid)
+    wrk = run_wrk(running.port, script, connections, settings.duration_s, settings.client_cpu)
+    cpu_used = tree_cpu_seconds(pid) - cpu_before
+    busy = [cpu_busy_seconds(c) - before for c, before in zip(pinned_cpus, busy_before, strict=True)]
+    result.peak_rss_kib = tree_peak_rss_kib(pid)
+    if running.process.poll() is not None:
+        result.error = f"server died during the run: {running.last_log_line()}"
+    elif wrk.requests == 0:
+        result.error = f"no responses (wrk errors: {wrk.errors})"
+    result.requests = wrk.requests
+    result.requests_per_s = wrk.requests_per_s
+    if workload.latency_is_meaningful:
+        result.p50_ms, result.p99_ms = wrk.p50_ms, wrk.p99_ms
+    result.errors = wrk.errors
+    result.cpu_us_per_request = cpu_used * 1e6 / wrk.requests if wrk.requests else 0.0
+    seconds = wrk.duration_s or settings.duration_s
+    result.server_cpu_share = cpu_used / seconds
+    result.client_cpu_share = wrk.client_cpu_share
+    if len(busy) == 2:
+        # Whatever else ran on the two pinned CPUs; high values mean a disturbed run.
+        other = (busy[0] - cpu_used, busy[1] - wrk.client_cpu_share * seconds)
+        result.other_load = max(0.0, *other) / seconds
+
+
 # --------------------------------------------------------------------------- report
 
 
 def fmt_number(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
+
+
+def disturbance_note(runs: list[Measurement]) -> str:
+    worst = max(m.other_load for m in runs)
+    return f"other load on pinned CPUs up to {worst:.0%}" if worst >= DISTURBED_LOAD else ""
 
 
 def cpu_shares(runs: list[Measurement]) -> str:
@@ -526,7 +559,7 @@ def table_row(name: str, runs: list[Measurement], baseline: list[Measurement]) -
         fmt_number(max(m.peak_rss_kib for m in good) / 1024, 1),
         str(errors),
         f"{len(good)}/{len(runs)}",
-        "",
+        disturbance_note(good),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -660,7 +693,7 @@ def describe(m: Measurement) -> str:
     text = (
         f"{m.requests_per_s:,.0f} req/s, p50 {median_ms([m.p50_ms])} ms, p99 {median_ms([m.p99_ms])} ms, "
         f"{m.cpu_us_per_request:.1f} µs CPU/req, CPU srv/wrk {cpu_shares([m])}, "
-        f"RSS {m.peak_rss_kib / 1024:.1f} MiB"
+        f"RSS {m.peak_rss_kib / 1024:.1f} MiB, other load {m.other_load:.0%}"
     )
     return text + (f", {errors} errors" if errors else "")
 

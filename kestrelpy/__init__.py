@@ -6,8 +6,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from kestrelpy.config import Config, Limits  # noqa: E402
-from kestrelpy.server import Server  # noqa: E402
+from kestrelpy.config import Config, Limits
+from kestrelpy.server import Server
 
 __all__ = ["Config", "Limits", "Server", "__version__", "run"]
 

@@ -7,7 +7,6 @@ KestrelpyError into a message and an exit code.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -108,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["check"]:
         from kestrelpy.guard.command import run_check
 
-        return run_check(args_list[1:])
+        return int(run_check(args_list[1:]))
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 
@@ -38,7 +38,7 @@ def connection_class(http: str) -> type[HttpConnection]:
             from kestrelpy.protocols.http11_httptools import HttptoolsConnection
         except ImportError:
             if http == "httptools":
-                raise KestrelpyError("--http httptools was asked for but httptools is not installed") from None
+                raise KestrelpyError("--http httptools was asked for, but httptools is not installed") from None
         else:
             return HttptoolsConnection
     from kestrelpy.protocols.http11_h11 import H11Connection
@@ -70,9 +70,14 @@ class Server:
             self._force_close()
         self._shutdown_requested.set()
 
-    async def serve(self) -> None:
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve until shutdown. `sockets`, when given, are already bound and listening (a supervisor's
+        or an inherited set): the guard and the bind step are skipped and the caller keeps ownership."""
         config = self.config
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        if sockets is not None:
+            await self._serve_sockets(app, sockets)
+            return
         endpoints = self.endpoints()
         _warn_predicted_failures(endpoints)
         sockets = bind_endpoints(endpoints, config.backlog)
@@ -140,10 +145,11 @@ class Server:
             heartbeat.stop()
 
     def _on_signal(self, signum: int) -> None:
-        logger.info("Shutting down (signal %d)%s", signum, "" if not self._shutdown_requested.is_set() else ", now")
+        forced = self._shutdown_requested.is_set()
+        logger.info("Shutting down (signal %d)%s", signum, ", closing every connection now" if forced else "")
         self.request_shutdown()
 
-    async def _drain(self, listeners: list[asyncio.AbstractServer], state: ServerState) -> None:
+    async def _drain(self, listeners: Sequence[asyncio.AbstractServer], state: ServerState) -> None:
         state.shutting_down = True
         for listener in listeners:
             listener.close()

@@ -66,8 +66,7 @@ def gather(
                 notes.append("WSL interop: netstat.exe did not run")
             else:
                 windows_side = tuple(
-                    PortFacts(p, tuple(windows.parse_netstat_ano(result.stdout, p)), "netstat.exe -ano")
-                    for p in ports
+                    PortFacts(p, tuple(windows.parse_netstat_ano(result.stdout, p)), "netstat.exe -ano") for p in ports
                 )
         low = any(0 < p < 1024 for p in ports)
         return HostFacts(
@@ -100,9 +99,7 @@ def gather(
         denied = kind is FailureKind.DENIED
         full = thorough or kind is not None
         port_facts = tuple(
-            windows.collect_listeners(io, p)
-            if full or io.tcp_table(4) is not None
-            else PortFacts(p, (), "not probed")
+            windows.collect_listeners(io, p) if full or io.tcp_table(4) is not None else PortFacts(p, (), "not probed")
             for p in ports
         )
         system_held = any(windows.SYSTEM_PID in row.pids for pf in port_facts for row in pf.listeners)

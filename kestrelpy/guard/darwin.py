@@ -155,6 +155,4 @@ def collect_port(io: HostIO, port: int) -> PortFacts:
         is_root = io.euid() == 0
         return PortFacts(port, tuple(parse_lsof_fields(result.stdout, port)), "lsof", owners_visible=is_root)
     fallback = io.run(NETSTAT)
-    return PortFacts(
-        port, tuple(parse_netstat_anv(fallback.stdout if fallback else None, port)), "netstat -anv"
-    )
+    return PortFacts(port, tuple(parse_netstat_anv(fallback.stdout if fallback else None, port)), "netstat -anv")

@@ -220,9 +220,7 @@ def collect_port(io: HostIO, port: int, *, owners: bool = True) -> PortFacts:
                 )
             )
         rows = named
-    return PortFacts(
-        port=port, listeners=tuple(rows), source="/proc/net/tcp, /proc/net/tcp6", owners_visible=complete
-    )
+    return PortFacts(port=port, listeners=tuple(rows), source="/proc/net/tcp, /proc/net/tcp6", owners_visible=complete)
 
 
 def collect_lsm(io: HostIO) -> LsmFacts:

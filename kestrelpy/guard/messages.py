@@ -67,10 +67,12 @@ WHO_HOLDS = {
     "win32": '`netstat -ano -p TCP | findstr :{port}` and then `tasklist /svc /fi "PID eq <pid>"`',
 }
 STOP_PID = {
-    "linux": "`kill {pid}`",
-    "darwin": "`kill {pid}`",
-    "win32": "`taskkill /PID {pid}`",
+    "linux": "Stop it: `kill {pid}`.",
+    "darwin": "Stop it: `kill {pid}`.",
+    "win32": "Stop it: `taskkill /PID {pid}`.",
 }
+TASKKILL = "`taskkill /PID {pid}`"
+FIND_AND_STOP = "Find it with {who_holds} and stop it."
 
 
 # The catalogue ------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ MESSAGES: dict[str, Message] = {
     "port_in_use": Message(
         "KP-PORT-IN-USE",
         "Port {port} on {address} is already in use by {holder}.",
-        ("Stop it: {stop}.", _OTHER_PORT),
+        ("{stop}", _OTHER_PORT),
     ),
     "port_in_use_hidden": Message(
         "KP-PORT-IN-USE",
@@ -161,7 +163,7 @@ MESSAGES: dict[str, Message] = {
         "Port {port} is taken for IPv4 as well: {holder} listens on [::]:{port}, and an IPv6 wildcard socket "
         "without IPV6_V6ONLY also receives IPv4 connections, so {address}:{port} conflicts with it.",
         (
-            "Stop it: {stop}.",
+            "{stop}",
             "If that server should serve IPv6 only, make it set IPV6_V6ONLY on its [::] socket; then "
             "{address}:{port} is free.",
             _OTHER_PORT,
@@ -172,7 +174,7 @@ MESSAGES: dict[str, Message] = {
         "kestrelpy listens on [::]:{port} as a dual-stack socket, which also covers IPv4 port {port}; {holder} "
         "already listens there on {holder_address}.",
         (
-            "Stop it: {stop}.",
+            "{stop}",
             "Or listen on specific addresses that do not overlap it (for example `--bind [::1]:{port}`).",
             _OTHER_PORT,
         ),
@@ -199,16 +201,13 @@ MESSAGES: dict[str, Message] = {
         "KP-PORT-REUSEPORT-SHARED",
         "{holder} already listens on port {port} as the same user; with SO_REUSEPORT the kernel will silently "
         "split incoming connections between it and kestrelpy.",
-        ("Stop the other instance ({stop}), or start kestrelpy without --reuse-port.",),
+        ("{stop} Or start kestrelpy without --reuse-port.",),
     ),
     "endpoints_overlap": Message(
         "KP-ENDPOINTS-OVERLAP",
         "{endpoint} overlaps {other}, which is also in this command's endpoint list; the second bind will fail "
         "with 'address already in use'.",
-        (
-            "Remove one of them. A wildcard (0.0.0.0 or [::]) already covers every specific address on the "
-            "same port.",
-        ),
+        ("Remove one of them. A wildcard (0.0.0.0 or [::]) already covers every specific address on the same port.",),
     ),
     "addr_not_available": Message(
         "KP-ADDR-NOT-AVAILABLE",
@@ -252,8 +251,7 @@ MESSAGES: dict[str, Message] = {
     ),
     "win_http_sys": Message(
         "KP-WIN-HTTP-SYS",
-        'Port {port} is held by the Windows HTTP driver (http.sys, shown as PID 4 "System") on behalf of '
-        "{registrant}.",
+        'Port {port} is held by the Windows HTTP driver (http.sys, shown as PID 4 "System") on behalf of {registrant}.',
         (
             "Stop or reconfigure what registered the URL: {stop_service}.",
             "To share the port, make http.sys listen only on chosen addresses, as administrator: `netsh http "
@@ -284,7 +282,7 @@ MESSAGES: dict[str, Message] = {
         "KP-WIN-EXCLUSIVE-HOLDER",
         "{holder} holds port {port} exclusively: Windows answered WSAEACCES (10013) rather than 10048, which "
         "means the holder bound it with SO_EXCLUSIVEADDRUSE or is a kernel driver.",
-        ("Stop it: {stop}.", _OTHER_PORT),
+        ("{stop}", _OTHER_PORT),
     ),
     "win_denied_unexplained": Message(
         "KP-WIN-ACCESS-DENIED",
@@ -308,7 +306,7 @@ MESSAGES: dict[str, Message] = {
         "KP-WSL-WINDOWS-HOLDS-PORT",
         "Windows itself already listens on port {port} ({holder}). kestrelpy can listen on it inside WSL 2, but "
         "http://localhost:{port} opened on Windows will reach the Windows program, not kestrelpy.",
-        ("Choose a port Windows does not use: `--port {free_port}`.", "Or stop the Windows program: {stop}."),
+        ("Choose a port Windows does not use: `--port {free_port}`.", "{stop}"),
     ),
     "fd_not_socket": Message(
         "KP-FD-NOT-SOCKET",
@@ -354,9 +352,7 @@ FACT_THRESHOLD_DEFAULT = "no ip_unprivileged_port_start sysctl (kernel older tha
 FACT_IDENTITY = "running as {who}; CapEff {capeff:016x}, so CAP_NET_BIND_SERVICE is {cap_state}"
 FACT_IDENTITY_MAC = "running as {who}, not root"
 FACT_AMBIENT = "ambient capabilities {capamb:016x}; NoNewPrivs {nnp}"
-FACT_NETNS_OUTSIDE = (
-    "the user namespace owning this network namespace is outside ours (NS_GET_USERNS answered EPERM)"
-)
+FACT_NETNS_OUTSIDE = "the user namespace owning this network namespace is outside ours (NS_GET_USERNS answered EPERM)"
 FACT_NETNS_UNKNOWN = "network namespace owner unknown; uid_map is {uid_map}"
 FACT_LISTENER = "{state} {where} {owner} (from {source})"
 FACT_TIME_WAIT = "{count} TIME_WAIT connection(s) on port {port}, the longest with {seconds} s left"
@@ -398,4 +394,6 @@ HEADLINE = {
 FACTS_HEADING = "What the guard found:"
 REMEDIES_HEADING = "How to fix it:"
 CHECK_CLEAR = "No problems found: kestrelpy should be able to listen on {endpoints}."
+CHECK_CLEAR_NOTES = "No bind on {endpoints} is expected to fail; see the notes above."
 CHECK_SUMMARY = "{errors} error(s), {warnings} warning(s)."
+CHECK_DUMPED = "Wrote {count} raw probe input file(s) to {directory}; attach them to a bug report."

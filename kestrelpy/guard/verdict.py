@@ -315,7 +315,7 @@ def _stop(row: Listener | None, platform: str, port: int) -> str:
     family = _platform_family(platform)
     if row is not None and row.pids:
         return m.STOP_PID.get(family, m.STOP_PID["linux"]).format(pid=row.pids[0])
-    return m.WHO_HOLDS.get(family, m.WHO_HOLDS["linux"]).format(port=port)
+    return m.FIND_AND_STOP.format(who_holds=_who_holds(platform, port))
 
 
 def _who_holds(platform: str, port: int) -> str:
@@ -340,9 +340,7 @@ def _suggested_port(port: int, floor: int) -> int:
 
 def _privilege_facts(priv: LinuxPrivilege) -> list[str]:
     lines = [
-        m.FACT_THRESHOLD.format(
-            threshold=priv.threshold, path="/proc/sys/net/ipv4/ip_unprivileged_port_start"
-        )
+        m.FACT_THRESHOLD.format(threshold=priv.threshold, path="/proc/sys/net/ipv4/ip_unprivileged_port_start")
         if priv.threshold_source == "sysctl"
         else m.FACT_THRESHOLD_DEFAULT,
         m.FACT_IDENTITY.format(
@@ -356,9 +354,7 @@ def _privilege_facts(priv: LinuxPrivilege) -> list[str]:
     if priv.has_bind_capability and priv.netns_owner == "outside":
         lines.append(m.FACT_NETNS_OUTSIDE)
     elif priv.has_bind_capability and priv.netns_owner == "unknown":
-        lines.append(
-            m.FACT_NETNS_UNKNOWN.format(uid_map="initial" if priv.uid_map_initial else "not initial")
-        )
+        lines.append(m.FACT_NETNS_UNKNOWN.format(uid_map="initial" if priv.uid_map_initial else "not initial"))
     if priv.authbind:
         lines.append(m.FACT_AUTHBIND)
     return lines
@@ -409,9 +405,7 @@ def _httpsys_finding(
     port = endpoint.port
     pf = facts.port(port)
     lines = [*extra, _listener_fact(row, pf.source if pf is not None else "")]
-    registrant = (
-        "a URL registration the guard could not read (run `netsh http show servicestate view=requestq`)"
-    )
+    registrant = "a URL registration the guard could not read (run `netsh http show servicestate view=requestq`)"
     stop_service = "`netsh http show servicestate view=requestq` names the process; stop or reconfigure it"
     windows = facts.windows
     state = windows.httpsys if windows else None
@@ -440,7 +434,7 @@ def _httpsys_finding(
             stop_service = (
                 " or ".join(f"`net stop {s}`" for s in services)
                 if services
-                else (m.STOP_PID["win32"].format(pid=procs[0].pid) if procs else stop_service)
+                else (m.TASKKILL.format(pid=procs[0].pid) if procs else stop_service)
             ) + " (or change the URL it registers)"
         elif state.urls:
             urls = ", ".join(u.raw for u in state.urls if u.port == port)
@@ -561,9 +555,7 @@ def _excluded_finding(
     free = nearest_free_port(port, windows.excluded or (), taken) or 8080
     lines = [
         *extra,
-        m.FACT_RANGE.format(
-            start=rng.start, end=rng.end, administered=" (administered)" if rng.administered else ""
-        ),
+        m.FACT_RANGE.format(start=rng.start, end=rng.end, administered=" (administered)" if rng.administered else ""),
     ]
     dynamic = windows.dynamic
     if dynamic is not None:
@@ -689,9 +681,7 @@ def _predict_tcp(endpoint: TcpEndpoint, facts: HostFacts, reuse_port: bool) -> l
         conflicts = _conflicts(endpoint, addrs, pf, facts.platform)
         if conflicts:
             findings.append(
-                _holder_finding(
-                    endpoint, conflicts[0], facts, resolved_fact, explaining=False, reuse_port=reuse_port
-                )
+                _holder_finding(endpoint, conflicts[0], facts, resolved_fact, explaining=False, reuse_port=reuse_port)
             )
         else:
             waiting = [row for row, _, _ in _conflicts(endpoint, addrs, pf, facts.platform, "TIME_WAIT")]
@@ -701,9 +691,7 @@ def _predict_tcp(endpoint: TcpEndpoint, facts: HostFacts, reuse_port: bool) -> l
         wpf = facts.windows_side_port(port)
         if wpf is not None and wpf.listeners:
             row = wpf.listeners[0]
-            lines = [
-                m.FACT_WINDOWS_SIDE.format(state=row.state, where=_where(row), owner=describe_holder(row))
-            ]
+            lines = [m.FACT_WINDOWS_SIDE.format(state=row.state, where=_where(row), owner=describe_holder(row))]
             findings.append(
                 build(
                     "wsl_windows_holds_port",
@@ -717,9 +705,7 @@ def _predict_tcp(endpoint: TcpEndpoint, facts: HostFacts, reuse_port: bool) -> l
     return findings
 
 
-def predict_findings(
-    endpoints: Sequence[Endpoint], facts: HostFacts, *, reuse_port: bool = False
-) -> list[Finding]:
+def predict_findings(endpoints: Sequence[Endpoint], facts: HostFacts, *, reuse_port: bool = False) -> list[Finding]:
     findings: list[Finding] = []
     seen: list[tuple[TcpEndpoint, tuple[str, ...]]] = []
     for endpoint in endpoints:
@@ -775,9 +761,7 @@ def _explain_tcp(failure: BindFailure, endpoint: TcpEndpoint, facts: HostFacts) 
     if kind is FailureKind.IN_USE:
         if conflicts:
             return _holder_finding(endpoint, conflicts[0], facts, error_fact, explaining=True)
-        waiting = (
-            [row for row, _, _ in _conflicts(endpoint, addrs, pf, facts.platform, "TIME_WAIT")] if pf else []
-        )
+        waiting = [row for row, _, _ in _conflicts(endpoint, addrs, pf, facts.platform, "TIME_WAIT")] if pf else []
         if waiting:
             return _time_wait_finding(endpoint, waiting, error_fact, explaining=True)
         if platform == "darwin" and port in (5000, 7000):

@@ -157,9 +157,7 @@ def decode_tcp_table(buf: bytes, family: int) -> list[Listener]:
         else:
             assert isinstance(row, MibTcp6RowOwnerPid)
             address = str(ipaddress.IPv6Address(bytes(row.ucLocalAddr)))
-        rows.append(
-            Listener(family, address, _net_port(row.dwLocalPort), "LISTEN", pids=(int(row.dwOwningPid),))
-        )
+        rows.append(Listener(family, address, _net_port(row.dwLocalPort), "LISTEN", pids=(int(row.dwOwningPid),)))
     return rows
 
 
@@ -319,11 +317,7 @@ def nearest_free_port(port: int, excluded: Iterable[PortRange], taken: Iterable[
     busy = set(taken)
     for distance in range(1, 65536):
         for candidate in (port + distance, port - distance):
-            if (
-                1024 <= candidate <= 65535
-                and candidate not in busy
-                and not any(candidate in r for r in ranges)
-            ):
+            if 1024 <= candidate <= 65535 and candidate not in busy and not any(candidate in r for r in ranges):
                 return candidate
     return None
 
@@ -399,9 +393,7 @@ def collect_exclusions(io: HostIO) -> tuple[tuple[PortRange, ...] | None, Dynami
     return (tuple(ranges) if seen else None), parse_dynamic_port(dyn.stdout if dyn else None)
 
 
-def collect_windows(
-    io: HostIO, ports: Iterable[PortFacts], *, httpsys: bool, exclusions: bool
-) -> WindowsFacts:
+def collect_windows(io: HostIO, ports: Iterable[PortFacts], *, httpsys: bool, exclusions: bool) -> WindowsFacts:
     """The expensive Windows facts, each only when asked: http.sys after PID 4 is seen or a 10013,
     excluded ranges after a 10013 (or in `kestrelpy check`)."""
     port_list = list(ports)

@@ -48,9 +48,9 @@ class RequestCycle:
     __slots__ = (
         "_body",
         "_body_waiter",
-        "_final_delivered",
         "_bytes_left",
         "_conn",
+        "_final_delivered",
         "_framing",
         "_pending_head",
         "_trailers_expected",

@@ -239,3 +239,15 @@ def _read_until_close(sock: socket.socket) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def test_django_asgi_handler_end_to_end(procs: list[subprocess.Popen[str]]) -> None:
+    server = start("django_site:application")
+    procs.append(server.proc)
+    with httpx.Client(base_url=server.url) as client:
+        hello = client.get("/hello")
+        assert hello.status_code == 200
+        assert hello.text == "hello from django, path=/hello"
+        echo = client.post("/echo?q=x", content=b"a" * 5000)
+        assert echo.json() == {"method": "POST", "length": 5000, "q": "x"}
+        assert client.get("/missing").status_code == 404

@@ -22,7 +22,8 @@ def imported_modules(path: Path) -> set[str]:
 def test_parser_adapters_import_only_the_shared_connection() -> None:
     for name in ("http11_httptools.py", "http11_h11.py"):
         imports = imported_modules(PACKAGE / "protocols" / name)
-        assert not imports & {"kestrelpy.protocols.cycle", "kestrelpy.protocols.writer", "kestrelpy.asgi"}, name
+        shared_cycle = {"kestrelpy.protocols.cycle", "kestrelpy.protocols.writer", "kestrelpy.asgi"}
+        assert not imports & shared_cycle, name
 
 
 def test_shared_code_never_imports_a_parser() -> None:

@@ -1,0 +1,110 @@
+"""`kestrelpy check`: run the startup guard alone, without starting a server.
+
+    kestrelpy check [--host H] [--port P] [--bind HOST:PORT ...] [--reuse-port] [--json] [--dump-facts DIR]
+
+Exit status 0 when nothing blocks the binds, 1 when a bind would fail, 2 for unusable arguments.
+`--json` prints the facts and findings; `--dump-facts DIR` writes every raw probe input (the /proc text and
+command output the guard read) so it can be attached to a bug report and replayed as a test fixture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from kestrelpy.endpoints import Endpoint, TcpEndpoint, tcp_endpoint
+from kestrelpy.errors import ConfigError
+from kestrelpy.guard import check
+from kestrelpy.guard import messages as m
+from kestrelpy.guard.runner import HostIO, RecordingIO, default_io
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def parse_bind(text: str) -> TcpEndpoint:
+    """`HOST:PORT` or `[IPV6]:PORT` (an empty host means every address)."""
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"--bind {text!r}: expected [IPV6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ConfigError(f"--bind {text!r}: expected HOST:PORT")
+        if ":" in host:
+            raise ConfigError(f"--bind {text!r}: put IPv6 addresses in brackets, as [::1]:8000")
+    if not port_text.isdigit():
+        raise ConfigError(f"--bind {text!r}: the port must be a number")
+    return tcp_endpoint(host or "0.0.0.0", int(port_text))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kestrelpy check",
+        description="Explain, without starting a server, why listening would fail and how to fix it.",
+    )
+    parser.add_argument("--host", default=None, help=f"address to check [default: {DEFAULT_HOST}]")
+    parser.add_argument("--port", default=None, type=int, help=f"port to check [default: {DEFAULT_PORT}]")
+    parser.add_argument("--bind", action="append", default=[], metavar="HOST:PORT", help="an endpoint; repeatable")
+    parser.add_argument("--reuse-port", action="store_true", help="check as if SO_REUSEPORT will be used")
+    parser.add_argument("--json", action="store_true", help="print facts and findings as JSON")
+    parser.add_argument("--dump-facts", metavar="DIR", help="write the raw probe inputs to DIR")
+    return parser
+
+
+def endpoints_from(args: argparse.Namespace) -> list[Endpoint]:
+    endpoints: list[Endpoint] = [parse_bind(b) for b in args.bind]
+    if not endpoints or args.host is not None or args.port is not None:
+        host = args.host if args.host is not None else DEFAULT_HOST
+        port = args.port if args.port is not None else DEFAULT_PORT
+        endpoints.insert(0, tcp_endpoint(host, port))
+    return endpoints
+
+
+def run_check(argv: Sequence[str], stdout: TextIO = sys.stdout, *, probe: HostIO | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:  # --help or a usage error; argparse has printed it
+        return int(exc.code or 0)
+    try:
+        endpoints = endpoints_from(args)
+    except ConfigError as exc:
+        print(f"kestrelpy check: error: {exc}", file=sys.stderr)
+        return 2
+    io: HostIO = probe or default_io()
+    recorder = RecordingIO(io) if args.dump_facts else None
+    report = check(endpoints, probe=recorder or io, reuse_port=args.reuse_port)
+    written = recorder.dump(args.dump_facts) if recorder is not None and args.dump_facts else []
+    status = 1 if report.blocking else 0
+
+    if args.json:
+        document = {
+            "ok": status == 0,
+            "endpoints": [e.display() for e in endpoints],
+            "findings": [f.to_dict() for f in report.findings],
+            "facts": report.facts.to_dict(),
+        }
+        if recorder is not None:
+            document["dumped"] = {"directory": args.dump_facts, "files": written}
+        stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+        return status
+
+    blocks = [f.render() for f in report.findings]
+    if blocks:
+        stdout.write("\n\n".join(blocks) + "\n\n")
+        errors = sum(f.severity == "error" for f in report.findings)
+        warnings = sum(f.severity == "warning" for f in report.findings)
+        stdout.write(m.CHECK_SUMMARY.format(errors=errors, warnings=warnings) + "\n")
+    if not report.blocking:
+        clear = m.CHECK_CLEAR_NOTES if blocks else m.CHECK_CLEAR
+        stdout.write(clear.format(endpoints=", ".join(e.display() for e in endpoints)) + "\n")
+    if recorder is not None:
+        stdout.write(m.CHECK_DUMPED.format(count=len(written), directory=args.dump_facts) + "\n")
+    return status
