@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from kestrelpy import __version__
 from kestrelpy.config import Config, Limits, env_name, flag_name, options
+from kestrelpy.endpoints import SYSTEMD_VARIABLES, FdEndpoint, systemd_endpoints
 from kestrelpy.errors import ConfigError, KestrelpyError
 
 EPILOG = """\
@@ -98,8 +99,23 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         values[owner][f.name] = value
+    if "workers" not in values[Config] and environ.get("WEB_CONCURRENCY", "").strip():
+        try:  # the convention Heroku started and uvicorn and gunicorn honour
+            values[Config]["workers"] = int(environ["WEB_CONCURRENCY"])
+        except ValueError:
+            raise ConfigError(f"WEB_CONCURRENCY: expected a number, got {environ['WEB_CONCURRENCY']!r}") from None
     limits = Limits(**values[Limits])
     return Config(app=args.app, limits=limits, **values[Config])
+
+
+def take_systemd_sockets(environ: MutableMapping[str, str]) -> tuple[FdEndpoint, ...]:
+    """Sockets passed by systemd socket activation, if LISTEN_PID names us; the variables are then
+    removed so that child processes do not mistake them for their own."""
+    found = systemd_endpoints(environ, os.getpid())
+    if found:
+        for name in SYSTEMD_VARIABLES:
+            environ.pop(name, None)
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,10 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     try:
         config = config_from(args, os.environ)
+        config = config.replace(inherited=take_systemd_sockets(os.environ))
         from kestrelpy import logs
-        from kestrelpy.server import run_server
 
         logs.configure(config.log_level, access_log=config.access_log)
+        if config.multiprocess:
+            from kestrelpy.supervisor import run_supervisor
+
+            return run_supervisor(config)
+        from kestrelpy.server import run_server
+
         run_server(config)
     except KestrelpyError as exc:
         print(f"kestrelpy: error: {exc}", file=sys.stderr)

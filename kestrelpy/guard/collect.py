@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 
 from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint
-from kestrelpy.guard import darwin, linux, windows
-from kestrelpy.guard.facts import HostFacts, PortFacts
+from kestrelpy.guard import linux
+from kestrelpy.guard.facts import SYSTEM_PID, HostFacts, PortFacts
 from kestrelpy.guard.runner import HostIO
 from kestrelpy.guard.verdict import BindFailure, FailureKind
 
@@ -57,11 +57,14 @@ def gather(
         priv = linux.collect_privilege(io)
         denied = kind in (FailureKind.DENIED, FailureKind.NOT_PERMITTED)
         holders = kind in (None, FailureKind.IN_USE) or thorough
-        port_facts = tuple(linux.collect_port(io, p) for p in ports) if holders else ()
+        cheap = kind is None and not thorough
+        port_facts = tuple(linux.collect_port(io, p, listeners_only=cheap) for p in ports) if holders else ()
         wsl = linux.detect_wsl(io)
         windows_side: tuple[PortFacts, ...] = ()
         if wsl is not None and wsl.interop and (thorough or kind is FailureKind.IN_USE):
             result = io.run(WSL_NETSTAT)
+            from kestrelpy.guard import windows
+
             if result is None:
                 notes.append("WSL interop: netstat.exe did not run")
             else:
@@ -85,6 +88,8 @@ def gather(
         )
 
     if platform == "darwin":
+        from kestrelpy.guard import darwin  # per-OS probes load only on their OS (and in tests)
+
         wanted = thorough or kind is FailureKind.IN_USE
         return HostFacts(
             platform="darwin",
@@ -96,13 +101,15 @@ def gather(
         )
 
     if platform == "win32":
+        from kestrelpy.guard import windows
+
         denied = kind is FailureKind.DENIED
         full = thorough or kind is not None
         port_facts = tuple(
             windows.collect_listeners(io, p) if full or io.tcp_table(4) is not None else PortFacts(p, (), "not probed")
             for p in ports
         )
-        system_held = any(windows.SYSTEM_PID in row.pids for pf in port_facts for row in pf.listeners)
+        system_held = any(SYSTEM_PID in row.pids for pf in port_facts for row in pf.listeners)
         needs_names = any(row.pids for pf in port_facts for row in pf.listeners)
         win = None
         if system_held or denied or thorough or needs_names:

@@ -16,6 +16,9 @@ CAP_NET_BIND_SERVICE = 10
 # The compiled-in floor used by kernels older than 4.11, which have no ip_unprivileged_port_start sysctl.
 DEFAULT_UNPRIVILEGED_PORT_START = 1024
 
+# Windows' "System" process: http.sys and other kernel drivers own their sockets under this PID.
+SYSTEM_PID = 4
+
 TcpState = Literal["LISTEN", "TIME_WAIT", "OTHER"]
 NetnsOwner = Literal["own", "outside", "unknown"]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import struct
 from collections.abc import Iterable
 
 from kestrelpy.guard.facts import (
@@ -192,12 +193,59 @@ def collect_threshold(io: HostIO) -> int:
     return parse_threshold(io.read_text(THRESHOLD_PATH))[0]
 
 
-def collect_port(io: HostIO, port: int, *, owners: bool = True) -> PortFacts:
-    """LISTEN and TIME_WAIT rows for `port` from both tables, with holders named where visible."""
-    order, ticks = io.byteorder(), io.clock_ticks()
+_DIAG_MSG = struct.Struct("=BBBBHH16s16sIQIIIII")  # inet_diag_msg (linux/inet_diag.h), 72 bytes
+_LISTEN_MASK = 1 << 0x0A
+
+
+def parse_sock_diag(data: bytes, family: int, port: int | None = None) -> list[Listener]:
+    """LISTEN rows from raw NETLINK_SOCK_DIAG replies (a run of netlink messages, each an inet_diag_msg)."""
     rows: list[Listener] = []
-    for family, path in TCP_PATHS.items():
-        rows += parse_proc_net_tcp(io.read_text(path), family, port=port, byteorder=order, clock_ticks=ticks)
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16 or kind in (2, 3):  # NLMSG_ERROR, NLMSG_DONE
+            break
+        body = offset + 16
+        if length - 16 >= _DIAG_MSG.size:
+            fields = _DIAG_MSG.unpack_from(data, body)
+            _fam, state, _timer, _retrans, sport_be, _dport, src, _dst, _if, _cookie = fields[:10]
+            uid, inode = fields[13], fields[14]
+            row_port = int.from_bytes(struct.pack("=H", sport_be), "big")
+            if state == 0x0A and (port is None or row_port == port):
+                raw = src[:4] if family == 4 else src
+                address = str(ipaddress.ip_address(raw))
+                mapped = ipaddress.IPv6Address(raw).ipv4_mapped if family == 6 else None
+                rows.append(
+                    Listener(
+                        family=4 if mapped is not None else family,
+                        address=str(mapped) if mapped is not None else address,
+                        port=row_port,
+                        state="LISTEN",
+                        uid=uid,
+                        inode=inode or None,
+                    )
+                )
+        offset += (length + 3) & ~3
+    return rows
+
+
+def collect_port(io: HostIO, port: int, *, owners: bool = True, listeners_only: bool = False) -> PortFacts:
+    """Rows for `port` with holders named where visible.
+
+    `listeners_only` (the cheap path before an ordinary start) asks the kernel for listening sockets over
+    sock_diag netlink; otherwise, or when netlink is unavailable, /proc/net/tcp{,6} also give TIME_WAIT.
+    """
+    rows: list[Listener] = []
+    source = "/proc/net/tcp, /proc/net/tcp6"
+    diag = [io.sock_diag(f, _LISTEN_MASK) for f in (4, 6)] if listeners_only else [None, None]
+    if diag[0] is not None and diag[1] is not None:
+        rows = parse_sock_diag(diag[0], 4, port) + parse_sock_diag(diag[1], 6, port)
+        source = "sock_diag netlink"
+    else:
+        order, ticks = io.byteorder(), io.clock_ticks()
+        for family, path in TCP_PATHS.items():
+            text = io.read_text(path)
+            rows += parse_proc_net_tcp(text, family, port=port, byteorder=order, clock_ticks=ticks)
     complete = True
     if owners:
         inodes = [r.inode for r in rows if r.state == "LISTEN" and r.inode is not None]
@@ -220,7 +268,7 @@ def collect_port(io: HostIO, port: int, *, owners: bool = True) -> PortFacts:
                 )
             )
         rows = named
-    return PortFacts(port=port, listeners=tuple(rows), source="/proc/net/tcp, /proc/net/tcp6", owners_visible=complete)
+    return PortFacts(port=port, listeners=tuple(rows), source=source, owners_visible=complete)
 
 
 def collect_lsm(io: HostIO) -> LsmFacts:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -77,6 +78,8 @@ class HostIO(Protocol):
     def byteorder(self) -> str: ...
 
     def tcp_table(self, family: int) -> bytes | None: ...
+
+    def sock_diag(self, family: int, states: int) -> bytes | None: ...
 
 
 def decode_output(data: bytes) -> str:
@@ -226,6 +229,11 @@ class SystemIO:
             return None
         return _get_extended_tcp_table(WINDOWS_AF_INET6 if family == 6 else 2)
 
+    def sock_diag(self, family: int, states: int) -> bytes | None:
+        if not self._platform.startswith("linux"):
+            return None
+        return _sock_diag_dump(family, states)
+
 
 def _get_extended_tcp_table(af: int) -> bytes | None:
     """The raw MIB_TCP(6)TABLE_OWNER_PID listener table (windows.decode_tcp_table reads it)."""
@@ -257,31 +265,96 @@ def _get_extended_tcp_table(af: int) -> bytes | None:
     return None
 
 
+# linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+
+
+def _sock_diag_dump(family: int, states: int) -> bytes | None:
+    """Raw NETLINK_SOCK_DIAG replies for TCP sockets of `family` (4/6) in the `states` bit mask.
+
+    The kernel filters by state, so asking for listeners walks only the listening hash: far cheaper than
+    reading /proc/net/tcp, which formats every connection on a busy host. linux.parse_sock_diag reads it.
+    """
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+    netlink = getattr(socket, "AF_NETLINK", None)
+    if netlink is None:
+        return None
+    req = struct.pack("=BBBxI", af, socket.IPPROTO_TCP, 0, states) + bytes(48)  # inet_diag_req_v2
+    msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, 1, 0) + req
+    chunks: list[bytes] = []
+    try:
+        with socket.socket(netlink, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as sock:
+            sock.settimeout(COMMAND_TIMEOUT)
+            sock.sendall(msg)
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return None
+                chunks.append(data)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    if kind == _NLMSG_ERROR:
+                        return None
+                    if kind == _NLMSG_DONE:
+                        return b"".join(chunks)
+                    offset += (length + 3) & ~3
+                    if length < 16:
+                        return None
+    except OSError:
+        return None
+
+
 def command_key(argv: Sequence[str]) -> str:
     return " ".join(argv)
 
 
-@dataclass
 class FixtureIO:
-    """Recorded answers. Anything not given is missing (files, commands) or a neutral default."""
+    """Recorded answers. Anything not given is missing (files, commands) or a neutral default.
 
-    platform: str = "linux"
-    files: Mapping[str, str] | None = None
-    commands: Mapping[str, str] | None = None  # command_key(argv) -> stdout
-    command_codes: Mapping[str, int] | None = None
-    dirs: Mapping[str, list[str]] | None = None
-    links: Mapping[str, str] | None = None
-    environ: Mapping[str, str] | None = None
-    uid: int | None = 1000
-    users: Mapping[int, str] | None = None
-    owner: NetnsOwner = "own"
-    hosts: Mapping[str, tuple[str, ...]] | None = None
-    fd_infos: Mapping[int, FdInfo] | None = None
-    ticks: int = 100
-    order: str = "little"
-    tcp_tables: Mapping[int, bytes] | None = None
+    A plain class rather than a dataclass: this module is imported on every server start, and generating
+    dataclass methods for seventeen fields costs more than the guard's whole success path.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        platform: str = "linux",
+        files: Mapping[str, str] | None = None,
+        commands: Mapping[str, str] | None = None,  # command_key(argv) -> stdout
+        command_codes: Mapping[str, int] | None = None,
+        dirs: Mapping[str, list[str]] | None = None,
+        links: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        uid: int | None = 1000,
+        users: Mapping[int, str] | None = None,
+        owner: NetnsOwner = "own",
+        hosts: Mapping[str, tuple[str, ...]] | None = None,
+        fd_infos: Mapping[int, FdInfo] | None = None,
+        ticks: int = 100,
+        order: str = "little",
+        tcp_tables: Mapping[int, bytes] | None = None,
+        diag: Mapping[int, bytes] | None = None,  # family -> raw sock_diag replies
+    ) -> None:
+        self.platform = platform
+        self.files = files
+        self.commands = commands
+        self.command_codes = command_codes
+        self.dirs = dirs
+        self.links = links
+        self.environ = environ
+        self.uid = uid
+        self.users = users
+        self.owner: NetnsOwner = owner
+        self.hosts = hosts
+        self.fd_infos = fd_infos
+        self.ticks = ticks
+        self.order = order
+        self.tcp_tables = tcp_tables
+        self.diag = diag
         self.ran: list[str] = []
 
     def read_text(self, path: str) -> str | None:
@@ -329,6 +402,9 @@ class FixtureIO:
     def tcp_table(self, family: int) -> bytes | None:
         return (self.tcp_tables or {}).get(family)
 
+    def sock_diag(self, family: int, states: int) -> bytes | None:
+        return (self.diag or {}).get(family)
+
     @classmethod
     def from_dir(cls, directory: str | os.PathLike[str]) -> FixtureIO:
         """Replay a directory written by `RecordingIO.dump()` (`kestrelpy check --dump-facts DIR`)."""
@@ -354,6 +430,7 @@ class FixtureIO:
             ticks=manifest.get("clock_ticks", 100),
             order=manifest.get("byteorder", "little"),
             tcp_tables={int(k): (root / v).read_bytes() for k, v in manifest.get("tcp_tables", {}).items()},
+            diag={int(k): (root / v).read_bytes() for k, v in manifest.get("sock_diag", {}).items()},
         )
 
 
@@ -376,6 +453,7 @@ class RecordingIO:
         self.hosts: dict[str, tuple[str, ...]] = {}
         self.fds: dict[int, FdInfo] = {}
         self.tcp_tables: dict[int, bytes] = {}
+        self.diag: dict[int, bytes] = {}
         self._euid: int | None = None
         self._owner: NetnsOwner | None = None
 
@@ -447,6 +525,12 @@ class RecordingIO:
             self.tcp_tables[family] = data
         return data
 
+    def sock_diag(self, family: int, states: int) -> bytes | None:
+        data = self._inner.sock_diag(family, states)
+        if data is not None:
+            self.diag[family] = data
+        return data
+
     def dump(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write every answer under `directory`; returns the relative paths written."""
         root = Path(directory)
@@ -472,6 +556,7 @@ class RecordingIO:
             for key, r in sorted(self.commands.items())
         }
         tables = {str(f): put(f"tcp_table_v{f}.bin", data) for f, data in self.tcp_tables.items()}
+        diag = {str(f): put(f"sock_diag_v{f}.bin", data) for f, data in self.diag.items()}
         manifest = {
             "platform": self.platform,
             "euid": self._euid,
@@ -487,6 +572,7 @@ class RecordingIO:
             "hosts": {k: list(v) for k, v in self.hosts.items()},
             "fds": {str(k): dataclasses.asdict(v) for k, v in self.fds.items()},
             "tcp_tables": tables,
+            "sock_diag": diag,
         }
         put("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return written

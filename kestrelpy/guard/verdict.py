@@ -44,6 +44,7 @@ from typing import Any, Literal
 from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint, UnixEndpoint
 from kestrelpy.guard import messages as m
 from kestrelpy.guard.facts import (
+    SYSTEM_PID,
     HostFacts,
     LinuxPrivilege,
     Listener,
@@ -51,7 +52,6 @@ from kestrelpy.guard.facts import (
     PortRange,
     WindowsFacts,
 )
-from kestrelpy.guard.windows import SYSTEM_PID, nearest_free_port
 
 Severity = Literal["error", "warning", "info"]
 Overlap = Literal["same", "dual_v6_holder", "dual_v4_holder"]
@@ -300,7 +300,7 @@ def _process_names(row: Listener, windows: WindowsFacts | None) -> tuple[str, ..
 
 
 def describe_holder(row: Listener, windows: WindowsFacts | None = None) -> str:
-    names = _process_names(row, windows)
+    names = _process_names(row, windows) or (("System",) if SYSTEM_PID in row.pids else ())
     pids = ", ".join(str(p) for p in row.pids)
     user = f"user {row.user}" if row.user else (f"uid {row.uid}" if row.uid is not None else "")
     if row.pids:
@@ -415,9 +415,9 @@ def _httpsys_finding(
         for queue in matching:
             procs = [images.get(p.pid, p) if p.image is None else p for p in queue.processes]
             named = [
-                f"{p.image.rsplit(chr(92), 1)[-1] if p.image else 'pid'} (pid {p.pid}"
+                (f"{p.image.rsplit(chr(92), 1)[-1]} (pid {p.pid}" if p.image else f"pid {p.pid}")
                 + (f", service {', '.join(p.services)}" if p.services else "")
-                + ")"
+                + (")" if p.image else "")
                 for p in procs
             ]
             urls = ", ".join(u.raw for u in queue.urls if u.port == port)
@@ -551,6 +551,8 @@ def _excluded_finding(
     explaining: bool,
     taken: Sequence[int] = (),
 ) -> Finding:
+    from kestrelpy.guard.windows import nearest_free_port
+
     port = endpoint.port
     free = nearest_free_port(port, windows.excluded or (), taken) or 8080
     lines = [

@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable
 
 from kestrelpy.guard.facts import (
+    SYSTEM_PID,
     DynamicRange,
     HttpSysProcess,
     HttpSysQueue,
@@ -32,7 +33,6 @@ from kestrelpy.guard.facts import (
 )
 from kestrelpy.guard.runner import HostIO
 
-SYSTEM_PID = 4  # the "System" process: http.sys and other kernel drivers own their sockets here
 MIB_TCP_STATE_LISTEN = 2
 
 NETSTAT = ("netstat", "-ano", "-p", "TCP")
