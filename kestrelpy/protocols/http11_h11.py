@@ -28,9 +28,11 @@ def _rejection_for(exc: h11.RemoteProtocolError) -> RequestRejection:
     if exc.error_status_hint == 505:
         return RequestRejection.UNSUPPORTED_HTTP_VERSION
     # h11 checks Host itself; name the same reasons the shared check gives on the other path.
-    if "multiple Host" in str(exc):
+    # Match h11's exact messages: others may quote a request line that happens to contain "Host".
+    message = str(exc)
+    if message == "Found multiple Host: headers":
         return RequestRejection.MULTIPLE_HOST
-    if "Host" in str(exc):
+    if message == "Missing mandatory Host: header":
         return RequestRejection.MISSING_HOST
     return RequestRejection.MALFORMED_REQUEST
 

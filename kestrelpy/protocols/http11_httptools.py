@@ -10,7 +10,8 @@ from kestrelpy.state import ServerState
 
 
 def _rejection_for(exc: httptools.HttpParserError) -> RequestRejection:
-    if "VERSION" in str(exc).upper():
+    # Only llhttp's "Invalid HTTP version"; "Expected CRLF after version" is plain malformed input.
+    if str(exc).lower().startswith("invalid http version"):
         return RequestRejection.UNSUPPORTED_HTTP_VERSION
     return RequestRejection.MALFORMED_REQUEST
 
