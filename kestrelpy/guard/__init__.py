@@ -6,26 +6,22 @@
 
 Probes read the host only through a `HostIO` (runner.py); pass `probe=` to feed recorded answers.
 None of these functions raises: a probe that fails leaves a fact unknown, never the server unstarted.
+
+Every server start imports this package, so it loads almost nothing itself: `predict` first asks the
+screen (screen.py, a few cheap reads), and only when that sees something, or when a bind failed, or for
+`kestrelpy check`, are the probes, the rules and the message catalogue loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from kestrelpy.endpoints import Endpoint
-from kestrelpy.guard.collect import gather
-from kestrelpy.guard.facts import HostFacts
-from kestrelpy.guard.runner import FixtureIO, HostIO, RecordingIO, SystemIO, default_io
-from kestrelpy.guard.verdict import (
-    BindFailure,
-    FailureKind,
-    Finding,
-    Report,
-    build,
-    classify,
-    explain_failure,
-    predict_findings,
-)
+
+if TYPE_CHECKING:
+    from kestrelpy.guard.runner import FixtureIO, HostIO, RecordingIO, SystemIO
+    from kestrelpy.guard.verdict import BindFailure, FailureKind, Finding, Report, classify
 
 __all__ = [
     "BindFailure",
@@ -42,9 +38,43 @@ __all__ = [
     "predict",
 ]
 
+# Names this package re-exports, loaded on first use.
+_LAZY = {
+    "BindFailure": "kestrelpy.guard.verdict",
+    "FailureKind": "kestrelpy.guard.verdict",
+    "Finding": "kestrelpy.guard.verdict",
+    "Report": "kestrelpy.guard.verdict",
+    "classify": "kestrelpy.guard.verdict",
+    "FixtureIO": "kestrelpy.guard.runner",
+    "HostIO": "kestrelpy.guard.runner",
+    "RecordingIO": "kestrelpy.guard.runner",
+    "SystemIO": "kestrelpy.guard.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 def _pick(probe: HostIO | None, runner: HostIO | None) -> HostIO:
-    return probe or runner or default_io()
+    if probe is not None:
+        return probe
+    if runner is not None:
+        return runner
+    from kestrelpy.guard.system import SystemIO
+
+    return SystemIO()
 
 
 def predict(
@@ -55,9 +85,20 @@ def predict(
     reuse_port: bool = False,
     thorough: bool = False,
 ) -> list[Finding]:
-    """Findings for binds that would fail or misbehave. Cheap by default (see collect.py); never raises."""
+    """Findings for binds that would fail or misbehave. Cheap by default (see screen.py); never raises."""
     try:
         io = _pick(probe, runner)
+        if not thorough:
+            from kestrelpy.guard import screen
+
+            try:
+                if screen.clear(endpoints, io):
+                    return []
+            except Exception:  # the screen is only a shortcut; the full probes below decide
+                pass
+        from kestrelpy.guard.collect import gather
+        from kestrelpy.guard.verdict import predict_findings
+
         facts = gather(endpoints, io, thorough=thorough)
         return predict_findings(endpoints, facts, reuse_port=reuse_port)
     except Exception:  # the guard must never be the reason a server does not start
@@ -72,6 +113,10 @@ def explain(
     runner: HostIO | None = None,
 ) -> Finding:
     """Why binding `endpoint` failed with `error`, with remedies. Re-runs the probes that failure needs."""
+    from kestrelpy.guard.collect import gather
+    from kestrelpy.guard.facts import HostFacts
+    from kestrelpy.guard.verdict import build, classify, explain_failure
+
     io = _pick(probe, runner)
     try:
         platform = io.platform
@@ -96,6 +141,9 @@ def check(
     reuse_port: bool = False,
 ) -> Report:
     """Every probe for `kestrelpy check`: the facts and the findings they lead to."""
+    from kestrelpy.guard.collect import gather
+    from kestrelpy.guard.verdict import Report, predict_findings
+
     io = _pick(probe, runner)
     facts = gather(endpoints, io, thorough=True)
     return Report(facts, tuple(predict_findings(endpoints, facts, reuse_port=reuse_port)))

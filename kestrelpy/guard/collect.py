@@ -1,6 +1,7 @@
 """Which probes run, and when: the guard's cost budget in one function.
 
-* Before an ordinary start (`predict`) only cheap reads run. On Linux that is a handful of /proc files
+* Before an ordinary start, screen.py runs first and usually settles it; only when it sees something does
+  `predict` come here. Then too only cheap reads run. On Linux that is a handful of /proc files
   and no external command; the /proc/<pid>/fd walk that names a holder only happens when a socket
   already listens on the port. On macOS nothing external runs. On Windows only the IP Helper table is
   read; `netsh` waits for a PID 4 holder.
@@ -12,7 +13,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from collections.abc import Sequence
 
@@ -20,19 +20,10 @@ from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint
 from kestrelpy.guard import linux
 from kestrelpy.guard.facts import SYSTEM_PID, HostFacts, PortFacts
 from kestrelpy.guard.runner import HostIO
+from kestrelpy.guard.screen import needs_resolving
 from kestrelpy.guard.verdict import BindFailure, FailureKind
 
 WSL_NETSTAT = ("netstat.exe", "-ano", "-p", "TCP")
-
-
-def _needs_resolving(host: str) -> bool:
-    if host in ("", "*", "+"):
-        return False
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return True
-    return False
 
 
 def gather(
@@ -46,7 +37,7 @@ def gather(
     kind = failure.kind if failure is not None else None
     tcp = [e for e in endpoints if isinstance(e, TcpEndpoint)]
     ports = sorted({e.port for e in tcp if e.port})
-    hosts = sorted({e.host for e in tcp if _needs_resolving(e.host)})
+    hosts = sorted({e.host for e in tcp if needs_resolving(e.host)})
     resolved = tuple((host, io.resolve(host)) for host in hosts)
     fds = tuple(io.inspect_fd(e.fd) for e in endpoints if isinstance(e, FdEndpoint))
     euid = io.euid()

@@ -10,11 +10,30 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# The capability bit that lets a process bind ports below the unprivileged floor (linux/capability.h).
-CAP_NET_BIND_SERVICE = 10
+from kestrelpy.guard.fdinfo import FdInfo
+from kestrelpy.guard.screen import CAP_NET_BIND_SERVICE, DEFAULT_UNPRIVILEGED_PORT_START, capability_counts
 
-# The compiled-in floor used by kernels older than 4.11, which have no ip_unprivileged_port_start sysctl.
-DEFAULT_UNPRIVILEGED_PORT_START = 1024
+__all__ = [
+    "CAP_NET_BIND_SERVICE",
+    "DEFAULT_UNPRIVILEGED_PORT_START",
+    "SYSTEM_PID",
+    "DynamicRange",
+    "FdInfo",
+    "HostFacts",
+    "HttpSysProcess",
+    "HttpSysQueue",
+    "HttpSysState",
+    "HttpSysUrl",
+    "LinuxPrivilege",
+    "Listener",
+    "LsmFacts",
+    "NetnsOwner",
+    "PortFacts",
+    "PortRange",
+    "TcpState",
+    "WindowsFacts",
+    "WslFacts",
+]
 
 # Windows' "System" process: http.sys and other kernel drivers own their sockets under this PID.
 SYSTEM_PID = 4
@@ -75,11 +94,7 @@ class LinuxPrivilege:
     @property
     def capability_counts(self) -> bool:
         """True when CAP_NET_BIND_SERVICE is effective in the user namespace owning our network namespace."""
-        if not self.has_bind_capability:
-            return False
-        if self.netns_owner == "unknown":
-            return self.uid_map_initial
-        return self.netns_owner == "own"
+        return capability_counts(self.capeff, self.netns_owner, self.uid_map_initial)
 
 
 @dataclass(frozen=True)
@@ -99,18 +114,6 @@ class LsmFacts:
 class WslFacts:
     version: Literal[1, 2]
     interop: bool
-
-
-@dataclass(frozen=True)
-class FdInfo:
-    """An inherited socket, inspected instead of probing privileges (the bind already happened)."""
-
-    fd: int
-    is_socket: bool
-    listening: bool = False
-    family: int | None = None
-    address: str | None = None
-    port: int | None = None
 
 
 @dataclass(frozen=True)

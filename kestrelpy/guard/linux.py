@@ -17,61 +17,50 @@ import re
 import struct
 from collections.abc import Iterable
 
-from kestrelpy.guard.facts import (
-    DEFAULT_UNPRIVILEGED_PORT_START,
-    LinuxPrivilege,
-    Listener,
-    LsmFacts,
-    PortFacts,
-    TcpState,
-    WslFacts,
-)
+from kestrelpy.guard.facts import LinuxPrivilege, Listener, LsmFacts, PortFacts, TcpState, WslFacts
 from kestrelpy.guard.runner import HostIO
+from kestrelpy.guard.screen import (
+    LISTEN_MASK,
+    STATUS_PATH,
+    TCP_PATHS,
+    THRESHOLD_PATH,
+    UID_MAP_PATH,
+    capability_counts,
+    detect_container,
+    parse_status,
+    parse_threshold,
+    parse_uid_map_initial,
+    status_hex,
+)
 
-THRESHOLD_PATH = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
-STATUS_PATH = "/proc/self/status"
-UID_MAP_PATH = "/proc/self/uid_map"
-TCP_PATHS = {4: "/proc/net/tcp", 6: "/proc/net/tcp6"}
+__all__ = [
+    "OSRELEASE_PATH",
+    "STATUS_PATH",
+    "TCP_PATHS",
+    "THRESHOLD_PATH",
+    "UID_MAP_PATH",
+    "capability_counts",
+    "collect_lsm",
+    "collect_port",
+    "collect_privilege",
+    "collect_threshold",
+    "decode_address",
+    "detect_container",
+    "detect_wsl",
+    "find_owners",
+    "parse_proc_net_tcp",
+    "parse_sock_diag",
+    "parse_socket_link",
+    "parse_status",
+    "parse_threshold",
+    "parse_uid_map_initial",
+]
+
 OSRELEASE_PATH = "/proc/sys/kernel/osrelease"
 
 # include/net/tcp_states.h
 _STATES: dict[int, TcpState] = {0x0A: "LISTEN", 0x06: "TIME_WAIT"}
 _TIMER_TIME_WAIT = 3  # the "tr" column value for the time-wait timer
-
-
-def parse_threshold(text: str | None) -> tuple[int, bool]:
-    """(floor, read_from_sysctl). A missing or unreadable file means a pre-4.11 kernel: 1024."""
-    if text is not None:
-        try:
-            return int(text.strip()), True
-        except ValueError:
-            pass
-    return DEFAULT_UNPRIVILEGED_PORT_START, False
-
-
-def parse_status(text: str | None) -> dict[str, str]:
-    """The `Key:\tvalue` lines of /proc/<pid>/status."""
-    fields: dict[str, str] = {}
-    for line in (text or "").splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def _hex(fields: dict[str, str], key: str) -> int:
-    try:
-        return int(fields.get(key, "0"), 16)
-    except ValueError:
-        return 0
-
-
-def parse_uid_map_initial(text: str | None) -> bool:
-    """True for the initial user namespace, whose map is the identity over the whole uid range."""
-    if text is None:
-        return True  # no user namespaces compiled in: we are in the only one there is
-    rows = [line.split() for line in text.splitlines() if line.strip()]
-    return rows == [["0", "0", "4294967295"]]
 
 
 def decode_address(hexaddr: str, family: int, byteorder: str = "little") -> str:
@@ -180,8 +169,8 @@ def collect_privilege(io: HostIO) -> LinuxPrivilege:
         threshold_source="sysctl" if from_sysctl else "default",
         euid=euid,
         user=io.user_name(euid) if euid >= 0 else None,
-        capeff=_hex(status, "CapEff"),
-        capamb=_hex(status, "CapAmb"),
+        capeff=status_hex(status, "CapEff"),
+        capamb=status_hex(status, "CapAmb"),
         no_new_privs=status.get("NoNewPrivs", "0") == "1",
         netns_owner=io.netns_owner(),
         uid_map_initial=parse_uid_map_initial(io.read_text(UID_MAP_PATH)),
@@ -194,7 +183,6 @@ def collect_threshold(io: HostIO) -> int:
 
 
 _DIAG_MSG = struct.Struct("=BBBBHH16s16sIQIIIII")  # inet_diag_msg (linux/inet_diag.h), 72 bytes
-_LISTEN_MASK = 1 << 0x0A
 
 
 def parse_sock_diag(data: bytes, family: int, port: int | None = None) -> list[Listener]:
@@ -237,7 +225,7 @@ def collect_port(io: HostIO, port: int, *, owners: bool = True, listeners_only: 
     """
     rows: list[Listener] = []
     source = "/proc/net/tcp, /proc/net/tcp6"
-    diag = [io.sock_diag(f, _LISTEN_MASK) for f in (4, 6)] if listeners_only else [None, None]
+    diag = [io.sock_diag(f, LISTEN_MASK) for f in (4, 6)] if listeners_only else [None, None]
     if diag[0] is not None and diag[1] is not None:
         rows = parse_sock_diag(diag[0], 4, port) + parse_sock_diag(diag[1], 6, port)
         source = "sock_diag netlink"
@@ -286,18 +274,3 @@ def detect_wsl(io: HostIO) -> WslFacts | None:
         return None
     wsl2 = "wsl2" in release.lower() or "microsoft-standard" in release.lower()
     return WslFacts(version=2 if wsl2 else 1, interop=bool(io.env("WSL_INTEROP")))
-
-
-def detect_container(io: HostIO) -> str | None:
-    """A hint for wording remedies only (never used to decide)."""
-    if io.read_text("/.dockerenv") is not None:
-        return "docker"
-    if io.env("KUBERNETES_SERVICE_HOST"):
-        return "kubernetes"
-    cgroup = io.read_text("/proc/1/cgroup") or ""
-    for marker, name in (("kubepods", "kubernetes"), ("libpod", "podman"), ("docker", "docker")):
-        if marker in cgroup:
-            return name
-    if io.env("container"):
-        return io.env("container")
-    return None

@@ -79,6 +79,10 @@ def _assert_clean_failure(done: subprocess.CompletedProcess[str], code: str, mar
     assert f"[{code}]" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not marker.exists(), "lifespan startup ran although the bind failed"
+    # The prediction before the bind is one line; the full explanation appears once, in the final error.
+    assert f"predicted: {code} on 127.0.0.1:" in done.stderr
+    assert done.stderr.count(f"[{code}]") == 1, done.stderr
+    assert done.stderr.count("How to fix it:") == 1, done.stderr
 
 
 def test_port_held_by_another_socket_exits_1_with_the_holder(marker_app: tuple[Path, dict[str, str]]) -> None:

@@ -4,6 +4,8 @@ Each privileged scenario runs in a child process inside a fresh network namespac
 the child may set net.ipv4.ip_unprivileged_port_start without touching the host's value, then drops to uid
 65534 and compares the guard's prediction with a real bind on loopback. These need root (CI runs as root)
 and skip with the reason when namespaces are not permitted. The TIME_WAIT case needs no privileges.
+The authbind case also takes a private mount namespace, so its rules directory never replaces the host's
+/etc/authbind.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import site
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,8 @@ if mode == "setup":
     if "threshold" in arg:
         with open("/proc/sys/net/ipv4/ip_unprivileged_port_start", "w") as f:
             f.write(str(arg["threshold"]))
+    for source, target in arg.get("bind_mounts", []):  # only ever inside a private mount namespace
+        subprocess.run(["mount", "--bind", source, target], check=True)
     os.execvp(rest[0], rest)
 elif mode == "probe":
     print(json.dumps(probe([tuple(c) for c in arg["cases"]])))
@@ -310,3 +315,62 @@ def test_time_wait_left_by_a_server_without_so_reuseaddr() -> None:
     finding = explain(info.value, ep)
     assert finding.code == "KP-PORT-TIME-WAIT"
     assert any("TIME_WAIT" in fact for fact in finding.facts)
+
+
+AUTHBIND_DIR = "/etc/authbind"
+
+
+def _authbind_usable() -> str | None:
+    """None when the authbind scenario can run here, else the reason it cannot."""
+    if REASON is not None:
+        return REASON
+    if shutil.which("authbind") is None or not os.path.isdir(AUTHBIND_DIR):
+        return "authbind is not installed (Debian package `authbind`)"
+    if shutil.which("mount") is None:
+        return "`mount` (util-linux) is not installed"
+    done = subprocess.run(["unshare", "--mount", "--net", "true"], capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        return f"mount namespaces are not permitted here: {done.stderr.strip()}"
+    return None
+
+
+def _authbind_state() -> tuple[list[tuple[str, int, int]], bool]:
+    """The host's authbind rules (path, mode, owner) and whether anything is mounted over them."""
+    rules = []
+    for root, _dirs, files in os.walk(AUTHBIND_DIR):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            rules.append((os.path.join(root, name), st.st_mode, st.st_uid))
+    mounted = any(line.split()[4] == AUTHBIND_DIR for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return sorted(rules), mounted
+
+
+AUTHBIND_REASON = _authbind_usable()
+
+
+@pytest.mark.skipif(AUTHBIND_REASON is not None, reason=AUTHBIND_REASON or "")
+def test_authbind_refusal_and_permission() -> None:
+    # A private rules directory lets uid 65534 bind port 81 and nothing else; it is bind-mounted over
+    # /etc/authbind inside a new mount namespace, so the host's rules stay as they are.
+    before = _authbind_state()
+    rules = Path(tempfile.mkdtemp(prefix="kestrelpy-authbind-"))
+    try:
+        for sub in ("byport", "byaddr", "byuid"):
+            (rules / sub).mkdir()
+        allowed = rules / "byport" / "81"
+        allowed.touch()
+        os.chown(allowed, 65534, 65534)
+        os.chmod(allowed, 0o500)  # authbind's helper asks access(X_OK) as the calling user
+        for path in (rules, rules / "byport", rules / "byaddr", rules / "byuid"):
+            os.chmod(path, 0o755)
+        cases = {"cases": [["127.0.0.1", 80], ["127.0.0.1", 81]]}
+        argv = ["unshare", "--mount", "--net", "--", *_py("setup", {"bind_mounts": [[str(rules), AUTHBIND_DIR]]})]
+        results = _run([*argv, *NOBODY, "authbind", *_py("probe", cases)])
+    finally:
+        shutil.rmtree(rules, ignore_errors=True)
+    assert _authbind_state() == before  # nothing changed or stayed mounted on the host
+    refused, permitted = results
+    assert refused["euid"] == 65534
+    # authbind decides low ports itself, so nothing is predicted; its refusal is EPERM, not EACCES.
+    assert (refused["predicted"], refused["errno"], refused["explained"]) == ([], 1, "KP-LINUX-AUTHBIND-DENIED")
+    assert (permitted["predicted"], permitted["errno"], permitted["explained"]) == ([], None, None)
