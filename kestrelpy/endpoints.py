@@ -1,15 +1,38 @@
-"""Where to listen: pure endpoint values and their parsing. No sockets are created here (see sockets.py)."""
+"""Where to listen: pure endpoint values and their parsing. No sockets are created here (see sockets.py).
+
+Spellings accepted, after Kestrel's binding model:
+
+    --host H --port P                 one TCP endpoint
+    --bind 127.0.0.1:8080             repeatable; also [::1]:8080, [fe80::1%eth0]:8080, :8080, *:8080,
+    --bind unix:/run/app.sock           localhost:8080, unix:PATH and fd://N
+    --bind fd://3
+    --urls "http://+:8080;http://localhost:5000"   Kestrel-style URLs, `;`-separated (also http://unix:PATH)
+    --uds /run/app.sock               the same as --bind unix:/run/app.sock
+    LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES      systemd socket activation (read by the CLI)
+
+Host meanings: `localhost` is both loopbacks (127.0.0.1 and ::1), `*`, `+` and `::` are every address
+(dual-stack where the OS allows), anything else is one IP literal or one resolved name.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from kestrelpy.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+ANY_HOSTS = frozenset({"*", "+", "::"})
+SYSTEMD_FIRST_FD = 3  # SD_LISTEN_FDS_START
 
 
 @dataclass(frozen=True, slots=True)
 class TcpEndpoint:
-    """A TCP address: `host` is an IP literal or a name (IPv6 without brackets); port 0 picks a free port."""
+    """A TCP address. `host` is an IP literal (IPv6 without brackets, maybe with a `%zone`), a name,
+    `localhost` (both loopbacks) or `*`/`::` (every address, dual-stack); port 0 picks a free port."""
 
     host: str
     port: int
@@ -18,12 +41,21 @@ class TcpEndpoint:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def any_address(self) -> bool:
+        return self.host in ANY_HOSTS
+
+    @property
+    def is_localhost(self) -> bool:
+        return self.host.lower() == "localhost"
+
 
 @dataclass(frozen=True, slots=True)
 class UnixEndpoint:
-    """A Unix domain socket path."""
+    """A Unix domain socket path; `mode` (e.g. 0o660) is applied to the socket file after binding."""
 
     path: str
+    mode: int | None = None
 
     def display(self) -> str:
         return f"unix:{self.path}"
@@ -31,12 +63,13 @@ class UnixEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class FdEndpoint:
-    """An already-open listening socket inherited as a file descriptor."""
+    """An already-open listening socket inherited as a file descriptor (`name` from LISTEN_FDNAMES)."""
 
     fd: int
+    name: str = ""
 
     def display(self) -> str:
-        return f"fd://{self.fd}"
+        return f"fd://{self.fd}" + (f" ({self.name})" if self.name else "")
 
 
 Endpoint = TcpEndpoint | UnixEndpoint | FdEndpoint
@@ -51,4 +84,190 @@ def tcp_endpoint(host: str, port: int) -> TcpEndpoint:
         host = host[1:-1]
     if not host:
         raise ConfigError("--host must not be empty")
-    return TcpEndpoint(host, port)
+    return TcpEndpoint(_normal_host(host), port)
+
+
+def _normal_host(host: str) -> str:
+    if host == "+":
+        return "*"
+    if host.lower() == "localhost":
+        return "localhost"
+    return host
+
+
+def _port(text: str, source: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{source}: the port must be a number, not {text!r}")
+    port = int(text)
+    if port > 65535:
+        raise ConfigError(f"{source}: the port must be between 0 and 65535, not {port}")
+    return port
+
+
+def _split_host_port(text: str, source: str) -> tuple[str, str]:
+    """`HOST:PORT` or `[IPV6]:PORT` into its two halves (the host without brackets)."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":") or not host:
+            raise ConfigError(f"{source}: expected [IPV6]:PORT")
+        return host, rest[1:]
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ConfigError(f"{source}: expected HOST:PORT")
+    if ":" in host:
+        raise ConfigError(f"{source}: put an IPv6 address in brackets, as [{host}]:{port}")
+    return host, port
+
+
+def parse_bind(text: str, *, uds_mode: int | None = None) -> Endpoint:
+    """One `--bind` value: `HOST:PORT`, `[IPV6]:PORT`, `:PORT`, `unix:PATH`, `fd://N` or an http:// URL."""
+    value = text.strip()
+    source = f"--bind {text!r}"
+    if value.startswith("unix:"):
+        return unix_endpoint(value[5:], source, uds_mode)
+    if value.startswith("fd://"):
+        return fd_endpoint(value[5:], source)
+    if "://" in value:
+        return parse_url(value, uds_mode=uds_mode)
+    host, port = _split_host_port(value, source)
+    return TcpEndpoint(_normal_host(host) if host else "0.0.0.0", _port(port, source))
+
+
+def unix_endpoint(path: str, source: str = "--uds", mode: int | None = None) -> UnixEndpoint:
+    if not path:
+        raise ConfigError(f"{source}: the socket path is empty")
+    if "\0" in path:
+        raise ConfigError(f"{source}: the socket path contains NUL")
+    return UnixEndpoint(path, mode)
+
+
+def fd_endpoint(text: str, source: str, name: str = "") -> FdEndpoint:
+    if not text.isdigit():
+        raise ConfigError(f"{source}: expected fd://N with N a file descriptor number")
+    fd = int(text)
+    if fd < 3:
+        raise ConfigError(f"{source}: file descriptor {fd} is stdin, stdout or stderr, not a socket")
+    return FdEndpoint(fd, name)
+
+
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
+
+
+def parse_url(text: str, *, uds_mode: int | None = None) -> Endpoint:
+    """One Kestrel-style URL: `http://HOST[:PORT][/]`, HOST one of `*`, `+`, `localhost`, an IP literal
+    (IPv6 in brackets; a zone id as `%25eth0` or `%eth0`) or a name; or `http://unix:/PATH`."""
+    value = text.strip()
+    source = f"--urls {text!r}"
+    match = _URL.match(value)
+    if match is None:
+        raise ConfigError(f"{source}: expected a URL such as http://localhost:8000")
+    scheme = match["scheme"].lower()
+    rest = match["rest"]
+    if scheme == "https":
+        raise ConfigError(f"{source}: kestrelpy does not terminate TLS; put a TLS proxy in front and use http://")
+    if scheme != "http":
+        raise ConfigError(f"{source}: the scheme must be http, not {scheme}")
+    if rest.startswith("unix:"):
+        return unix_endpoint(rest[5:], source, uds_mode)
+    authority, _, path = rest.partition("/")
+    if path:
+        raise ConfigError(f"{source}: a path is not part of an endpoint; use --root-path for a URL prefix")
+    if "@" in authority:
+        raise ConfigError(f"{source}: user information is not part of an endpoint")
+    if authority.startswith("["):
+        host, sep, after = authority[1:].partition("]")
+        if not sep or not host or (after and not after.startswith(":")):
+            raise ConfigError(f"{source}: expected [IPV6] or [IPV6]:PORT")
+        port_text = after[1:] if after else ""
+        host = unquote(host)
+    else:
+        host, sep, port_text = authority.partition(":")
+        if sep and not port_text:
+            raise ConfigError(f"{source}: the port is empty")
+        if not host:
+            raise ConfigError(f"{source}: the host is empty; use * or + for every address")
+    port = _port(port_text, source) if port_text else 80
+    return TcpEndpoint(_normal_host(host), port)
+
+
+def parse_urls(text: str, *, uds_mode: int | None = None) -> list[Endpoint]:
+    """`--urls`: URLs separated by `;` (Kestrel's separator), commas or spaces also accepted."""
+    parts = [p for p in re.split(r"[;,\s]+", text.strip()) if p]
+    if not parts:
+        raise ConfigError("--urls is empty")
+    return [parse_url(p, uds_mode=uds_mode) for p in parts]
+
+
+def parse_octal_mode(text: str) -> int:
+    """`--uds-mode`: an octal permission such as 660, 0660 or 0o660."""
+    value = text.strip().lower().removeprefix("0o")
+    if not value or any(c not in "01234567" for c in value):
+        raise ValueError(f"expected an octal mode such as 660, got {text!r}")
+    mode = int(value, 8)
+    if mode > 0o7777:
+        raise ValueError(f"mode {text!r} is larger than 7777")
+    return mode
+
+
+def systemd_endpoints(environ: Mapping[str, str], pid: int) -> tuple[FdEndpoint, ...]:
+    """The sockets systemd passed this process (sd_listen_fds): LISTEN_FDS sockets from fd 3 upwards,
+    named by LISTEN_FDNAMES, but only when LISTEN_PID names this process. Malformed values mean none."""
+    fds_text = environ.get("LISTEN_FDS", "").strip()
+    pid_text = environ.get("LISTEN_PID", "").strip()
+    if not fds_text.isdigit() or not pid_text.isdigit() or int(pid_text) != pid:
+        return ()
+    count = int(fds_text)
+    names = environ.get("LISTEN_FDNAMES", "")
+    name_list = names.split(":") if names else []
+    return tuple(FdEndpoint(SYSTEMD_FIRST_FD + i, name_list[i] if i < len(name_list) else "") for i in range(count))
+
+
+SYSTEMD_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def configured_endpoints(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    binds: Sequence[str] = (),
+    urls: str = "",
+    uds: str = "",
+    uds_mode: int | None = None,
+    inherited: Iterable[FdEndpoint] = (),
+) -> list[Endpoint]:
+    """Every endpoint a configuration names, in order: --host/--port, --uds, --bind, --urls, inherited.
+
+    --host/--port count when either differs from its default or when nothing else names an endpoint
+    (so `--bind unix:/run/app.sock` alone does not also open 127.0.0.1:8000). Duplicates are dropped,
+    except port 0, which asks for another free port each time.
+    """
+    found: list[Endpoint] = []
+    if uds:
+        found.append(unix_endpoint(uds, "--uds", uds_mode))
+    found.extend(parse_bind(b, uds_mode=uds_mode) for b in binds)
+    if urls.strip():
+        found.extend(parse_urls(urls, uds_mode=uds_mode))
+    found.extend(inherited)
+    if not found or host != DEFAULT_HOST or port != DEFAULT_PORT:
+        found.insert(0, tcp_endpoint(host, port))
+    unique: list[Endpoint] = []
+    for endpoint in found:
+        # port 0 asked twice means two free ports, not one
+        if endpoint not in unique or (isinstance(endpoint, TcpEndpoint) and endpoint.port == 0):
+            unique.append(endpoint)
+    return unique
+
+
+def display_url(endpoint: Endpoint, address: object = None) -> str:
+    """How a log line names a listening endpoint: `http://127.0.0.1:8000`, `http://unix:/run/app.sock`,
+    `fd://3`. `address` is the bound socket's name, which carries the real port when 0 was asked for."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), int(address[1])
+        if len(address) >= 4 and address[3]:
+            host = f"{host}%{address[3]}" if "%" not in host else host
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    if isinstance(endpoint, UnixEndpoint):
+        return f"http://unix:{endpoint.path}"
+    if isinstance(address, str) and address:
+        return f"http://unix:{address}"
+    return endpoint.display()
