@@ -132,10 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kestrelpy import logs
 
         logs.configure(config.log_level, access_log=config.access_log)
-        if config.multiprocess:
-            from kestrelpy.supervisor import run_supervisor
-
-            return run_supervisor(config)
         from kestrelpy.server import run_server
 
         run_server(config)

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from kestrelpy.endpoints import Endpoint, FdEndpoint, configured_endpoints, parse_octal_mode
 from kestrelpy.errors import ConfigError
+from kestrelpy.proxy import DEFAULT_TRUSTED, parse_trusted
 
 HTTP_CHOICES = ("auto", "httptools", "h11")
 LOOP_CHOICES = ("auto", "uvloop", "asyncio")
@@ -92,6 +94,29 @@ class Config:
     app: Any = option(None, "The ASGI application as module:attribute (or the callable itself).")
     host: str = option("127.0.0.1", "Address to listen on (IPv4, IPv6 or a host name).", parse=str)
     port: int = option(8000, "TCP port to listen on; 0 picks a free port.", parse=int)
+    binds: tuple[str, ...] = option(
+        (),
+        "Another endpoint: HOST:PORT, [IPV6]:PORT, localhost:PORT (both loopbacks), *:PORT (every address), "
+        "unix:PATH or fd://N; repeat for more. --host/--port still count when given.",
+        flag="--bind",
+        parse=str,
+        repeatable=True,
+        metavar="ENDPOINT",
+    )
+    urls: str = option(
+        "",
+        "Kestrel-style endpoint URLs separated by ';', e.g. 'http://+:8080;http://localhost:5000'.",
+        parse=str,
+        metavar="URLS",
+    )
+    uds: str = option("", "Listen on this Unix domain socket path (the same as --bind unix:PATH).", parse=str)
+    uds_mode: int | None = option(
+        None,
+        "Octal permissions for Unix socket files, e.g. 660 (default: what the umask gives).",
+        parse=parse_octal_mode,
+        metavar="MODE",
+    )
+    inherited: tuple[FdEndpoint, ...] = field(default=())  # systemd socket activation, filled in by the CLI
     backlog: int = option(2048, "Maximum number of connections waiting to be accepted.", parse=int)
     http: str = option("auto", "HTTP/1.1 parser (auto = httptools).", choices=HTTP_CHOICES)
     loop: str = option("auto", "Event loop (auto = uvloop where installed).", choices=LOOP_CHOICES)
@@ -101,6 +126,18 @@ class Config:
     log_level: str = option("info", "Log level.", choices=LOG_LEVEL_CHOICES)
     access_log: bool = option(True, "Log one line per request.", parse=_parse_bool, negatable=True)
     root_path: str = option("", "ASGI root_path for an app mounted below a URL prefix.", parse=str)
+    proxy_headers: bool = option(
+        True,
+        "Trust X-Forwarded-For/-Proto/-Host and Forwarded from peers in --forwarded-allow-ips.",
+        parse=_parse_bool,
+        negatable=True,
+    )
+    forwarded_allow_ips: str = option(
+        DEFAULT_TRUSTED,
+        "Comma-separated IPs, CIDR networks, 'unix' (Unix-socket peers) or '*' allowed to set forwarded headers.",
+        parse=str,
+        metavar="LIST",
+    )
     factory: bool = option(
         False, "Treat APP as a factory: call it with no arguments to get the app.", parse=_parse_bool
     )
@@ -120,6 +157,71 @@ class Config:
         "On SIGINT/SIGTERM, wait this many seconds for in-flight requests before closing them.",
         parse=float,
         metavar="SECONDS",
+    )
+    shutdown_delay: float = option(
+        0.0,
+        "On SIGTERM, keep serving this many seconds (answering with Connection: close) before closing the "
+        "listeners, so a load balancer can take the instance out of rotation first.",
+        parse=float,
+        metavar="SECONDS",
+    )
+    workers: int = option(
+        1,
+        "Number of worker processes sharing the listening sockets (WEB_CONCURRENCY when not given).",
+        parse=int,
+        metavar="N",
+    )
+    reuse_port: bool = option(
+        False,
+        "Linux: each worker listens on its own SO_REUSEPORT socket and the kernel spreads connections "
+        "across them (a stopping worker's queued connections are reset unless net.ipv4.tcp_migrate_req=1).",
+        parse=_parse_bool,
+    )
+    timeout_worker_healthcheck: float = option(
+        10.0,
+        "Replace a worker whose event loop has not reported for this many seconds (multi-process mode).",
+        parse=float,
+        metavar="SECONDS",
+    )
+    limit_max_requests: int = option(
+        0, "Gracefully replace a worker after it has served this many requests (0 = never).", parse=int, metavar="N"
+    )
+    limit_max_requests_jitter: int = option(
+        0,
+        "Add a random 0..N to --limit-max-requests per worker so workers do not all recycle at once.",
+        parse=int,
+        metavar="N",
+    )
+    limit_worker_memory: float = option(
+        0.0,
+        "Gracefully replace a worker whose resident memory exceeds this many MiB (0 = never).",
+        parse=float,
+        metavar="MIB",
+    )
+    reload: bool = option(False, "Restart the workers when a source file changes (development).", parse=_parse_bool)
+    reload_dirs: tuple[str, ...] = option(
+        (),
+        "Directory to watch with --reload (default: --app-dir); repeat for more.",
+        flag="--reload-dir",
+        parse=str,
+        repeatable=True,
+        metavar="DIR",
+    )
+    reload_includes: tuple[str, ...] = option(
+        (),
+        "Glob of file names that trigger a reload (default: *.py); repeat for more.",
+        flag="--reload-include",
+        parse=str,
+        repeatable=True,
+        metavar="GLOB",
+    )
+    reload_excludes: tuple[str, ...] = option(
+        (),
+        "Glob of file or directory names never watched (default: .*, *.py[cod], *~, __pycache__); repeat for more.",
+        flag="--reload-exclude",
+        parse=str,
+        repeatable=True,
+        metavar="GLOB",
     )
     limits: Limits = field(default_factory=Limits)
 
@@ -141,9 +243,47 @@ class Config:
         for name, value in self.headers:
             if not name or any(c in name + value for c in "\r\n\0"):
                 raise ConfigError(f"--header {name!r} contains a line break or NUL")
+        if not 1 <= self.workers <= 512:
+            raise ConfigError(f"--workers must be between 1 and 512, not {self.workers}")
+        if self.timeout_worker_healthcheck <= 0:
+            raise ConfigError("--timeout-worker-healthcheck must be greater than 0")
+        if self.limit_max_requests < 0 or self.limit_max_requests_jitter < 0:
+            raise ConfigError("--limit-max-requests and --limit-max-requests-jitter must not be negative")
+        if self.limit_worker_memory < 0:
+            raise ConfigError("--limit-worker-memory must not be negative")
+        if self.shutdown_delay < 0:
+            raise ConfigError("--shutdown-delay must not be negative")
+        try:
+            parse_trusted(self.forwarded_allow_ips)
+        except ValueError as exc:
+            raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
+        self.endpoints()  # every endpoint spelling is checked here, before anything is bound
+
+    @property
+    def multiprocess(self) -> bool:
+        """True when a supervisor runs the workers: several of them, reloading or recycling."""
+        return (
+            self.workers > 1
+            or self.reload
+            or self.reuse_port
+            or self.limit_max_requests > 0
+            or self.limit_worker_memory > 0
+        )
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint this configuration names (see endpoints.configured_endpoints)."""
+        return configured_endpoints(
+            host=self.host,
+            port=self.port,
+            binds=self.binds,
+            urls=self.urls,
+            uds=self.uds,
+            uds_mode=self.uds_mode,
+            inherited=self.inherited,
+        )
 
 
 def options() -> Iterator[tuple[type, dataclasses.Field[Any]]]:

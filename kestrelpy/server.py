@@ -19,13 +19,14 @@ import anyio
 from kestrelpy import platform
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
-from kestrelpy.endpoints import Endpoint, tcp_endpoint
+from kestrelpy.endpoints import Endpoint
 from kestrelpy.errors import KestrelpyError
 from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
 from kestrelpy.protocols.http11 import HttpConnection
-from kestrelpy.sockets import bind_endpoints, socket_address
+from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
+from kestrelpy.sockets import bind_endpoints, close_sockets, listen_url, socket_address
 from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
@@ -60,13 +61,27 @@ class Server:
         self.addresses: list[tuple[str, int]] = []
         self._shutdown_requested = asyncio.Event()
         self._state: ServerState | None = None
+        self._delay_over = asyncio.Event()
+        self.handle_signals = True  # a supervised worker leaves SIGINT/SIGTERM to the supervisor's protocol
+        self.linger_on_shutdown = False  # a supervised worker answers a last request on idle keep-alives
 
     def endpoints(self) -> list[Endpoint]:
-        return [tcp_endpoint(self.config.host, self.config.port)]
+        """Every endpoint the config names: --host/--port, --bind, --urls, --uds and inherited sockets."""
+        return self.config.endpoints()
+
+    @property
+    def requests_served(self) -> int:
+        """Responses completed so far (a supervised worker recycles itself on --limit-max-requests)."""
+        return self._state.requests_served if self._state is not None else 0
+
+    @property
+    def shutdown_requested(self) -> bool:
+        return self._shutdown_requested.is_set()
 
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown; asked a second time, close every connection at once."""
         if self._shutdown_requested.is_set():
+            self._delay_over.set()
             self._force_close()
         self._shutdown_requested.set()
 
@@ -84,11 +99,12 @@ class Server:
         try:
             await self._serve_sockets(app, sockets)
         finally:
-            for sock in sockets:
-                sock.close()
+            close_sockets(sockets)
 
     async def _serve_sockets(self, app: ASGIApp, sockets: list[socket.socket]) -> None:
         config = self.config
+        if config.proxy_headers:
+            app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
         loop = asyncio.get_running_loop()
         lifespan = Lifespan(app, config.lifespan)
         startup_error: KestrelpyError | None = None
@@ -117,6 +133,7 @@ class Server:
         config = self.config
         state = ServerState(config, app, loop, access_log=config.access_log)
         state.lifespan_state = lifespan.state
+        state.linger_on_shutdown = self.linger_on_shutdown
         self._state = state
         heartbeat = Heartbeat(state, loop)
         heartbeat.start()
@@ -133,9 +150,11 @@ class Server:
             platform.loop_name(loop),
             protocol.__name__.replace("Connection", "").lower(),
         )
-        for address in self.addresses:
-            logger.info("Listening on %s (press CTRL+C to quit)", display_url(address))
-        restore_signals = platform.install_shutdown_handlers(loop, self._on_signal)
+        for sock in sockets:
+            logger.info("Listening on %s (press CTRL+C to quit)", listen_url(sock))
+        restore_signals = (
+            platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
+        )
         self.started.set()
         try:
             await self._shutdown_requested.wait()
@@ -150,6 +169,16 @@ class Server:
         self.request_shutdown()
 
     async def _drain(self, listeners: Sequence[asyncio.AbstractServer], state: ServerState) -> None:
+        delay = self.config.shutdown_delay
+        if delay > 0 and not self._delay_over.is_set():
+            # Keep accepting and serving while the orchestrator takes us out of rotation; every
+            # response meanwhile carries Connection: close so clients move to other instances.
+            logger.info("Serving %ss more before closing the listeners (--shutdown-delay)", delay)
+            state.draining = True  # connections made from now on close after their first response
+            for conn in list(state.connections):
+                conn.closing = True
+            with anyio.move_on_after(delay):
+                await self._delay_over.wait()
         state.shutting_down = True
         for listener in listeners:
             listener.close()
@@ -158,7 +187,12 @@ class Server:
         if state.connections:
             logger.info("Waiting for %d connection(s) to finish", len(state.connections))
         with anyio.move_on_after(self.config.timeout_graceful_shutdown):
-            await state.wait_all_closed()
+            # A connection accepted in the same loop pass as the listeners closed is only registered a
+            # moment later: wait for it too, or it would be cut off as if the deadline had passed.
+            await asyncio.sleep(0)
+            while state.connections:
+                await state.wait_all_closed()
+                await asyncio.sleep(0)
         if state.connections:
             logger.warning(
                 "Graceful shutdown timed out after %ss; closing %d connection(s)",
@@ -182,14 +216,27 @@ class Server:
 
 
 def _warn_predicted_failures(endpoints: list[Endpoint]) -> None:
+    """One line per predicted problem. A bind expected to fail (or that may fail) is only named here: if it
+    does fail, the error that follows explains it in full, so the explanation is not printed twice. Notes
+    about binds that will work carry their one-sentence summary, since no error follows them."""
     from kestrelpy import guard
 
     for finding in guard.predict(endpoints):
-        logger.warning("%s", finding.render())
+        where = finding.endpoint.display() if finding.endpoint is not None else "the requested address"
+        if finding.severity == "info":
+            logger.warning("%s on %s: %s", finding.code, where, finding.summary)
+        else:
+            logger.warning("predicted: %s on %s — trying anyway", finding.code, where)
 
 
 def run_server(config: Config, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
-    """Run a server to completion on a new event loop of the configured kind."""
+    """Run a server to completion on a new event loop of the configured kind; with several workers,
+    --reload or a recycling limit, run the supervisor instead (it starts its workers' loops itself)."""
+    if config.multiprocess:
+        from kestrelpy.supervisor import run_supervisor
+
+        run_supervisor(config)
+        return
     factory = loop_factory or platform.loop_factory(config.loop)
     server = Server(config)
     runner_cls = getattr(asyncio, "Runner", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,14 +25,18 @@ class ServerState:
         "_all_closed",
         "access_log",
         "app",
+        "base_context",
         "clock",
         "connections",
         "date_header",
         "date_line",
+        "draining",
         "extra_header_lines",
         "keep_alive_timeout",
         "lifespan_state",
+        "linger_on_shutdown",
         "loop",
+        "requests_served",
         "root_path",
         "root_path_bytes",
         "server_line",
@@ -48,6 +53,7 @@ class ServerState:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
+        self.base_context = contextvars.copy_context()  # each request runs in a copy of this
         self.loop = loop
         self.clock = clock
         self.access_log = access_log
@@ -63,6 +69,9 @@ class ServerState:
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in config.headers
         )
         self.shutting_down = False
+        self.linger_on_shutdown = False  # see HttpConnection.shutdown()
+        self.draining = False  # inside --shutdown-delay: still accepting, every response closes
+        self.requests_served = 0  # read by a supervised worker for --limit-max-requests
         self._all_closed: asyncio.Event | None = None
 
     def connection_closed(self, conn: HttpConnection) -> None:

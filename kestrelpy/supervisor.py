@@ -1,0 +1,770 @@
+"""Multi-process mode: one supervisor process, N workers serving the same listening sockets.
+
+The supervisor runs the startup guard and binds every endpoint once; then it starts workers that all
+serve those sockets (forked on POSIX; spawned on Windows, where each socket is handed over with
+`socket.share`/`fromshare`). The kernel keeps one accept queue per socket, so a worker that stops
+accepting never loses a connection while another one still accepts, and a connection that arrives
+while no worker is accepting waits in the backlog. That is what makes a rolling replacement lossless.
+
+Each worker has one end of a socketpair, its *channel*, and writes one line per event:
+
+    ready              lifespan startup is done and the worker is accepting
+    ping               once a second from its event loop; silence means the loop is blocked
+    recycle REASON     past --limit-max-requests or --limit-worker-memory: please replace me
+    fatal CODE MSG     startup failed in a way that another attempt will not fix (MSG is JSON)
+
+The supervisor writes `stop` (drain, as SIGTERM does) or `force` (close everything now). End of file
+on the channel tells a worker its supervisor is gone, and it drains and exits.
+
+A worker's life, as the supervisor sees it:
+
+    state      event                                   next
+    starting   `ready`                                 serving
+    serving    `recycle`, SIGHUP roll                  retiring   (a replacement is started)
+    retiring   its replacement is `ready`              stopping   (`stop` is sent)
+    any        SIGINT/SIGTERM, SIGTTOU, reload         stopping
+    stopping   exit, or killed past its deadline       gone
+    any        exit                                    gone       (replaced with backoff if unexpected)
+    serving,   no ping for --timeout-worker-healthcheck killed, then gone and replaced
+    retiring
+
+A worker that exits before `ready` with `fatal` stops the whole server with that exit code (3 for a
+failed lifespan startup), except under --reload, where the supervisor waits for the next change.
+Five unexpected exits within ten seconds is a crash loop and stops the server (exit code 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kestrelpy import platform
+from kestrelpy.config import Config
+from kestrelpy.errors import BindError, ConfigError, KestrelpyError
+from kestrelpy.sockets import bind_endpoints, bind_reuse_port, close_sockets
+
+if TYPE_CHECKING:
+    from kestrelpy.server import Server
+
+logger = logging.getLogger("kestrelpy.error")
+
+CRASH_LIMIT = 5  # unexpected exits ...
+CRASH_WINDOW = 10.0  # ... within this many seconds stop the server
+BACKOFF_FIRST = 0.1  # seconds before replacing a crashed worker, doubled per recent crash
+BACKOFF_MAX = 5.0
+STOP_MARGIN = 5.0  # seconds past --timeout-graceful-shutdown before a stopping worker is killed
+MIB = 1024 * 1024
+
+
+class WorkerStartupError(KestrelpyError):
+    """A worker could not start; carries the worker's own exit code and message."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CrashLoopError(KestrelpyError):
+    exit_code = 1
+
+
+# -- the worker side ------------------------------------------------------------------------------
+
+
+ReuseGroup = tuple[int, tuple[Any, ...], "bool | None"]  # family, address, IPV6_V6ONLY
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker needs besides its sockets; built by the supervisor, so jitter differs per worker."""
+
+    config: Config
+    max_requests: int = 0  # 0: no limit
+    ping_interval: float = 1.0
+    reuse_groups: tuple[ReuseGroup, ...] = ()  # --reuse-port: the worker binds its own listener in each
+
+
+def _send_line(channel: socket.socket, line: str) -> None:
+    try:
+        channel.send(line.encode("utf-8") + b"\n")
+    except OSError:  # the supervisor is gone or not reading; nothing useful to do
+        pass
+
+
+class WorkerRun:
+    """Runs a Server on inherited sockets inside a worker and reports to the supervisor over the channel."""
+
+    def __init__(self, spec: WorkerSpec, sockets: list[socket.socket], channel: socket.socket) -> None:
+        self.spec = spec
+        self.sockets = sockets
+        self.channel = channel
+
+    async def run(self) -> int:
+        from kestrelpy.server import Server
+
+        self.channel.setblocking(False)
+        sockets = list(self.sockets)
+        try:
+            for family, address, v6only in self.spec.reuse_groups:
+                sockets.append(bind_reuse_port(family, address, self.spec.config.backlog, v6only=v6only, listen=True))
+        except OSError as exc:
+            message = f"Worker [{os.getpid()}] cannot listen on its own SO_REUSEPORT socket: {exc}"
+            _send_line(self.channel, f"fatal {BindError.exit_code} {json.dumps(message)}")
+            return BindError.exit_code
+        server = Server(self.spec.config)
+        server.handle_signals = False
+        server.linger_on_shutdown = True  # a rolling replacement must not drop a keep-alive client's request
+
+        def on_terminate() -> None:
+            if not server.shutdown_requested:
+                logger.info("Worker [%d] received SIGTERM; draining", os.getpid())
+                server.request_shutdown()
+
+        restore_signals = platform.install_worker_signal_handlers(asyncio.get_running_loop(), on_terminate)
+        serve = asyncio.ensure_future(server.serve(sockets))
+        started = asyncio.ensure_future(server.started.wait())
+        listen = asyncio.ensure_future(self._listen(server))
+        ping: asyncio.Future[None] | None = None
+        try:
+            await asyncio.wait({serve, started}, return_when=asyncio.FIRST_COMPLETED)
+            if not serve.done():
+                _send_line(self.channel, "ready")
+                ping = asyncio.ensure_future(self._ping(server))
+            try:
+                await serve
+            except KestrelpyError as exc:
+                if started.done():
+                    raise
+                _send_line(self.channel, f"fatal {exc.exit_code} {json.dumps(str(exc))}")
+                return exc.exit_code
+            return 0
+        finally:
+            restore_signals()
+            for task in (started, listen, ping):
+                if task is not None:
+                    task.cancel()
+
+    async def _listen(self, server: Server) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await loop.sock_recv(self.channel, 256)
+            except OSError:
+                data = b""
+            if not data:  # the supervisor died: drain and leave rather than serve unsupervised
+                if not server.shutdown_requested:
+                    logger.warning("Worker [%d] lost its supervisor; shutting down", os.getpid())
+                    server.request_shutdown()
+                return
+            if b"force" in data:
+                server.request_shutdown()
+                server.request_shutdown()
+            elif b"stop" in data and not server.shutdown_requested:
+                server.request_shutdown()
+
+    async def _ping(self, server: Server) -> None:
+        spec = self.spec
+        memory_limit = int(spec.config.limit_worker_memory * MIB)
+        asked = False
+        while True:
+            _send_line(self.channel, "ping")
+            if not asked:
+                reason = None
+                served = server.requests_served
+                if spec.max_requests and served >= spec.max_requests:
+                    reason = f"served {served} requests (limit {spec.max_requests})"
+                elif memory_limit:
+                    rss = platform.resident_memory()
+                    if rss is not None and rss > memory_limit:
+                        reason = f"uses {rss / MIB:.0f} MiB (limit {spec.config.limit_worker_memory:g} MiB)"
+                if reason is not None:
+                    logger.info("Worker [%d] %s; asking to be replaced", os.getpid(), reason)
+                    _send_line(self.channel, f"recycle {reason}")
+                    asked = True
+            await asyncio.sleep(spec.ping_interval)
+
+
+def run_worker(spec: WorkerSpec, sockets: list[socket.socket], channel: socket.socket) -> int:
+    """A worker's whole life on a fresh event loop; returns its exit code."""
+    factory = platform.loop_factory(spec.config.loop)
+    loop = factory()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(WorkerRun(spec, sockets, channel).run())
+    except KeyboardInterrupt:
+        return 130
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def spawned_worker_main() -> None:
+    """Entry point of a spawned worker: read the hand-over from stdin, open the sockets, serve."""
+    payload = pickle.loads(sys.stdin.buffer.read())
+    spec: WorkerSpec = payload["spec"]
+    from kestrelpy import logs
+
+    logs.configure(spec.config.log_level, access_log=spec.config.access_log)
+    sockets = [platform.import_socket(item) for item in payload["sockets"]]
+    channel = platform.import_socket(payload["channel"])
+    sys.exit(run_worker(spec, sockets, channel))
+
+
+# -- starting a worker ----------------------------------------------------------------------------
+
+
+class WorkerProcess(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+
+class ForkedProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._code: int | None = None
+
+    def poll(self) -> int | None:
+        if self._code is None:
+            self._code = platform.wait_status(self.pid)
+        return self._code
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class SpawnedProcess:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+
+Starter = Callable[[WorkerSpec, list[socket.socket], Iterable[int]], tuple[WorkerProcess, socket.socket]]
+
+
+def fork_worker(
+    spec: WorkerSpec, sockets: list[socket.socket], close_in_child: Iterable[int]
+) -> tuple[WorkerProcess, socket.socket]:
+    """Fork a worker that inherits `sockets`; returns the process and the supervisor's end of its channel."""
+    ours, theirs = socket.socketpair()
+    close_fds = list(close_in_child)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            platform.reset_signals_in_worker()
+            ours.close()
+            for fd in close_fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            code = run_worker(spec, sockets, theirs)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    theirs.close()
+    return ForkedProcess(pid), ours
+
+
+def spawn_worker(
+    spec: WorkerSpec, sockets: list[socket.socket], close_in_child: Iterable[int]
+) -> tuple[WorkerProcess, socket.socket]:
+    """Start a worker as a new interpreter (Windows, or anywhere fork is unwanted) and hand it the sockets."""
+    if not isinstance(spec.config.app, str):
+        raise ConfigError("several workers on this platform need the app as 'module:attribute', not an object")
+    ours, theirs = socket.socketpair()
+    handed = [*sockets, theirs]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from kestrelpy.supervisor import spawned_worker_main; spawned_worker_main()"],
+        stdin=subprocess.PIPE,
+        pass_fds=() if platform.IS_WINDOWS else [s.fileno() for s in handed],
+    )
+    assert proc.stdin is not None
+    payload = {
+        "spec": spec,
+        "sockets": [platform.export_socket(s, proc.pid) for s in sockets],
+        "channel": platform.export_socket(theirs, proc.pid),
+    }
+    try:
+        proc.stdin.write(pickle.dumps(payload))
+        proc.stdin.close()
+    except OSError:
+        pass  # it died already; the supervisor sees the exit
+    theirs.close()
+    return SpawnedProcess(proc), ours
+
+
+def default_starter() -> Starter:
+    return fork_worker if platform.CAN_FORK else spawn_worker
+
+
+# -- the supervisor side --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Worker:
+    process: WorkerProcess
+    channel: socket.socket | None
+    started_at: float
+    last_seen: float
+    state: str = "starting"  # starting | serving | retiring | stopping
+    fatal: tuple[int, str] | None = None
+    stop_deadline: float = 0.0
+    unhealthy: bool = False
+    pending: bytes = b""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class _Watch:
+    """Files changed under --reload, handed from the watcher thread to the supervisor's loop."""
+
+    changes: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Supervisor:
+    """Keeps `config.workers` workers serving; `run()` returns the exit code or raises a KestrelpyError."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        starter: Starter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.target = config.workers
+        self._start = starter or default_starter()
+        self._clock = clock
+        self.workers: list[Worker] = []
+        self._signals: deque[int] = deque()
+        self._roles = platform.supervisor_signals()
+        self._rolling: deque[Worker] = deque()
+        self._crashes: deque[float] = deque()
+        self._respawn_at = 0.0
+        self._stopping = False
+        self._failure: KestrelpyError | None = None
+        self._paused = False  # --reload: the app is broken; wait for a change
+        self._all_serving_logged = False
+        self._watch = _Watch()
+        self._watch_stop = threading.Event()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self.sockets: list[socket.socket] = []
+        self._placeholders: list[socket.socket] = []  # --reuse-port: hold each port, never listen
+        self._reuse_groups: tuple[ReuseGroup, ...] = ()
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from kestrelpy import guard
+        from kestrelpy.server import Server
+
+        config = self.config
+        if config.reuse_port and not platform.REUSE_PORT_BALANCES:
+            raise ConfigError("--reuse-port needs Linux, where the kernel balances SO_REUSEPORT listeners")
+        watcher = self._watcher() if config.reload else None
+        endpoints = Server(config).endpoints()
+        for finding in guard.predict(endpoints, reuse_port=config.reuse_port):
+            logger.warning("%s", finding.render())
+        self.sockets = bind_endpoints(endpoints, config.backlog)
+        if config.reuse_port:
+            self._hold_for_reuse_port()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        restore = self._install_signals()
+        try:
+            logger.info(
+                "Supervisor [%d] starting %d worker%s", os.getpid(), self.target, "" if self.target == 1 else "s"
+            )
+            if watcher is not None:
+                watcher.start()
+            while not self._finished():
+                self._step()
+                self._wait()
+        finally:
+            restore()
+            self._watch_stop.set()
+            for worker in self.workers:  # only left behind if the loop itself failed
+                worker.process.kill()
+            close_sockets(self.sockets)
+            for sock in (*self._placeholders, self._wake_r, self._wake_w):
+                sock.close()
+            if watcher is not None:
+                watcher.join(2)
+        if self._failure is not None:
+            raise self._failure
+        logger.info("Supervisor [%d] finished", os.getpid())
+        return 0
+
+    def _hold_for_reuse_port(self) -> None:
+        """Swap each TCP listener for a placeholder in an SO_REUSEPORT group: bound, so the port stays
+        ours, but not listening, so the kernel hands it no connection. Each worker then binds its own
+        listening socket in the group. Unix and inherited sockets stay shared."""
+        shared: list[socket.socket] = []
+        groups: list[ReuseGroup] = []
+        try:
+            for sock in self.sockets:
+                family = sock.family
+                if family not in (socket.AF_INET, socket.AF_INET6):
+                    shared.append(sock)
+                    continue
+                address = sock.getsockname()
+                v6only = (
+                    bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+                    if family == socket.AF_INET6
+                    else None
+                )
+                close_sockets([sock])
+                self._placeholders.append(
+                    bind_reuse_port(family, address, self.config.backlog, v6only=v6only, listen=False)
+                )
+                groups.append((family, address, v6only))
+        except OSError as exc:
+            close_sockets([*self.sockets, *self._placeholders])
+            raise BindError(f"Cannot prepare the SO_REUSEPORT group for --reuse-port: {exc}") from None
+        self.sockets = shared
+        self._reuse_groups = tuple(groups)
+
+    def _finished(self) -> bool:
+        return self._stopping and not self.workers
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        assert self._wake_w is not None
+        previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in self._roles}
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(previous_fd)
+
+        return restore
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _wait(self) -> None:
+        assert self._wake_r is not None
+        now = self._clock()
+        timeout = 0.5
+        if self._respawn_at > now:
+            timeout = min(timeout, self._respawn_at - now)
+        readable = [self._wake_r, *(w.channel for w in self.workers if w.channel is not None)]
+        try:
+            ready, _, _ = select.select(readable, [], [], max(timeout, 0.01))
+        except (InterruptedError, ValueError, OSError):
+            return
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:
+                pass
+
+    # -- one pass over everything -----------------------------------------------------------------
+
+    def _step(self) -> None:
+        now = self._clock()
+        while self._signals:
+            self._handle_signal(self._signals.popleft(), now)
+        self._handle_changes(now)
+        for worker in list(self.workers):
+            self._read_channel(worker, now)
+        for worker in list(self.workers):
+            code = worker.process.poll()
+            if code is not None:
+                self._on_exit(worker, code, now)
+        self._check_health(now)
+        if not self._stopping:
+            self._advance_roll()
+            self._keep_count(now)
+
+    def _handle_signal(self, signum: int, now: float) -> None:
+        role = self._roles.get(signum)
+        name = signal.Signals(signum).name
+        if role == "stop":
+            if self._stopping:
+                logger.info("Supervisor received %s again; closing every connection now", name)
+                for worker in self.workers:
+                    self._tell(worker, "force")
+                    worker.stop_deadline = min(worker.stop_deadline, now + STOP_MARGIN)
+                return
+            logger.info("Supervisor received %s; stopping %d worker(s)", name, len(self.workers))
+            self._stop_all(now)
+        elif role == "roll" and not self._stopping:
+            self._rolling = deque(w for w in self.workers if w.state in ("starting", "serving"))
+            logger.info("Supervisor received %s; replacing %d worker(s) one at a time", name, len(self._rolling))
+        elif role == "add" and not self._stopping:
+            self.target += 1
+            logger.info("Supervisor received %s; now %d worker(s)", name, self.target)
+        elif role == "remove" and not self._stopping:
+            if self.target > 1:
+                self.target -= 1
+            logger.info("Supervisor received %s; now %d worker(s)", name, self.target)
+
+    def _stop_all(self, now: float) -> None:
+        self._stopping = True
+        self._rolling.clear()
+        for worker in self.workers:
+            if worker.state != "stopping":
+                self._stop(worker, now)
+
+    def _read_channel(self, worker: Worker, now: float) -> None:
+        channel = worker.channel
+        if channel is None:
+            return
+        data = b""
+        try:
+            while chunk := channel.recv(4096):
+                data += chunk
+            eof = True
+        except BlockingIOError:
+            eof = False
+        except OSError:
+            eof = True
+        *lines, worker.pending = (worker.pending + data).split(b"\n")
+        for raw in lines:
+            self._on_message(worker, raw.decode("utf-8", "replace"), now)
+        if eof:
+            channel.close()
+            worker.channel = None
+
+    def _on_message(self, worker: Worker, line: str, now: float) -> None:
+        kind, _, rest = line.partition(" ")
+        worker.last_seen = now
+        if kind == "ready" and worker.state == "starting":
+            worker.state = "serving"
+            logger.info("Worker [%d] is serving", worker.pid)
+            if not self._all_serving_logged and self._count("serving") >= self.target:
+                self._all_serving_logged = True
+                logger.info("All %d worker(s) are serving", self.target)
+        elif kind == "recycle" and worker.state == "serving":
+            worker.state = "retiring"
+            logger.info("Replacing worker [%d]: it %s", worker.pid, rest)
+        elif kind == "fatal":
+            code, _, message = rest.partition(" ")
+            try:
+                worker.fatal = (int(code), str(json.loads(message)))
+            except ValueError:
+                worker.fatal = (1, message)
+
+    def _on_exit(self, worker: Worker, code: int, now: float) -> None:
+        self._read_channel(worker, now)  # the last lines may hold its fatal error
+        self.workers.remove(worker)
+        if worker.channel is not None:
+            worker.channel.close()
+            worker.channel = None
+        how = platform.describe_exit(code)
+        if worker.state == "stopping" and not worker.unhealthy:
+            logger.info("Worker [%d] stopped (%s)", worker.pid, how)
+            return
+        if worker.fatal is not None:
+            exit_code, message = worker.fatal
+            logger.error("Worker [%d] could not start: %s", worker.pid, message)
+            if self.config.reload:
+                self._pause("the app failed to start")
+            elif self._failure is None:
+                self._failure = WorkerStartupError(message, exit_code)
+                self._stop_all(now)
+            return
+        if self._stopping:
+            logger.info("Worker [%d] %s", worker.pid, how)
+            return
+        if worker.unhealthy:
+            logger.warning("Worker [%d] %s after it stopped reporting; replacing it", worker.pid, how)
+        else:
+            logger.warning("Worker [%d] %s unexpectedly", worker.pid, how)
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > CRASH_WINDOW:
+            self._crashes.popleft()
+        if len(self._crashes) >= CRASH_LIMIT:
+            message = (
+                f"workers exited unexpectedly {len(self._crashes)} times within {CRASH_WINDOW:g} s "
+                f"(last: worker [{worker.pid}] {how}); stopping"
+            )
+            if self.config.reload:
+                logger.error("%s", message)
+                self._pause("workers keep crashing")
+                self._crashes.clear()
+            else:
+                self._failure = CrashLoopError(message)
+                self._stop_all(now)
+            return
+        delay = min(BACKOFF_FIRST * 2 ** (len(self._crashes) - 1), BACKOFF_MAX)
+        self._respawn_at = max(self._respawn_at, now + delay)
+        logger.info("Starting a replacement in %.1f s", delay)
+
+    def _check_health(self, now: float) -> None:
+        limit = self.config.timeout_worker_healthcheck
+        for worker in self.workers:
+            if worker.state in ("serving", "retiring") and now - worker.last_seen > limit:
+                logger.warning(
+                    "Worker [%d] has not reported for %.1f s (its event loop is blocked); killing it",
+                    worker.pid,
+                    now - worker.last_seen,
+                )
+                worker.unhealthy = True
+                worker.state = "stopping"
+                worker.process.kill()
+            elif worker.state == "stopping" and now > worker.stop_deadline:
+                logger.warning("Worker [%d] did not stop in time; killing it", worker.pid)
+                worker.stop_deadline = float("inf")
+                worker.process.kill()
+
+    def _advance_roll(self) -> None:
+        while self._rolling:
+            head = self._rolling[0]
+            if head not in self.workers or head.state == "stopping":
+                self._rolling.popleft()
+                if not self._rolling:
+                    logger.info("Every worker has been replaced")
+                continue
+            if head.state == "serving":
+                head.state = "retiring"
+                logger.info("Replacing worker [%d]", head.pid)
+            return
+
+    def _keep_count(self, now: float) -> None:
+        fresh = [w for w in self.workers if w.state in ("starting", "serving")]
+        if self._paused or (self.config.reload and self._count("stopping")):
+            return
+        if len(fresh) < self.target:
+            if now >= self._respawn_at:
+                for _ in range(self.target - len(fresh)):  # in parallel: apps may take seconds to import
+                    self._spawn(now)
+            return
+        starting = self._count("starting")
+        serving = [w for w in fresh if w.state == "serving"]
+        retiring = [w for w in self.workers if w.state == "retiring"]
+        if retiring and not starting and len(serving) >= self.target:
+            self._stop(retiring[0], now)  # its replacement is serving: now it may drain
+        elif len(fresh) > self.target and not retiring:
+            newest = max(fresh, key=lambda w: w.started_at)
+            logger.info("Stopping worker [%d] (%d worker(s) wanted)", newest.pid, self.target)
+            self._stop(newest, now)
+
+    def _count(self, state: str) -> int:
+        return sum(1 for w in self.workers if w.state == state)
+
+    def _spawn(self, now: float) -> None:
+        config = self.config
+        max_requests = config.limit_max_requests
+        if max_requests:
+            max_requests += random.randint(0, config.limit_max_requests_jitter)
+        spec = WorkerSpec(
+            config,
+            max_requests,
+            ping_interval=min(1.0, config.timeout_worker_healthcheck / 4),
+            reuse_groups=self._reuse_groups,
+        )
+        close_in_child = [w.channel.fileno() for w in self.workers if w.channel is not None]
+        assert self._wake_r is not None and self._wake_w is not None
+        close_in_child += [self._wake_r.fileno(), self._wake_w.fileno(), *(s.fileno() for s in self._placeholders)]
+        process, channel = self._start(spec, self.sockets, close_in_child)
+        channel.setblocking(False)
+        self.workers.append(Worker(process, channel, started_at=now, last_seen=now))
+        logger.info("Started worker [%d]", process.pid)
+
+    def _stop(self, worker: Worker, now: float) -> None:
+        worker.state = "stopping"
+        config = self.config
+        worker.stop_deadline = now + config.shutdown_delay + config.timeout_graceful_shutdown + STOP_MARGIN
+        logger.info("Asking worker [%d] to drain", worker.pid)
+        self._tell(worker, "stop")
+
+    def _tell(self, worker: Worker, message: str) -> None:
+        if worker.channel is not None:
+            try:
+                worker.channel.send(message.encode("ascii") + b"\n")
+            except OSError:
+                pass
+
+    # -- --reload ---------------------------------------------------------------------------------
+
+    def _pause(self, why: str) -> None:
+        self._paused = True
+        logger.error("%s; waiting for a file to change", why.capitalize())
+
+    def _handle_changes(self, now: float) -> None:
+        with self._watch.lock:
+            changes, self._watch.changes = self._watch.changes, []
+        if not changes or self._stopping:
+            return
+        shown = ", ".join(sorted(set(changes))[:3]) + (" ..." if len(set(changes)) > 3 else "")
+        logger.info("Detected changes in %s; restarting the workers", shown)
+        self._paused = False
+        self._crashes.clear()
+        self._respawn_at = now
+        self._rolling.clear()
+        for worker in self.workers:
+            if worker.state != "stopping":
+                self._stop(worker, now)
+
+    def _watcher(self) -> threading.Thread:
+        from kestrelpy.reload import watch_for_changes
+
+        config = self.config
+        watch = watch_for_changes(
+            config.reload_dirs or (config.app_dir,), config.reload_includes, config.reload_excludes
+        )
+
+        def on_changes(paths: list[str]) -> None:
+            with self._watch.lock:
+                self._watch.changes.extend(paths)
+            if self._wake_w is not None:
+                try:
+                    self._wake_w.send(b"\0")
+                except OSError:
+                    pass
+
+        return threading.Thread(target=watch, args=(on_changes, self._watch_stop), name="kestrelpy-reload", daemon=True)
+
+
+def run_supervisor(config: Config) -> int:
+    return Supervisor(config).run()
