@@ -36,8 +36,20 @@ def split_target(target: bytes) -> tuple[bytes, bytes] | None:
     return (parts.path or "/").encode("ascii"), parts.query.encode("ascii")
 
 
+# Most traffic asks for a handful of paths: remember recent decodings (bounded; cleared when full).
+_DECODED: dict[bytes, str] = {}
+_DECODED_MAX = 1024
+
+
 def decode_path(raw_path: bytes) -> str:
     """The percent-decoded UTF-8 path the ASGI `path` key carries."""
-    if b"%" not in raw_path:
-        return raw_path.decode("utf-8", "replace")
-    return unquote_to_bytes(raw_path).decode("utf-8", "replace")
+    path = _DECODED.get(raw_path)
+    if path is None:
+        if b"%" in raw_path:
+            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        else:
+            path = raw_path.decode("utf-8", "replace")
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[raw_path] = path
+    return path

@@ -21,6 +21,7 @@ from kestrelpy.protocols.writer import (
     body_framing,
     chunk,
     encode_headers,
+    header_line,
     status_line,
     validate_header,
 )
@@ -35,6 +36,16 @@ access_logger = logging.getLogger("kestrelpy.access")
 BODY_BUFFER_HIGH_WATER = 64 * 1024
 
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
+
+# Response headers the writer itself looks at; every other header is passed through as it is.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
+_SPECIAL_HEADERS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"server": _SERVER,
+    b"date": _DATE,
+}
 _ERROR_500_BODY = b"Internal Server Error"
 
 
@@ -225,41 +236,37 @@ class RequestCycle:
     def _start(self, message: Message) -> None:
         status = int(message["status"])
         state = self._conn.state
-        has_length = app_server = app_date = False
-        lines: list[tuple[bytes, bytes]] = []
-        for name, value in message.get("headers", ()):
-            name = bytes(name).lower()
-            value = bytes(value)
-            validate_header(name, value)
-            if name == b"content-length":
-                try:
-                    self._bytes_left = int(value)
-                except ValueError:
-                    raise HeaderError(f"invalid content-length {value!r}") from None
-                if self._bytes_left < 0:
-                    raise HeaderError(f"invalid content-length {value!r}")
-                has_length = True
-            elif name == b"transfer-encoding":
-                continue  # framing is ours to choose
-            elif name == b"connection":
-                if b"close" in value.lower():
-                    self.keep_alive = False
-            elif name == b"server":
-                app_server = True
-            elif name == b"date":
-                app_date = True
-            lines.append((name, value))
+        has_length = False
+        # status line, Server, Date, --header lines, then the app's headers
+        date = state.date_line if state.date_header else b""
+        head = [status_line(status), state.server_line, date, state.extra_header_lines]
+        for raw_name, value in message.get("headers", ()):
+            name, line = header_line(raw_name, value)
+            special = _SPECIAL_HEADERS.get(name)
+            if special is not None:
+                if special == _CONTENT_LENGTH:
+                    try:
+                        self._bytes_left = int(value)
+                    except ValueError:
+                        raise HeaderError(f"invalid content-length {value!r}") from None
+                    if self._bytes_left < 0:
+                        raise HeaderError(f"invalid content-length {value!r}")
+                    has_length = True
+                elif special == _TRANSFER_ENCODING:
+                    continue  # framing is ours to choose
+                elif special == _CONNECTION:
+                    if b"close" in bytes(value).lower():
+                        self.keep_alive = False
+                elif special == _SERVER:
+                    head[1] = b""  # the app's own Server header replaces ours
+                else:
+                    head[2] = b""  # likewise its Date
+            head.append(line)
         self.status = status
         self.response_started = True
-        self._trailers_expected = bool(message.get("trailers", False)) and (
-            "http.response.trailers" in self.scope.get("extensions", ())
-        )
+        if message.get("trailers", False):
+            self._trailers_expected = "http.response.trailers" in self.scope.get("extensions", ())
         self._framing = Framing.CONTENT_LENGTH if has_length else Framing.NONE
-        head = [status_line(status), state.server_line if not app_server else b""]
-        if state.date_header and not app_date:
-            head.append(state.date_line)
-        head.append(state.extra_header_lines)
-        head.append(encode_headers(lines))
         self._pending_head = b"".join(head)
         if state.access_log:
             self._log_access()

@@ -44,7 +44,7 @@ class H11Connection(HttpConnection):
         super().__init__(state)
         self._reader = _new_reader()
 
-    def data_received(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         if self.rejected:
             return
         self._reader.receive_data(data)

@@ -16,6 +16,9 @@ def _rejection_for(exc: httptools.HttpParserError) -> RequestRejection:
     return RequestRejection.MALFORMED_REQUEST
 
 
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
 class HttptoolsConnection(HttpConnection):
     __slots__ = ("_headers", "_parser", "_url")
 
@@ -25,7 +28,7 @@ class HttptoolsConnection(HttpConnection):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
 
-    def data_received(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         while not self.rejected:
             try:
                 self._parser.feed_data(data)
@@ -57,8 +60,9 @@ class HttptoolsConnection(HttpConnection):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        version = parser.get_http_version()
         self.on_request_head(
-            parser.get_method(), self._url, parser.get_http_version().encode("ascii"), self._headers
+            parser.get_method(), self._url, _VERSIONS.get(version) or version.encode("ascii"), self._headers
         )
 
     def on_body(self, body: bytes) -> None:

@@ -74,6 +74,31 @@ def validate_header(name: bytes, value: bytes) -> None:
         raise HeaderError(f"invalid response header value for {name!r}: CR, LF and NUL are not allowed")
 
 
+# Apps send the same few headers over and over: remember the pairs already checked, with the
+# lower-cased name and the encoded line, so the common case is one dict lookup. Bounded, since
+# values can vary freely.
+_CHECKED: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+_CHECKED_MAX = 4096
+
+
+def header_line(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """(lower-cased name, `name: value\r\n`) for a header that is safe to send; raises HeaderError."""
+    try:
+        known = _CHECKED.get((name, value))
+    except TypeError:  # bytearray and other unhashable buffers: check every time
+        known = None
+        name, value = bytes(name), bytes(value)
+    if known is None:
+        name, value = bytes(name), bytes(value)
+        validate_header(name, value)
+        lowered = name.lower()
+        known = (lowered, b"%s: %s\r\n" % (lowered, value))
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[(name, value)] = known
+    return known
+
+
 def encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Header lines for already-validated pairs."""
     return b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
