@@ -9,6 +9,9 @@
   "address in use", LSM state for EACCES, excluded ranges and http.sys for WSAEACCES.
 * `kestrelpy check` (`thorough=True`) runs everything a user may want to see, still one command at a
   time with the runner's 2 s timeout.
+* On every OS, a specific TCP address (not a wildcard, not loopback) costs one trial bind to port 0 to
+  learn whether this host has it; a name costs one per address it resolves to. Skipped when the bind
+  failed for a reason that has nothing to do with the address.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint
 from kestrelpy.guard import linux
 from kestrelpy.guard.facts import SYSTEM_PID, HostFacts, PortFacts
 from kestrelpy.guard.runner import HostIO
-from kestrelpy.guard.screen import needs_resolving
+from kestrelpy.guard.screen import addresses_to_try, needs_resolving
 from kestrelpy.guard.verdict import BindFailure, FailureKind
 
 WSL_NETSTAT = ("netstat.exe", "-ano", "-p", "TCP")
@@ -39,6 +42,9 @@ def gather(
     ports = sorted({e.port for e in tcp if e.port})
     hosts = sorted({e.host for e in tcp if needs_resolving(e.host)})
     resolved = tuple((host, io.resolve(host)) for host in hosts)
+    local_addresses: tuple[tuple[str, bool | None], ...] = ()
+    if kind in (None, FailureKind.NOT_AVAILABLE):
+        local_addresses = _locality(io, tcp, dict(resolved), platform)
     fds = tuple(io.inspect_fd(e.fd) for e in endpoints if isinstance(e, FdEndpoint))
     euid = io.euid()
     user = io.user_name(euid) if euid is not None else None
@@ -74,6 +80,7 @@ def gather(
             ports=port_facts,
             windows_side_ports=windows_side,
             resolved=resolved,
+            local_addresses=local_addresses,
             fds=fds,
             notes=tuple(notes),
         )
@@ -88,6 +95,7 @@ def gather(
             user=user,
             ports=tuple(darwin.collect_port(io, p) for p in ports) if wanted else (),
             resolved=resolved,
+            local_addresses=local_addresses,
             fds=fds,
         )
 
@@ -112,6 +120,7 @@ def gather(
             windows=win,
             ports=port_facts,
             resolved=resolved,
+            local_addresses=local_addresses,
             fds=fds,
             executable=sys.executable,
         )
@@ -121,6 +130,18 @@ def gather(
         euid=euid,
         user=user,
         resolved=resolved,
+        local_addresses=local_addresses,
         fds=fds,
         notes=(f"no probes for platform {platform!r}",),
     )
+
+
+def _locality(
+    io: HostIO, tcp: Sequence[TcpEndpoint], resolved: dict[str, tuple[str, ...]], platform: str
+) -> tuple[tuple[str, bool | None], ...]:
+    answers: dict[str, bool | None] = {}
+    for endpoint in tcp:
+        for address in addresses_to_try(endpoint.host, resolved.get(endpoint.host), platform):
+            if address not in answers:
+                answers[address] = io.address_is_local(address)
+    return tuple(answers.items())

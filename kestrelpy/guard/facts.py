@@ -188,6 +188,9 @@ class HostFacts:
     ports: tuple[PortFacts, ...] = ()
     windows_side_ports: tuple[PortFacts, ...] = ()  # WSL: what Windows itself listens on
     resolved: tuple[tuple[str, tuple[str, ...]], ...] = ()  # host -> addresses (empty: does not resolve)
+    # address -> whether this host has it (a trial bind to port 0; None: could not tell). Only specific
+    # addresses are asked about: wildcards and loopback are local without one.
+    local_addresses: tuple[tuple[str, bool | None], ...] = ()
     fds: tuple[FdInfo, ...] = ()
     executable: str | None = None  # the interpreter Windows' firewall will ask about
     notes: tuple[str, ...] = field(default=())  # probes that could not run, for --json
@@ -209,6 +212,13 @@ class HostFacts:
         for name, addrs in self.resolved:
             if name == host:
                 return addrs
+        return None
+
+    def is_local(self, address: str) -> bool | None:
+        """False when this host does not have `address`; None when unknown or not asked about."""
+        for name, local in self.local_addresses:
+            if name == address:
+                return local
         return None
 
     def fd(self, fd: int) -> FdInfo | None:

@@ -211,12 +211,15 @@ MESSAGES: dict[str, Message] = {
     ),
     "addr_not_available": Message(
         "KP-ADDR-NOT-AVAILABLE",
-        "{host} is not an address of this machine, so nothing can listen on it.",
+        "{address} is not assigned to any network interface of this machine, so nothing can listen on it.",
         (
-            "Listen on 127.0.0.1 (this machine only) or 0.0.0.0 / [::] (every interface) instead.",
-            "List this machine's addresses with {list_addresses}.",
-            "For an IPv6 address: IPv6 may be disabled here (Linux: `sysctl net.ipv6.conf.all.disable_ipv6`, 1 "
-            "means disabled); use an IPv4 address then.",
+            "Listen on 0.0.0.0 or [::] (every interface: `--host 0.0.0.0`) or on 127.0.0.1 (this machine only) "
+            "instead.",
+            "Or use an address this machine has; list them with {list_addresses}.",
+            "In a container, the host's addresses are not the container's own: listen on 0.0.0.0 inside it and "
+            "publish the port on the host's address (`docker run -p {publish}:{port}:{port} ...`; Podman takes "
+            "the same flag).",
+            "{ipv6_note}",
         ),
     ),
     "host_unresolved": Message(
@@ -368,6 +371,8 @@ FACT_RESERVATIONS = "URL reservations on this port (permissions only, not listen
 FACT_NOT_VISIBLE = "the process table of other users is hidden from this user"
 FACT_FD = "descriptor {fd}: {state}"
 FACT_RESOLVED = "{host} resolves to {addresses}"
+FACT_NOT_LOCAL = "no network interface here has {address}: a trial bind to it (port 0, nothing sent) failed with 'address not available'"
+ADDRESS_OF_NAME = "{host} (resolved to {address})"
 FACT_OTHER_ENDPOINT = "also requested: {other}"
 FACT_WINDOWS_SIDE = "Windows side (through WSL interop): {state} {where} {owner}"
 
@@ -382,6 +387,11 @@ DYNAMIC_REMEDY_DEFAULT = (
 )
 ADMINISTERED_NOTE = " added by an administrator; remove it with `netsh int ipv4 delete excludedportrange protocol=tcp startport={start} numberofports={count}`"
 LIST_ADDRESSES = {"linux": "`ip -brief address`", "darwin": "`ifconfig`", "win32": "`ipconfig`"}
+ADDR_IPV6_NOTE = (
+    "For an IPv6 address: IPv6 may be disabled here (Linux: `sysctl net.ipv6.conf.all.disable_ipv6`, 1 means "
+    "disabled), or the address may still be under duplicate address detection just after its interface came "
+    "up; use an IPv4 address then, or retry a few seconds later."
+)
 
 # Layout of a rendered finding -----------------------------------------------------------------------
 

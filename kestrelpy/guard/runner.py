@@ -2,7 +2,8 @@
 
 Every probe reads the host through a `HostIO`: file text (/proc, /sys), external command output, a few
 values only a system call can give (effective uid, the owner of our network namespace, an inherited
-socket's state) and, on Windows, the raw TCP table from the IP Helper API. Three implementations:
+socket's state, whether an address belongs to this host) and, on Windows, the raw TCP table from the IP
+Helper API. Three implementations:
 
 * `SystemIO`    the real host, chosen by `sys.platform`; commands run with a timeout of at most 2 s
                 (system.py, kept apart so that an ordinary start loads only it);
@@ -73,6 +74,11 @@ class HostIO(Protocol):
 
     def sock_diag(self, family: int, states: int) -> bytes | None: ...
 
+    def address_is_local(self, host: str) -> bool | None:
+        """Whether a socket could bind `host` (an IP literal, maybe with a `%zone`; for a name, every address
+        it resolves to): False when the host does not have the address, None when that cannot be told."""
+        ...
+
 
 def command_key(argv: Sequence[str]) -> str:
     return " ".join(argv)
@@ -81,7 +87,7 @@ def command_key(argv: Sequence[str]) -> str:
 class FixtureIO:
     """Recorded answers. Anything not given is missing (files, commands) or a neutral default.
 
-    A plain class rather than a dataclass: generating dataclass methods for seventeen fields costs more
+    A plain class rather than a dataclass: generating dataclass methods for eighteen fields costs more
     at import than the probes it stands in for.
     """
 
@@ -104,6 +110,7 @@ class FixtureIO:
         order: str = "little",
         tcp_tables: Mapping[int, bytes] | None = None,
         diag: Mapping[int, bytes] | None = None,  # family -> raw sock_diag replies
+        local: Mapping[str, bool | None] | None = None,  # address -> address_is_local() answer
     ) -> None:
         self.platform = platform
         self.files = files
@@ -121,6 +128,7 @@ class FixtureIO:
         self.order = order
         self.tcp_tables = tcp_tables
         self.diag = diag
+        self.local = local
         self.ran: list[str] = []
 
     def read_text(self, path: str) -> str | None:
@@ -171,6 +179,9 @@ class FixtureIO:
     def sock_diag(self, family: int, states: int) -> bytes | None:
         return (self.diag or {}).get(family)
 
+    def address_is_local(self, host: str) -> bool | None:
+        return (self.local or {}).get(host)  # not recorded: unknown
+
     @classmethod
     def from_dir(cls, directory: str | os.PathLike[str]) -> FixtureIO:
         """Replay a directory written by `RecordingIO.dump()` (`kestrelpy check --dump-facts DIR`)."""
@@ -199,6 +210,7 @@ class FixtureIO:
             order=manifest.get("byteorder", "little"),
             tcp_tables={int(k): (root / v).read_bytes() for k, v in manifest.get("tcp_tables", {}).items()},
             diag={int(k): (root / v).read_bytes() for k, v in manifest.get("sock_diag", {}).items()},
+            local=manifest.get("local_addresses"),
         )
 
 
@@ -222,6 +234,7 @@ class RecordingIO:
         self.fds: dict[int, FdInfo] = {}
         self.tcp_tables: dict[int, bytes] = {}
         self.diag: dict[int, bytes] = {}
+        self.local: dict[str, bool | None] = {}
         self._euid: int | None = None
         self._owner: NetnsOwner | None = None
 
@@ -299,6 +312,10 @@ class RecordingIO:
             self.diag[family] = data
         return data
 
+    def address_is_local(self, host: str) -> bool | None:
+        self.local[host] = self._inner.address_is_local(host)
+        return self.local[host]
+
     def dump(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write every answer under `directory`; returns the relative paths written."""
         import json
@@ -343,6 +360,7 @@ class RecordingIO:
             "fds": {str(k): dataclasses.asdict(v) for k, v in self.fds.items()},
             "tcp_tables": tables,
             "sock_diag": diag,
+            "local_addresses": dict(sorted(self.local.items())),
         }
         put("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return written

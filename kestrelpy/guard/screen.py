@@ -16,6 +16,10 @@ What makes the screen step aside (answer False):
   look for holders only after a failed bind, so the screen does not either);
 * a host name that does not resolve; two TCP endpoints on the same port; an inherited descriptor that is
   not a listening socket;
+* an address this host does not have (the bind would fail with "address not available"). Wildcards,
+  `localhost` and loopback addresses are taken as local without asking, so an ordinary start pays
+  nothing; a specific address costs one trial bind to port 0 (`HostIO.address_is_local`), which takes
+  no port and sends nothing;
 * on Windows, a listener on the port in the IP Helper table, or an address other than loopback (the full
   rules add a note about the firewall prompt).
 
@@ -128,6 +132,46 @@ def needs_resolving(host: str) -> bool:
     return False
 
 
+# Spellings of "every address" an endpoint may carry.
+_WILDCARD_HOSTS = frozenset({"", "*", "+", "0.0.0.0", "::"})
+# Every host has these two; the rest of 127.0.0.0/8 only where the kernel routes the whole block to
+# loopback (Linux, Windows). macOS and the BSDs configure 127.0.0.1 alone unless an alias is added.
+_ALWAYS_LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def surely_local(address: str, platform: str) -> bool:
+    """True for an address every host of `platform` can bind without asking the kernel: a wildcard
+    spelling, `localhost` (kestrelpy binds whichever loopback families exist), 127.0.0.1 and ::1, and on
+    Linux and Windows the rest of 127.0.0.0/8. False means only a trial bind can tell."""
+    if address in _WILDCARD_HOSTS or address.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.is_unspecified or str(ip) in _ALWAYS_LOOPBACK:
+        return True
+    return ip.version == 4 and ip.is_loopback and (platform.startswith("linux") or platform == "win32")
+
+
+def bind_address(host: str, resolved: Sequence[str] | None) -> str | None:
+    """The address a bind on `host` really tries: the IP literal itself (zone id kept), or for a name the
+    first address it resolves to, as the server binds only that one. None when a name was not looked
+    up or does not resolve."""
+    if not needs_resolving(host) or host.lower() == "localhost":
+        return host
+    return resolved[0] if resolved else None
+
+
+def addresses_to_try(host: str, resolved: Sequence[str] | None, platform: str) -> list[str]:
+    """The addresses of `host` whose locality only a trial bind can tell: the literal, or each address a
+    name resolves to; wildcards and loopback never need one."""
+    if host.lower() == "localhost":
+        return []
+    candidates = list(resolved or ()) if needs_resolving(host) else [host]
+    return [a for a in dict.fromkeys(candidates) if not surely_local(a, platform)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Is anything on the port?
 
@@ -227,7 +271,11 @@ def clear(endpoints: Sequence[Endpoint], io: HostIO) -> bool:
             if not (info.is_socket and info.listening):
                 return False
         elif isinstance(endpoint, TcpEndpoint):
-            if needs_resolving(endpoint.host) and not io.resolve(endpoint.host):
+            resolved = io.resolve(endpoint.host) if needs_resolving(endpoint.host) else None
+            if resolved is not None and not resolved:
+                return False
+            target = bind_address(endpoint.host, resolved)
+            if target is not None and not surely_local(target, platform) and io.address_is_local(target) is False:
                 return False
             tcp.append(endpoint)
             if endpoint.port:

@@ -27,6 +27,11 @@ NS_GET_USERNS = 0xB701
 _TCP_TABLE_OWNER_PID_LISTENER = 3
 _ERROR_INSUFFICIENT_BUFFER = 122
 WINDOWS_AF_INET6 = 23
+# linux/in.h: bind() checks the address but leaves the port unallocated until connect() or listen().
+_IP_BIND_ADDRESS_NO_PORT = 24
+_WSAEADDRNOTAVAIL = 10049
+# Spellings of "every address" and the two loopbacks every host has: local without a system call.
+_LOCAL_WITHOUT_ASKING = frozenset({"", "*", "+", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"})
 
 
 class CommandResult:
@@ -210,6 +215,53 @@ class SystemIO:
         if not self._platform.startswith("linux"):
             return None
         return _sock_diag_dump(family, states)
+
+    def address_is_local(self, host: str) -> bool | None:
+        """A trial bind of a throwaway TCP socket to (address, 0), closed at once: it takes no port (on
+        Linux not even an ephemeral one) and sends nothing. Only "address not available" means False;
+        any other refusal says nothing about the address, so the answer is None."""
+        if host.lower() in _LOCAL_WITHOUT_ASKING:
+            return True
+        passive = socket.AI_PASSIVE
+        try:  # an IP literal, with its zone id turned into a scope id; no name service asked
+            infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=passive | socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            if ":" in host or "%" in host:
+                return None  # an IP literal whose zone id names no interface: the real bind fails to resolve it
+            try:  # a name: every address it resolves to
+                infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=passive)
+            except (OSError, UnicodeError):
+                return None
+        except (OSError, UnicodeError):
+            return None
+        answers = {_trial_bind(family, sockaddr) for family, _t, _p, _n, sockaddr in infos}
+        if False in answers:
+            return False
+        return True if answers == {True} else None
+
+
+def _trial_bind(family: int, sockaddr: tuple[object, ...]) -> bool | None:
+    import errno
+
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return None  # the family itself is missing; the real bind will say so
+    try:
+        if sys.platform.startswith("linux"):
+            try:
+                option = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", _IP_BIND_ADDRESS_NO_PORT)
+                sock.setsockopt(socket.IPPROTO_IP, option, 1)
+            except OSError:
+                pass  # older kernels: port 0 then borrows an ephemeral port until the close below
+        sock.bind((sockaddr[0], 0, *sockaddr[2:]))
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL or getattr(exc, "winerror", None) == _WSAEADDRNOTAVAIL:
+            return False
+        return None
+    finally:
+        sock.close()
+    return True
 
 
 def _get_extended_tcp_table(af: int) -> bytes | None:

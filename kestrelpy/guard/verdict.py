@@ -27,6 +27,10 @@ Two entry points:
   OTHER                     KP-BIND-FAILED
   ========================  ==========================================================================
 
+Before a bind, an address the probes found this host does not have (a trial bind to port 0 failed with
+"address not available") gives KP-ADDR-NOT-AVAILABLE and nothing else for that endpoint: the kernel checks
+the address before the port, so no other rule can matter until the address changes.
+
 Unix-socket and inherited-descriptor endpoints have their own small rules (KP-UNIX-*, KP-FD-*).
 """
 
@@ -52,6 +56,7 @@ from kestrelpy.guard.facts import (
     PortRange,
     WindowsFacts,
 )
+from kestrelpy.guard.screen import bind_address, needs_resolving, surely_local
 
 Severity = Literal["error", "warning", "info"]
 Overlap = Literal["same", "dual_v6_holder", "dual_v4_holder"]
@@ -274,6 +279,14 @@ def overlap(ours: str, theirs: str, platform: str) -> Overlap | None:
     if our_ip.version == 6 and ours == "::":
         return "dual_v4_holder"
     return None
+
+
+def not_local_target(endpoint: TcpEndpoint, facts: HostFacts) -> str | None:
+    """The address a bind on `endpoint` tries, when the probes found this host does not have it."""
+    target = bind_address(endpoint.host, facts.addresses(endpoint.host))
+    if target is None or surely_local(target, facts.platform):
+        return None
+    return target if facts.is_local(target) is False else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -540,6 +553,34 @@ def _time_wait_finding(
 
 
 # --------------------------------------------------------------------------------------------------
+# Addresses this host does not have
+
+
+def _addr_not_available(endpoint: TcpEndpoint, facts: HostFacts, extra: Sequence[str], explaining: bool) -> Finding:
+    host = endpoint.host
+    target = bind_address(host, facts.addresses(host))
+    address = target or host
+    shown = host if address == host else m.ADDRESS_OF_NAME.format(host=host, address=address)
+    ip = _ip(address)
+    publish = f"[{ip}]" if ip is not None and ip.version == 6 else (str(ip) if ip is not None else address)
+    lines = list(extra)
+    if target is not None and facts.is_local(target) is False:
+        lines.append(m.FACT_NOT_LOCAL.format(address=target))
+    platform = _platform_family(facts.platform)
+    return build(
+        "addr_not_available",
+        endpoint,
+        "error",
+        lines,
+        explaining=explaining,
+        address=shown,
+        publish=publish,
+        ipv6_note=m.ADDR_IPV6_NOTE if ip is None or ip.version == 6 else "",
+        list_addresses=m.LIST_ADDRESSES.get(platform, m.LIST_ADDRESSES["linux"]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # Windows exclusions
 
 
@@ -630,6 +671,8 @@ def _predict_tcp(endpoint: TcpEndpoint, facts: HostFacts, reuse_port: bool) -> l
     resolved_fact = []
     if addresses is not None and _ip(endpoint.host) is None and endpoint.host not in ("", "*", "+"):
         resolved_fact = [m.FACT_RESOLVED.format(host=endpoint.host, addresses=", ".join(addresses))]
+    if not_local_target(endpoint, facts) is not None:
+        return [_addr_not_available(endpoint, facts, resolved_fact, explaining=False)]
     addrs = addresses or ()
     platform = _platform_family(facts.platform)
     port = endpoint.port
@@ -748,14 +791,10 @@ def _explain_tcp(failure: BindFailure, endpoint: TcpEndpoint, facts: HostFacts) 
     if kind is FailureKind.UNRESOLVED:
         return build("host_unresolved", endpoint, "error", error_fact, explaining=True)
     if kind is FailureKind.NOT_AVAILABLE:
-        return build(
-            "addr_not_available",
-            endpoint,
-            "error",
-            error_fact,
-            explaining=True,
-            list_addresses=m.LIST_ADDRESSES.get(platform, m.LIST_ADDRESSES["linux"]),
-        )
+        resolved = facts.addresses(endpoint.host) if needs_resolving(endpoint.host) else None
+        if resolved:
+            error_fact.append(m.FACT_RESOLVED.format(host=endpoint.host, addresses=", ".join(resolved)))
+        return _addr_not_available(endpoint, facts, error_fact, explaining=True)
     addrs = endpoint_addresses(endpoint, facts) or ()
     pf = facts.port(port)
     conflicts = _conflicts(endpoint, addrs, pf, facts.platform) if pf else []

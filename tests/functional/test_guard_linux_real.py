@@ -3,13 +3,16 @@
 Each privileged scenario runs in a child process inside a fresh network namespace (`unshare --net`), where
 the child may set net.ipv4.ip_unprivileged_port_start without touching the host's value, then drops to uid
 65534 and compares the guard's prediction with a real bind on loopback. These need root (CI runs as root)
-and skip with the reason when namespaces are not permitted. The TIME_WAIT case needs no privileges.
+and skip with the reason when namespaces are not permitted. The TIME_WAIT case and the "address not on
+this host" cases need no privileges; those only ever try binds, and never send anything.
 The authbind case also takes a private mount namespace, so its rules directory never replaces the host's
 /etc/authbind.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import os
 import shutil
@@ -374,3 +377,124 @@ def test_authbind_refusal_and_permission() -> None:
     # authbind decides low ports itself, so nothing is predicted; its refusal is EPERM, not EACCES.
     assert (refused["predicted"], refused["errno"], refused["explained"]) == ([], 1, "KP-LINUX-AUTHBIND-DENIED")
     assert (permitted["predicted"], permitted["errno"], permitted["explained"]) == ([], None, None)
+
+
+# --- An address this host does not have (no privileges needed; bind attempts only) -----------------
+
+ELSEWHERE_V4 = "192.0.2.1"  # TEST-NET-1 (RFC 5737): assigned to no host by design
+ELSEWHERE_V6 = "2001:db8::1"  # the IPv6 documentation prefix (RFC 3849)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """What a real bind (no listen, closed at once) to (host, port) raised, or None when it worked."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        return exc
+    finally:
+        sock.close()
+    return None
+
+
+def _ipv6_usable() -> bool:
+    return socket.has_ipv6 and _bind_error("::1", 0) is None
+
+
+def _a_local_ipv4_address() -> str | None:
+    """A non-loopback IPv4 address of this host, read from the kernel's routing table (no traffic)."""
+    try:
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    except OSError:
+        return None
+    for above, line in itertools.pairwise(lines):
+        address = above.strip().removeprefix("|-- ")
+        if line.strip() == "/32 host LOCAL" and not address.startswith("127."):
+            return address
+    return None
+
+
+@pytest.mark.parametrize("host", [ELSEWHERE_V4, ELSEWHERE_V6])
+def test_address_not_on_this_host_is_predicted_and_the_bind_agrees(host: str) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux errno values")
+    if ":" in host and not _ipv6_usable():
+        pytest.skip("IPv6 is not available here")
+    port = _free_port()
+    error = _bind_error(host, port)
+    if error is None:
+        pytest.skip(f"{host} is assigned to an interface of this host")
+    assert error.errno == errno.EADDRNOTAVAIL, error
+    ep = TcpEndpoint(host, port)
+    predicted = predict([ep])
+    assert [(f.code, f.severity) for f in predicted] == [("KP-ADDR-NOT-AVAILABLE", "error")]
+    assert [f.code for f in check([ep]).findings] == ["KP-ADDR-NOT-AVAILABLE"]
+    assert explain(error, ep).code == "KP-ADDR-NOT-AVAILABLE"
+
+
+def test_loopback_wildcard_and_own_addresses_give_no_such_finding() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/net/fib_trie")
+    hosts = ["127.0.0.1", "0.0.0.0", "localhost"]
+    if _ipv6_usable():
+        hosts += ["::1", "::"]
+    own = _a_local_ipv4_address()
+    if own is not None:
+        hosts.append(own)
+    port = _free_port()
+    for host in hosts:
+        ep = TcpEndpoint(host, port)
+        codes = [f.code for f in predict([ep])] + [f.code for f in check([ep]).findings]
+        assert "KP-ADDR-NOT-AVAILABLE" not in codes, (host, codes)
+    if own is not None:
+        assert _bind_error(own, 0) is None  # the address really is this host's
+
+
+def _kestrelpy(*argv: str) -> subprocess.CompletedProcess[str]:
+    project = str(Path(kestrelpy.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run(
+        [sys.executable, "-m", "kestrelpy", *argv], capture_output=True, text=True, env=env, timeout=30
+    )
+
+
+def test_check_command_reports_an_address_not_on_this_host() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux errno values")
+    port = _free_port()
+    if _bind_error(ELSEWHERE_V4, port) is None:
+        pytest.skip(f"{ELSEWHERE_V4} is assigned to an interface of this host")
+    done = _kestrelpy("check", "--host", ELSEWHERE_V4, "--port", str(port))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "[KP-ADDR-NOT-AVAILABLE]" in done.stdout
+    assert "No problems found" not in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    clear = _kestrelpy("check", "--host", "127.0.0.1", "--port", str(port))
+    assert clear.returncode == 0, clear.stdout + clear.stderr
+    assert "KP-ADDR-NOT-AVAILABLE" not in clear.stdout
+
+
+def test_failed_start_on_an_address_not_on_this_host(tmp_path: Path) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux errno values")
+    port = _free_port()
+    if _bind_error(ELSEWHERE_V4, port) is None:
+        pytest.skip(f"{ELSEWHERE_V4} is assigned to an interface of this host")
+    (tmp_path / "addr_app.py").write_text("async def app(scope, receive, send):\n    pass\n", encoding="utf-8")
+    done = _kestrelpy(
+        "addr_app:app", "--app-dir", str(tmp_path), "--host", ELSEWHERE_V4, "--port", str(port), "--lifespan", "off"
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"predicted: KP-ADDR-NOT-AVAILABLE on {ELSEWHERE_V4}:{port}" in done.stderr
+    assert f"kestrelpy cannot listen on {ELSEWHERE_V4}:{port} [KP-ADDR-NOT-AVAILABLE]" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from kestrelpy.endpoints import TcpEndpoint
 from kestrelpy.errors import ConfigError
-from kestrelpy.guard import FixtureIO, RecordingIO, darwin, explain, linux, predict, windows
+from kestrelpy.guard import FixtureIO, RecordingIO, SystemIO, darwin, explain, linux, predict, windows
 from kestrelpy.guard.command import parse_bind, run_check
 from kestrelpy.guard.runner import CommandResult, command_key
 
@@ -179,6 +179,42 @@ def test_dump_facts_replays_to_the_same_findings(load: Load, tmp_path: Path) -> 
     assert run_check(["--bind", "127.0.0.1:18080", "--port", "80"], again, probe=replay) == 1
     first = out.getvalue().split("Wrote")[0]
     assert again.getvalue() == first
+
+
+def test_address_not_on_this_host_before_binding(load: Load) -> None:
+    host = nobody_host(load, local={"192.0.2.1": False, "10.0.0.5": True})
+    assert [f.code for f in predict([TcpEndpoint("192.0.2.1", 8000)], probe=host)] == ["KP-ADDR-NOT-AVAILABLE"]
+    assert predict([TcpEndpoint("10.0.0.5", 8000)], probe=host) == []
+    out = _io.StringIO()
+    assert run_check(["--host", "192.0.2.1", "--port", "8000"], out, probe=host) == 1
+    assert "[KP-ADDR-NOT-AVAILABLE]" in out.getvalue() and "No problems found" not in out.getvalue()
+    out = _io.StringIO()
+    assert run_check(["--host", "10.0.0.5", "--port", "8000"], out, probe=host) == 0
+
+
+def test_dump_facts_keeps_the_trial_binds(load: Load, tmp_path: Path) -> None:
+    host = nobody_host(load, local={"192.0.2.1": False, "198.51.100.7": None})
+    argv = ["--bind", "192.0.2.1:8000", "--bind", "198.51.100.7:8001", "--json"]
+    out = _io.StringIO()
+    assert run_check([*argv, "--dump-facts", str(tmp_path)], out, probe=host) == 1
+    doc = json.loads(out.getvalue())
+    assert doc["facts"]["local_addresses"] == [["192.0.2.1", False], ["198.51.100.7", None]]
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["local_addresses"] == {"192.0.2.1": False, "198.51.100.7": None}
+    replay = FixtureIO.from_dir(tmp_path)
+    assert replay.address_is_local("192.0.2.1") is False and replay.address_is_local("198.51.100.7") is None
+    again = _io.StringIO()
+    assert run_check(argv, again, probe=replay) == 1
+    assert [f["code"] for f in json.loads(again.getvalue())["findings"]] == ["KP-ADDR-NOT-AVAILABLE"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "*", "127.0.0.1", "::1", "localhost", "LOCALHOST"])
+def test_system_io_knows_wildcards_and_loopback_without_asking(host: str) -> None:
+    assert SystemIO().address_is_local(host) is True
+
+
+def test_system_io_cannot_tell_for_a_zone_naming_no_interface() -> None:
+    assert SystemIO().address_is_local("fe80::1%no-such-interface") is None  # no name service is asked
 
 
 def test_recording_io_keeps_commands(load: Load, tmp_path: Path) -> None:

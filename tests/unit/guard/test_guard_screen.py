@@ -31,7 +31,28 @@ TCP_TABLES = [
     (None, None),
 ]
 PORTS = [0, 1, 79, 80, 443, 1023, 1024, 5000, 8000, 18080, 18081, 18082, 18083, 18084, 18097]
-HOSTS = ["127.0.0.1", "0.0.0.0", "::", "::1", "127.0.0.2", "localhost", "nope.invalid", ""]
+HOSTS = [
+    "127.0.0.1",
+    "0.0.0.0",
+    "::",
+    "::1",
+    "127.0.0.2",
+    "localhost",
+    "nope.invalid",
+    "",
+    "192.0.2.1",  # recorded as not on this host
+    "10.0.0.5",  # recorded as on this host
+    "198.51.100.7",  # the trial bind could not tell
+    "fe80::1%eth0",
+    "gone.example",  # resolves to an address this host lacks
+    "mixed.example",  # a local first address, then one this host lacks
+]
+LOCAL = {"192.0.2.1": False, "10.0.0.5": True, "198.51.100.7": None, "fe80::1%eth0": False, "127.0.0.2": False}
+NAMES = {
+    "localhost": ("127.0.0.1", "::1"),
+    "gone.example": ("192.0.2.1",),
+    "mixed.example": ("10.0.0.5", "192.0.2.1"),
+}
 
 
 def _diag_message(family: int, address: str, port: int) -> bytes:
@@ -106,7 +127,8 @@ def _host(load: Load, rng: random.Random, platform: str) -> FixtureIO:
         owner=rng.choice(["own", "outside", "unknown"]),
         files=files,
         environ=environ,
-        hosts={"localhost": ("127.0.0.1", "::1")},
+        hosts=NAMES,
+        local=LOCAL,
         diag=diag,
         tcp_tables=tables,
         fd_infos={3: FdInfo(3, True, True, 4, "127.0.0.1", 80), 4: FdInfo(4, True, False)},
@@ -158,10 +180,48 @@ def test_ordinary_start_is_clear_and_problems_are_not(load: Load) -> None:
     assert not screen.clear([TcpEndpoint("nope.invalid", 8000)], host())
     assert not screen.clear([TcpEndpoint("0.0.0.0", 8000), TcpEndpoint("127.0.0.1", 8000)], host())
     assert not screen.clear([FdEndpoint(3)], host())  # FixtureIO: descriptor 3 is not a socket
+    assert not screen.clear([TcpEndpoint("192.0.2.1", 8000)], host(local=LOCAL))  # not on this host
+    assert not screen.clear([TcpEndpoint("192.0.2.1", 0)], host(local=LOCAL))  # whatever the port
+    assert not screen.clear([TcpEndpoint("gone.example", 8000)], host(local=LOCAL, hosts=NAMES))
+    assert screen.clear([TcpEndpoint("mixed.example", 8000)], host(local=LOCAL, hosts=NAMES))
+    assert screen.clear([TcpEndpoint("10.0.0.5", 8000)], host(local=LOCAL))
+    assert screen.clear([TcpEndpoint("198.51.100.7", 8000)], host(local=LOCAL))  # unknown: the bind decides
+    assert not screen.clear([TcpEndpoint("127.0.0.2", 8000)], host(platform="darwin", local=LOCAL))
     assert screen.clear([TcpEndpoint("127.0.0.1", 8000)], host(platform="win32"))
     assert not screen.clear([TcpEndpoint("0.0.0.0", 8000)], host(platform="win32"))  # the firewall will ask
     held = {4: _win_table(4, [(2, "0.0.0.0", 8000)]), 6: b""}
     assert not screen.clear([TcpEndpoint("127.0.0.1", 8000)], host(platform="win32", tcp_tables=held))
+
+
+class CountingIO(FixtureIO):
+    """A recorded host that counts the trial binds it is asked for."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.asked: list[str] = []
+
+    def address_is_local(self, host: str) -> bool | None:
+        self.asked.append(host)
+        return super().address_is_local(host)
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin", "win32"])
+def test_wildcards_and_loopback_cost_no_trial_bind(platform: str) -> None:
+    for host in ["127.0.0.1", "::1", "0.0.0.0", "::", "*", "", "localhost"]:
+        io = CountingIO(platform=platform, hosts=NAMES)
+        screen.clear([TcpEndpoint(host, 8000)], io)
+        gather([TcpEndpoint(host, 8000)], io, thorough=True)
+        assert io.asked == [], host
+    io = CountingIO(platform=platform, local=LOCAL)
+    assert not screen.clear([TcpEndpoint("192.0.2.1", 8000)], io)
+    assert io.asked == ["192.0.2.1"]  # one trial bind for a specific address
+
+
+def test_a_name_has_each_address_it_resolves_to_checked() -> None:
+    io = CountingIO(hosts=NAMES, local=LOCAL)
+    facts = gather([TcpEndpoint("mixed.example", 8000)], io, thorough=True)
+    assert io.asked == ["10.0.0.5", "192.0.2.1"]
+    assert facts.local_addresses == (("10.0.0.5", True), ("192.0.2.1", False))
 
 
 def test_shared_parsers_agree_with_the_full_linux_parsers(load: Load) -> None:

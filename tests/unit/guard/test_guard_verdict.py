@@ -258,6 +258,85 @@ def test_address_not_available(platform: str) -> None:
     assert finding.code == "KP-ADDR-NOT-AVAILABLE"
 
 
+NOT_HERE = (("192.0.2.1", False), ("2001:db8::1", False), ("fe80::1%eth0", False), ("10.0.0.5", True))
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin", "win32", "freebsd14"])
+@pytest.mark.parametrize("host", ["192.0.2.1", "2001:db8::1", "fe80::1%eth0"])
+def test_address_this_host_lacks_is_predicted(platform: str, host: str) -> None:
+    facts = HostFacts(platform=platform, local_addresses=NOT_HERE)
+    (finding,) = predict_findings([TcpEndpoint(host, 8000)], facts)
+    assert (finding.code, finding.severity) == ("KP-ADDR-NOT-AVAILABLE", "error")
+    assert len(finding.facts) == 1  # the trial bind that showed it
+    assert "{" not in finding.render()
+
+
+def test_address_not_here_is_the_only_finding_for_its_endpoint() -> None:
+    # The kernel refuses the address before it looks at the port: privilege and holders come later.
+    facts = linux_host(NOBODY, listen("0.0.0.0", 80), local_addresses=NOT_HERE)
+    assert codes(predict_findings([TcpEndpoint("192.0.2.1", 80)], facts)) == ["KP-ADDR-NOT-AVAILABLE"]
+    assert codes(predict_findings([TcpEndpoint("10.0.0.5", 80)], facts)) == [
+        "KP-LINUX-PRIVILEGED-PORT",
+        "KP-PORT-IN-USE",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("10.0.0.5", True),  # the host has it
+        ("198.51.100.7", None),  # the trial bind could not tell
+        ("203.0.113.9", "absent"),  # never asked
+    ],
+)
+def test_address_here_or_unknown_gives_no_finding(host: str, local: object) -> None:
+    recorded = () if local == "absent" else ((host, local),)
+    facts = linux_host(local_addresses=recorded)
+    assert predict_findings([TcpEndpoint(host, 8000)], facts) == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "::", "*", "", "localhost", "127.0.0.2"])
+def test_wildcards_and_loopback_are_local_whatever_was_recorded(host: str) -> None:
+    facts = linux_host(local_addresses=((host, False),), resolved=(("localhost", ("127.0.0.1", "::1")),))
+    assert predict_findings([TcpEndpoint(host, 8000)], facts) == []
+
+
+def test_loopback_beyond_127_0_0_1_is_asked_about_on_macos() -> None:
+    # macOS configures 127.0.0.1 alone on lo0; 127.0.0.2 binds only after an alias is added.
+    recorded = (("127.0.0.2", False),)
+    mac = HostFacts(platform="darwin", euid=501, local_addresses=recorded)
+    assert codes(predict_findings([TcpEndpoint("127.0.0.2", 8000)], mac)) == ["KP-ADDR-NOT-AVAILABLE"]
+    for platform in ("linux", "win32"):  # both route all of 127.0.0.0/8 to loopback
+        facts = HostFacts(platform=platform, local_addresses=recorded)
+        assert predict_findings([TcpEndpoint("127.0.0.2", 8000)], facts) == []
+
+
+def test_a_name_is_judged_by_the_address_the_bind_uses() -> None:
+    # The server binds a name's first address only, so that one decides.
+    first_missing = linux_host(
+        resolved=(("svc.example", ("192.0.2.1", "10.0.0.5")),), local_addresses=(("192.0.2.1", False),)
+    )
+    (finding,) = predict_findings([TcpEndpoint("svc.example", 8000)], first_missing)
+    assert finding.code == "KP-ADDR-NOT-AVAILABLE"
+    assert len(finding.facts) == 2  # what the name resolved to, and the trial bind
+    later_missing = linux_host(
+        resolved=(("svc.example", ("10.0.0.5", "192.0.2.1")),), local_addresses=(("192.0.2.1", False),)
+    )
+    assert predict_findings([TcpEndpoint("svc.example", 8000)], later_missing) == []
+
+
+def test_explaining_address_not_available_adds_the_trial_bind_when_known() -> None:
+    ep = TcpEndpoint("192.0.2.1", 8000)
+    bare = explain_failure(fail(FailureKind.NOT_AVAILABLE, 99), ep, linux_host())
+    probed = explain_failure(fail(FailureKind.NOT_AVAILABLE, 99), ep, linux_host(local_addresses=NOT_HERE))
+    assert bare.code == probed.code == "KP-ADDR-NOT-AVAILABLE"
+    assert len(probed.facts) == len(bare.facts) + 1
+    v6 = explain_failure(fail(FailureKind.NOT_AVAILABLE, 99), TcpEndpoint("2001:db8::1", 8000), linux_host())
+    assert len(v6.remedies) == len(bare.remedies) + 1  # the IPv6-only remedy
+    for finding in (bare, probed, v6):
+        assert "{" not in finding.render()
+
+
 def test_unknown_errno_still_gives_a_finding() -> None:
     finding = explain_failure(fail(FailureKind.OTHER, 24), TcpEndpoint("127.0.0.1", 8000), linux_host())
     assert finding.code == "KP-BIND-FAILED" and "[Errno 24]" in finding.render()
