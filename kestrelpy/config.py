@@ -71,7 +71,11 @@ def option(
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Connection limits, after Kestrel's KestrelServerLimits. Each default says where it comes from."""
+    """Connection limits, after Kestrel's KestrelServerLimits. Each default says where it comes from.
+
+    They are enforced once, in the shared connection (protocols/http11.py), so both parsers refuse the
+    same requests with the same answer.
+    """
 
     keep_alive_timeout: float = option(
         5.0,
@@ -81,10 +85,79 @@ class Limits:
         parse=float,
         metavar="SECONDS",
     )
+    request_headers_timeout: float = option(
+        10.0,
+        "Answer 408 and close when a request head has started but is not complete after this many seconds "
+        "(Kestrel uses 30, hypercorn cuts at 5).",
+        flag="--timeout-request-headers",
+        parse=float,
+        metavar="SECONDS",
+    )
+    max_request_line_size: int = option(
+        8 * 1024,
+        "Answer 414 to a request line longer than this many bytes (Kestrel's MaxRequestLineSize).",
+        flag="--limit-request-line",
+        parse=int,
+        metavar="BYTES",
+    )
+    max_request_headers_size: int = option(
+        32 * 1024,
+        "Answer 431 to header fields totalling more than this many bytes (Kestrel's MaxRequestHeadersTotalSize).",
+        flag="--limit-request-headers",
+        parse=int,
+        metavar="BYTES",
+    )
+    max_request_header_count: int = option(
+        100,
+        "Answer 431 to a request with more header fields than this (Kestrel's MaxRequestHeaderCount, "
+        "Apache's LimitRequestFields).",
+        flag="--limit-request-header-count",
+        parse=int,
+        metavar="N",
+    )
+    max_request_body_size: int = option(
+        30_000_000,
+        "Answer 413 to a request body larger than this many bytes, before reading it when Content-Length "
+        "says so (Kestrel's MaxRequestBodySize; 0 = unlimited).",
+        flag="--limit-request-body",
+        parse=int,
+        metavar="BYTES",
+    )
+    max_requests_per_connection: int = option(
+        0,
+        "Close a keep-alive connection after this many requests, the last answered with Connection: close "
+        "(nginx's keepalive_requests idea; 0 = unlimited, Kestrel's default).",
+        flag="--limit-keep-alive-requests",
+        parse=int,
+        metavar="N",
+    )
+    max_concurrent_connections: int = option(
+        0,
+        "Answer 503 and close when this many connections are already open (Kestrel's "
+        "MaxConcurrentConnections; 0 = unlimited, Kestrel's default).",
+        flag="--limit-concurrency",
+        parse=int,
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if self.keep_alive_timeout <= 0:
             raise ConfigError("--timeout-keep-alive must be greater than 0")
+        if self.request_headers_timeout <= 0:
+            raise ConfigError("--timeout-request-headers must be greater than 0")
+        # A request line shorter than 32 bytes could not even hold "GET / HTTP/1.1" with a short path.
+        if self.max_request_line_size < 32:
+            raise ConfigError("--limit-request-line must be at least 32")
+        if self.max_request_headers_size < 64:
+            raise ConfigError("--limit-request-headers must be at least 64")
+        if self.max_request_header_count < 1:
+            raise ConfigError("--limit-request-header-count must be at least 1")
+        if self.max_request_body_size < 0:
+            raise ConfigError("--limit-request-body must not be negative (0 = unlimited)")
+        if self.max_requests_per_connection < 0:
+            raise ConfigError("--limit-keep-alive-requests must not be negative (0 = unlimited)")
+        if self.max_concurrent_connections < 0:
+            raise ConfigError("--limit-concurrency must not be negative (0 = unlimited)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,14 +103,19 @@ def _listen_on(
     *,
     v6only: bool | None = None,
     new_socket: SocketFactory = socket.socket,
+    reuse_port: bool = False,
+    listen: bool = True,
 ) -> socket.socket:
     sock = new_socket(family, socket.SOCK_STREAM)
     try:
         platform.configure_listener(sock)
+        if reuse_port:
+            platform.enable_reuse_port(sock)
         if family == socket.AF_INET6 and v6only is not None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
         sock.bind(address)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -295,17 +300,4 @@ def bind_reuse_port(
     """A TCP socket in the SO_REUSEPORT group on `address` (Linux spreads connections across the group's
     listening sockets). `listen=False` gives the supervisor's placeholder: it holds the port against
     other binds but, not listening, never receives a connection."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        platform.configure_listener(sock)
-        platform.enable_reuse_port(sock)
-        if family == socket.AF_INET6 and v6only is not None:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
-        sock.bind(address)
-        if listen:
-            sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return _listen_on(family, address, backlog, v6only=v6only, reuse_port=True, listen=listen)

@@ -33,14 +33,24 @@ class ServerState:
         "draining",
         "extra_header_lines",
         "keep_alive_timeout",
+        "known_hosts",
         "lifespan_state",
         "linger_on_shutdown",
         "loop",
+        "max_body_size",
+        "max_connections",
+        "max_head_size",
+        "max_header_count",
+        "max_headers_size",
+        "max_line_size",
+        "max_requests_per_connection",
+        "request_headers_timeout",
         "requests_served",
         "root_path",
         "root_path_bytes",
         "server_line",
         "shutting_down",
+        "small_head",
     )
 
     def __init__(
@@ -59,9 +69,25 @@ class ServerState:
         self.access_log = access_log
         self.connections: set[HttpConnection] = set()
         self.lifespan_state: dict[str, Any] = {}
+        self.known_hosts: set[bytes] = set()  # Host values already found valid (see HttpConnection)
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
-        self.keep_alive_timeout = config.limits.keep_alive_timeout
+        limits = config.limits
+        self.keep_alive_timeout = limits.keep_alive_timeout
+        self.request_headers_timeout = limits.request_headers_timeout
+        self.max_line_size = limits.max_request_line_size
+        self.max_headers_size = limits.max_request_headers_size
+        self.max_header_count = limits.max_request_header_count
+        # An incomplete head larger than this cannot be within both the line and the header limits.
+        self.max_head_size = limits.max_request_line_size + limits.max_request_headers_size
+        # A head no larger than this is within every head limit (a header field takes at least 3 bytes),
+        # so the exact count is skipped for it: the common case costs one comparison.
+        self.small_head = min(
+            limits.max_request_line_size, limits.max_request_headers_size, 3 * limits.max_request_header_count
+        )
+        self.max_body_size = limits.max_request_body_size  # 0 = unlimited
+        self.max_requests_per_connection = limits.max_requests_per_connection  # 0 = unlimited
+        self.max_connections = limits.max_concurrent_connections  # 0 = unlimited
         self.server_line = b"server: %s\r\n" % SERVER_NAME if config.server_header else b""
         self.date_header = config.date_header
         self.date_line = b""

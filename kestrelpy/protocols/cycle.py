@@ -49,6 +49,27 @@ _SPECIAL_HEADERS = {
 _ERROR_500_BODY = b"Internal Server Error"
 
 
+_LENGTHS: dict[bytes, int] = {}  # parsed response Content-Length values: most responses repeat a few
+_LENGTHS_MAX = 1024
+
+
+def _content_length(value: Any) -> int:
+    """A response Content-Length value as a number: digits only (RFC 9110 section 8.6)."""
+    try:
+        length = _LENGTHS.get(value)
+    except TypeError:  # bytearray and other unhashable buffers
+        value = bytes(value)
+        length = None
+    if length is None:
+        if not isinstance(value, bytes) or not value.isdigit():
+            raise HeaderError(f"invalid content-length {value!r}")
+        length = int(value)
+        if len(_LENGTHS) >= _LENGTHS_MAX:
+            _LENGTHS.clear()
+        _LENGTHS[value] = length
+    return length
+
+
 class ClientDisconnected(OSError):
     """Raised by `send` once the client has gone (ASGI HTTP spec 2.4)."""
 
@@ -245,12 +266,7 @@ class RequestCycle:
             special = _SPECIAL_HEADERS.get(name)
             if special is not None:
                 if special == _CONTENT_LENGTH:
-                    try:
-                        self._bytes_left = int(value)
-                    except ValueError:
-                        raise HeaderError(f"invalid content-length {value!r}") from None
-                    if self._bytes_left < 0:
-                        raise HeaderError(f"invalid content-length {value!r}")
+                    self._bytes_left = _content_length(value)
                     has_length = True
                 elif special == _TRANSFER_ENCODING:
                     continue  # framing is ours to choose

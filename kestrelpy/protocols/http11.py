@@ -4,9 +4,31 @@ A parser adapter subclasses this and calls four hooks: `on_request_head`, `on_re
 `on_request_complete` and `on_reject`. Keep-alive, pipelining, flow control, timeouts, the Host rule and
 the rejection answers live here once, so both parsers behave alike. This module never imports a parser.
 
+The adapters' invariant: any byte sequence either yields well-formed hook calls (a head, then body
+chunks, then completion, per request) or ends in exactly one `on_reject` with a RequestRejection;
+nothing else escapes `feed`, and nothing after a rejection is parsed. tests/unit/test_parser_agreement.py
+checks it, and that both adapters give the same answer, on generated and mutated requests.
+
 Pipelining (RFC 9112 section 9.3.2): requests that arrive while a response is in progress are queued
 and reading pauses; the next request reaches the app only after the previous response is complete,
 so responses leave in order.
+
+Limits (config.Limits) are enforced here and only here, so both parsers refuse the same input with
+the same answer:
+- head size: while a request head is incomplete, the bytes read for it are counted per read (nothing
+  is counted once a head is complete, so an ordinary request costs one comparison per read); an
+  incomplete head whose request line passes the line limit gets 414, one larger than line and header
+  limits together gets 431. A complete head is measured exactly (request line; header fields counted
+  as `name: value\r\n`; their number) when the reads that carried it were large enough to matter.
+  A head that starts in the middle of a read (after a pipelined request) is counted from the next
+  read on, so the check may run up to one read late, never early.
+- request-headers timeout: the heartbeat answers 408 when a head has been incomplete for longer than
+  the limit; before its first byte the keep-alive timeout applies instead (as in Kestrel).
+- body size: 413 before the body is read when Content-Length is too large, mid-stream for a chunked
+  body (the app, if it was already running, sees http.disconnect).
+- requests per connection: the last one is answered with `connection: close`.
+- concurrent connections: one over the limit gets 503 and is closed once it has sent its request or
+  after a short grace, so the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -14,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import socket
 import sys
 from collections import deque
@@ -68,6 +91,25 @@ _REQUEST_HEADERS = {
 }
 
 
+# RFC 9110 section 7.2: Host is uri-host [":" port]; uri-host is an IP-literal in brackets or a reg-name
+# (RFC 3986 section 3.2.2: unreserved, pct-encoded and sub-delims characters). No userinfo, path or space.
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+(?:%25[0-9A-Za-z._~%-]+)?\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+KNOWN_HOSTS_MAX = 256  # valid Host values remembered per server, so the check runs once per value
+_INVALID_HOST = 1 << 16  # what an invalid Host value adds to the count of Host fields
+
+
+def _host_weight(state: ServerState, value: bytes) -> int:
+    """1 for a valid Host value (remembered, so the next check is a set lookup), _INVALID_HOST otherwise."""
+    if _VALID_HOST.fullmatch(value.rstrip(b" \t")) is None:  # llhttp leaves trailing OWS in values
+        return _INVALID_HOST
+    if len(state.known_hosts) < KNOWN_HOSTS_MAX:
+        state.known_hosts.add(value)
+    return 1
+
+
+_METHOD_NAMES = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
+
 def _connection_tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",")}
 
@@ -78,9 +120,15 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_batch",
         "_batch_size",
+        "_body_budget",
+        "_head_bytes",
+        "_head_since",
+        "_line_bytes",
         "_pending_rejection",
         "_pipeline",
+        "_read_size",
         "_reading",
+        "_requests_left",
         "client",
         "closing",
         "cycle",
@@ -111,6 +159,15 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.fresh = True  # no response sent yet: its first request may still be on the way
         self.idle_since = 0.0
+        # Bytes read so far of an incomplete request head; -1 while a request's body is being read.
+        self._head_bytes = 0
+        self._read_size = 0  # the size of the read being parsed
+        self._line_bytes = 0  # bytes of the request line so far, -1 once its end has been seen
+        # When the heartbeat first saw the incomplete head; a mark older than the last response belongs
+        # to an earlier head (so nothing needs resetting per request).
+        self._head_since: float | None = None
+        self._body_budget = -1  # bytes of chunked body still allowed, -1 when not counted
+        self._requests_left = state.max_requests_per_connection  # 0 = unlimited
 
     # -- transport events ------------------------------------------------------------------------
 
@@ -126,9 +183,13 @@ class HttpConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.idle_since = self.state.clock()
-        self.state.connections.add(self)
-        if self.state.shutting_down or self.state.draining:
+        state = self.state
+        self.idle_since = state.clock()
+        over_limit = 0 < state.max_connections <= len(state.connections)
+        state.connections.add(self)
+        if over_limit:
+            self._refuse()
+        elif state.shutting_down or state.draining:
             # accepted in the same batch as the last ones before the drain, or during --shutdown-delay
             self.closing = True  # answer its request with `connection: close` (see shutdown())
 
@@ -155,15 +216,29 @@ class HttpConnection(asyncio.Protocol):
         """A complete request head. Header names arrive lower-cased, in order."""
         if self.rejected:
             return
+        state = self.state
+        bound = self._head_bytes  # an upper bound on this head's size
+        if bound <= 0:  # the head began inside the current read
+            bound = self._read_size
+        self._head_bytes = -1
+        if bound > state.small_head:
+            too_large = _over_head_limits(state, method, target, headers)
+            if too_large is not None:
+                self.on_reject(too_large)
+                return
         http11 = http_version == b"1.1"
         if not http11 and http_version != b"1.0":
-            # llhttp reports a request line without a version as 0.9, which h11 refuses as malformed.
-            self.on_reject(
-                RequestRejection.MALFORMED_REQUEST
-                if http_version == b"0.9"
-                else RequestRejection.UNSUPPORTED_HTTP_VERSION
-            )
-            return
+            if http_version[:2] == b"1.":
+                # A later HTTP/1 minor version is answered as 1.1, the highest we speak (RFC 9110 section 2.5).
+                http11 = True
+            else:
+                # llhttp reports a request line without a version as 0.9, which h11 refuses as malformed.
+                self.on_reject(
+                    RequestRejection.MALFORMED_REQUEST
+                    if http_version == b"0.9"
+                    else RequestRejection.UNSUPPORTED_HTTP_VERSION
+                )
+                return
         keep_alive = http11
         expect_continue = trailers = False
         hosts = codings = 0
@@ -174,7 +249,7 @@ class HttpConnection(asyncio.Protocol):
             if kind is None:
                 continue
             if kind == _HOST:
-                hosts += 1
+                hosts += 1 if value in state.known_hosts else _host_weight(state, value)
             elif kind == _CONTENT_LENGTH:
                 has_length = True
                 empty_body = empty_body and value.strip() == b"0"
@@ -191,22 +266,39 @@ class HttpConnection(asyncio.Protocol):
                 expect_continue = http11 and value.lower() == b"100-continue"
             else:
                 trailers = b"trailers" in _connection_tokens(value)
-        if http11 and hosts != 1:
-            # RFC 9112 section 3.2: a 1.1 request without exactly one Host is answered with 400.
-            self.on_reject(RequestRejection.MISSING_HOST if hosts == 0 else RequestRejection.MULTIPLE_HOST)
-            return
         if codings > 1 or (codings and has_length):
             # RFC 9112 section 6.1 allows refusing Content-Length with Transfer-Encoding (a smuggling
             # vector); h11 would read such a body as chunked and keep the connection open.
             self.on_reject(RequestRejection.MALFORMED_REQUEST)
             return
+        if hosts != 1 and (hosts or http11):
+            # RFC 9112 section 3.2: 400 for a 1.1 request without Host and for any request with several;
+            # RFC 9110 section 7.2: and for a Host value that is not uri-host [":" port].
+            self.on_reject(
+                RequestRejection.MISSING_HOST
+                if hosts == 0
+                else RequestRejection.INVALID_HOST
+                if hosts == _INVALID_HOST
+                else RequestRejection.MULTIPLE_HOST
+            )
+            return
+        if codings:
+            empty_body = False
+        if not empty_body and state.max_body_size:
+            if codings:  # a chunked body is counted as it arrives
+                self._body_budget = state.max_body_size
+            elif _declared_length(headers) > state.max_body_size:
+                # Refused before a byte of the body is read, as Kestrel does.
+                self.on_reject(RequestRejection.BODY_TOO_LARGE)
+                return
+            else:  # the parser holds a Content-Length body to its length
+                self._body_budget = -1
         parts = split_target(target)
         if parts is None:
             # Same answer as a target the parser itself refuses (llhttp rejects "foo", h11 passes it on).
             self.on_reject(RequestRejection.MALFORMED_REQUEST)
             return
         raw_path, query = parts
-        state = self.state
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
@@ -214,7 +306,7 @@ class HttpConnection(asyncio.Protocol):
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "method": method.decode("ascii"),
+            "method": _METHOD_NAMES.get(method) or method.decode("ascii"),
             "root_path": state.root_path,
             "path": state.root_path + decode_path(raw_path),
             "raw_path": state.root_path_bytes + raw_path,
@@ -224,8 +316,11 @@ class HttpConnection(asyncio.Protocol):
         }
         if trailers:
             scope["extensions"] = {"http.response.trailers": {}}
-        if codings:
-            empty_body = False
+        left = self._requests_left
+        if left:
+            self._requests_left = left - 1
+            if left == 1:
+                keep_alive = False  # the last request this connection serves: it says `connection: close`
         cycle = RequestCycle(
             self,
             scope,
@@ -245,10 +340,19 @@ class HttpConnection(asyncio.Protocol):
             self.flow.pause_reading()
 
     def on_request_body(self, data: bytes) -> None:
-        if self._reading is not None and not self.rejected:
-            self._reading.feed_body(data)
+        reading = self._reading
+        if reading is not None and not self.rejected:
+            budget = self._body_budget
+            if budget >= 0:
+                budget -= len(data)
+                self._body_budget = budget
+                if budget < 0:
+                    self.on_reject(RequestRejection.BODY_TOO_LARGE)
+                    return
+            reading.feed_body(data)
 
     def on_request_complete(self) -> None:
+        self._head_bytes = 0  # the next head may begin in what is left of this read
         if self._reading is not None and not self.rejected:
             self._reading.finish_body()
             self._reading = None
@@ -258,6 +362,7 @@ class HttpConnection(asyncio.Protocol):
         if self.rejected:
             return
         self.rejected = True
+        self._head_bytes = -1
         self.flow.pause_reading()
         logger.debug("Rejected request from %s: %s", self.client, reason.name)
         reading, self._reading = self._reading, None
@@ -281,6 +386,11 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Parse, and send what the apps answered during this read in one write: pipelined responses
         that complete at once leave in a single segment instead of one syscall each."""
+        size = len(data)
+        self._read_size = size
+        head = self._head_bytes
+        if head >= 0:  # waiting for a head: count the read towards it (the hooks reset the count)
+            self._head_bytes = head + size
         batch: list[bytes] = []
         self._batch = batch
         self._batch_size = 0
@@ -289,7 +399,30 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self._batch = None
             if batch:
-                self.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                transport = self.transport  # what write() would do with no batch open, without the call
+                if not transport.is_closing():
+                    transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        if self._head_bytes > 0:  # a head is still incomplete after this read
+            self._check_incomplete_head(data)
+
+    def _check_incomplete_head(self, data: bytes) -> None:
+        head = self._head_bytes
+        state = self.state
+        if head == len(data):  # this read began the head: so did its request line
+            self._line_bytes = 0
+        line = self._line_bytes
+        if line >= 0:
+            end = data.find(b"\n")
+            if end >= 0:
+                self._line_bytes = -1  # complete: measured exactly once the head is
+            else:
+                line += len(data)
+                self._line_bytes = line
+                if line > state.max_line_size:
+                    self.on_reject(RequestRejection.REQUEST_LINE_TOO_LONG)
+                    return
+        if head > state.max_head_size:
+            self.on_reject(RequestRejection.HEADERS_TOO_LARGE)
 
     def feed(self, data: bytes) -> None:
         """The parser adapter's part: turn bytes into hook calls."""
@@ -337,6 +470,8 @@ class HttpConnection(asyncio.Protocol):
         if self.transport.is_closing():
             return
         if not cycle.keep_alive:
+            # Nothing after this response is read: a request pipelined behind it must not reach the app.
+            self.rejected = True
             self.close()
             return
         if self._pipeline:
@@ -364,7 +499,21 @@ class HttpConnection(asyncio.Protocol):
         if self.cycle is None and self._pipeline and not self.transport.is_closing():
             self._start(self._pipeline.popleft())
 
-    def _send_rejection(self) -> None:
+    def _refuse(self) -> None:
+        """Over the connection limit: answer 503 at once and never parse what the client sends.
+
+        Reading goes on (the bytes are dropped) and only the write side is shut, so the close that
+        follows does not reset the connection under the answer; the client's close, or the heartbeat
+        after SHUTDOWN_GRACE, ends it.
+        """
+        self.rejected = True
+        self.closing = True
+        self._head_bytes = -1
+        self._pending_rejection = RequestRejection.TOO_MANY_CONNECTIONS
+        logger.debug("Refused a connection from %s: over --limit-concurrency", self.client)
+        self._send_rejection(half_close=True)
+
+    def _send_rejection(self, half_close: bool = False) -> None:
         reason = self._pending_rejection
         assert reason is not None
         body = reason.message.encode()
@@ -382,16 +531,22 @@ class HttpConnection(asyncio.Protocol):
                 )
             )
         )
-        self.close()
+        if half_close and self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.close()
 
     def on_tick(self, now: float) -> None:
-        """Heartbeat: close a keep-alive connection that has been idle too long."""
-        if (
-            self.cycle is None
-            and not self._pipeline
-            and now - self.idle_since > (SHUTDOWN_GRACE if self.closing else self.state.keep_alive_timeout)
-            and not self.transport.is_closing()
-        ):
+        """Heartbeat: close a keep-alive connection idle too long; answer 408 to a head that is late."""
+        if self.cycle is not None or self._pipeline or self.transport.is_closing():
+            return
+        if self._head_bytes > 0:  # a request head has begun: the request-headers timeout applies
+            since = self._head_since
+            if since is None or since < self.idle_since:  # first seen (or an earlier head's mark)
+                self._head_since = now
+            elif now - since > self.state.request_headers_timeout:
+                self.on_reject(RequestRejection.REQUEST_HEADERS_TIMEOUT)
+        elif now - self.idle_since > (SHUTDOWN_GRACE if self.closing else self.state.keep_alive_timeout):
             self.close()
 
     def shutdown(self) -> None:
@@ -413,6 +568,30 @@ class HttpConnection(asyncio.Protocol):
     def cancel_app(self) -> None:
         if self.cycle is not None and self.cycle.task is not None:
             self.cycle.task.cancel()
+
+
+def _over_head_limits(
+    state: ServerState, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+) -> RequestRejection | None:
+    """The head limit a complete head breaks, if any; sizes are counted the same whichever parser read it."""
+    if len(method) + len(target) + 10 > state.max_line_size:  # METHOD SP target SP HTTP/x.y
+        return RequestRejection.REQUEST_LINE_TOO_LONG
+    if len(headers) > state.max_header_count:
+        return RequestRejection.TOO_MANY_HEADERS
+    if sum(len(name) + len(value) + 4 for name, value in headers) > state.max_headers_size:
+        return RequestRejection.HEADERS_TOO_LARGE
+    return None
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The Content-Length value (the parsers have already refused malformed or conflicting ones)."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value.split(b",")[0])
+            except ValueError:
+                return 0
+    return 0
 
 
 def _address(info: Any) -> tuple[str, int] | None:

@@ -4,6 +4,10 @@ shared writer, so this path answers exactly as the httptools one does.
 h11 expects to take part in the response before it reads the next request. Since it never sees our
 responses, each request gets a fresh `h11.Connection`, seeded with the bytes that followed the previous
 request (`trailing_data`, public API), which is what makes pipelining work.
+
+h11 is more tolerant than llhttp in places RFC 9112 leaves open (bare LF, obs-fold, unknown methods,
+control bytes in values, repeated Content-Length). Each head is screened before h11 reads it, so this
+path refuses what the httptools path refuses, with the same answer, and about as early.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import h11
 
 from kestrelpy.protocols.http11 import HttpConnection
 from kestrelpy.protocols.rejection import RequestRejection
+from kestrelpy.protocols.screen import ChunkScreen, strict_head
 from kestrelpy.state import ServerState
 
-# Large enough for any head the shared limits allow; h11 answers 431 beyond it.
-MAX_HEAD_BYTES = 64 * 1024
+# h11's own bound on an incomplete head, above the shared limit: the shared connection counts head
+# bytes per read and refuses first (with the same answer as on the httptools path); this slack covers
+# the one read it may count late.
+READ_SLACK = 1024 * 1024
 
 
-def _new_reader() -> h11.Connection:
-    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+def _new_reader(max_head: int) -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
 
 
 def _rejection_for(exc: h11.RemoteProtocolError) -> RequestRejection:
@@ -38,45 +45,111 @@ def _rejection_for(exc: h11.RemoteProtocolError) -> RequestRejection:
 
 
 class H11Connection(HttpConnection):
-    __slots__ = ("_reader",)
+    __slots__ = ("_chunks", "_delivered", "_head_checked", "_max_head", "_reader")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
-        self._reader = _new_reader()
+        self._max_head = state.max_head_size + READ_SLACK
+        self._reader = _new_reader(self._max_head)
+        self._head_checked = False
+        self._chunks: ChunkScreen | None = None  # while a chunked body is being read
+        self._delivered = 0  # chunk data bytes handed on so far
 
     def feed(self, data: bytes) -> None:
         if self.rejected:
             return
+        chunks = self._chunks
+        if chunks is not None:
+            chunks.feed(data)
         self._reader.receive_data(data)
         self._drain_events()
 
     def _drain_events(self) -> None:
         while not self.rejected:
             reader = self._reader
+            if not self._head_checked:
+                if not self._screen_head():
+                    return
+                reader = self._reader
             try:
                 event = reader.next_event()
             except h11.RemoteProtocolError as exc:
                 self.on_reject(_rejection_for(exc))
                 return
             event_type = type(event)
+            chunks = self._chunks
+            if chunks is not None:
+                if chunks.failed and self._stop_at_bad_chunk(chunks, event):
+                    return
+                if event_type is h11.Data:
+                    self._delivered += len(event.data)  # type: ignore[union-attr]
             if event_type is h11.Data:
                 self.on_request_body(event.data)  # type: ignore[union-attr]
             elif event_type is h11.Request:
+                headers = list(event.headers)  # type: ignore[union-attr]
                 self.on_request_head(
                     event.method,  # type: ignore[union-attr]
                     event.target,  # type: ignore[union-attr]
                     event.http_version,  # type: ignore[union-attr]
-                    list(event.headers),  # type: ignore[union-attr]
+                    headers,
                 )
+                if not self.rejected and (b"transfer-encoding", b"chunked") in headers:
+                    # (the shared connection has refused any other coding)
+                    chunks = self._chunks = ChunkScreen()
+                    self._delivered = 0
+                    chunks.feed(reader.trailing_data[0])
             elif event_type is h11.EndOfMessage:
                 self.on_request_complete()
                 self._next_reader(reader)
             else:  # NEED_DATA, PAUSED or ConnectionClosed: wait for bytes (or the close)
                 return
 
+    def _stop_at_bad_chunk(self, chunks: ChunkScreen, event: object) -> bool:
+        """The chunk framing went wrong further on: pass on the body bytes before that point, then refuse.
+        True when the request has been refused."""
+        allowed = chunks.data_seen - self._delivered
+        if type(event) is h11.Data:
+            data = event.data
+            if len(data) < allowed:
+                return False  # (counted by the caller)
+            if allowed > 0:
+                self.on_request_body(data[:allowed])
+        if not self.rejected:
+            self.on_reject(RequestRejection.MALFORMED_REQUEST)
+        return True
+
+    def _screen_head(self) -> bool:
+        """Check the head being read against what llhttp accepts; False once it has been refused."""
+        buffered, closed = self._reader.trailing_data
+        if not buffered:
+            return True
+        if buffered[:1] in (b"\r", b"\n"):
+            # llhttp skips CR and LF before a request line (RFC 9112 section 2.2 lets a server ignore
+            # empty lines there); h11 refuses a lone CR. Start the reader again without them.
+            buffered = buffered.lstrip(b"\r\n")
+            self._reader = _new_reader(self._max_head)
+            if buffered:
+                self._reader.receive_data(buffered)
+            if closed:
+                self._reader.receive_data(b"")
+            if not buffered:
+                return True
+        end = buffered.find(b"\r\n\r\n")
+        if end >= 0:
+            self._head_checked = True
+            head = buffered[: end + 2]
+        else:
+            head = buffered[:-1] if buffered.endswith(b"\r") else buffered
+        if strict_head(head, complete=end >= 0):
+            return True
+        self.on_reject(RequestRejection.MALFORMED_REQUEST)
+        return False
+
     def _next_reader(self, reader: h11.Connection) -> None:
         leftover, closed = reader.trailing_data
-        self._reader = _new_reader()
+        self._reader = _new_reader(self._max_head)
+        self._head_checked = False
+        self._chunks = None
         if leftover:
             self._reader.receive_data(leftover)
         if closed:

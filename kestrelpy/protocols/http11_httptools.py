@@ -19,12 +19,34 @@ def _rejection_for(exc: httptools.HttpParserError) -> RequestRejection:
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
+_LENIENCIES = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")  # not in every release
+
+
+def _new_parser(conn: HttptoolsConnection) -> httptools.HttpRequestParser:
+    parser = httptools.HttpRequestParser(conn)
+    # llhttp refuses versions other than 0.9, 1.0, 1.1 and 2.0 outright; let it report them, so the
+    # shared connection answers them as h11's path does (a later 1.x as 1.1, other majors with 505).
+    if _LENIENCIES:
+        parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
+class _Dropped(list):  # type: ignore[type-arg]
+    """Where trailer fields go: nowhere."""
+
+    def append(self, item: object) -> None:
+        pass
+
+
+_TRAILERS: list[tuple[bytes, bytes]] = _Dropped()
+
+
 class HttptoolsConnection(HttpConnection):
     __slots__ = ("_headers", "_parser", "_url")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _new_parser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
 
@@ -38,7 +60,7 @@ class HttptoolsConnection(HttpConnection):
                 # offered here, so the request is answered as plain HTTP and parsing goes on
                 # with a fresh parser from where the old one stopped.
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-                self._parser = httptools.HttpRequestParser(self)
+                self._parser = _new_parser(self)
                 data = data[offset:]
                 if not data:
                     return
@@ -61,9 +83,11 @@ class HttptoolsConnection(HttpConnection):
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
-        self.on_request_head(
-            parser.get_method(), self._url, _VERSIONS.get(version) or version.encode("ascii"), self._headers
-        )
+        headers = self._headers
+        # llhttp reports a chunked body's trailer fields through on_header too: they must not land in
+        # the list the app holds as scope["headers"]. They are dropped, as on the h11 path.
+        self._headers = _TRAILERS
+        self.on_request_head(parser.get_method(), self._url, _VERSIONS.get(version) or version.encode("ascii"), headers)
 
     def on_body(self, body: bytes) -> None:
         self.on_request_body(body)

@@ -16,7 +16,13 @@ class RequestRejection(Enum):
     MISSING_HOST = (400, "An HTTP/1.1 request must carry exactly one Host header.")
     MULTIPLE_HOST = (400, "An HTTP/1.1 request must carry exactly one Host header.")
     INVALID_TARGET = (400, "Invalid request target.")
+    INVALID_HOST = (400, "Invalid Host header.")
     HEADERS_TOO_LARGE = (431, "Request header fields too large.")
+    TOO_MANY_HEADERS = (431, "Too many request header fields.")
+    REQUEST_LINE_TOO_LONG = (414, "Request line too long.")
+    BODY_TOO_LARGE = (413, "Request body too large.")
+    REQUEST_HEADERS_TIMEOUT = (408, "The request head did not arrive in time.")
+    TOO_MANY_CONNECTIONS = (503, "Too many open connections; try again later.")
     UNSUPPORTED_HTTP_VERSION = (505, "HTTP version not supported.")
 
     def __init__(self, status: int, message: str) -> None:

@@ -75,6 +75,14 @@ def test_repeated_headers_and_header_env() -> None:
         (["--port", "x"], {}, "--port"),
         (["--backlog", "0"], {}, "--backlog"),
         (["--timeout-keep-alive", "0"], {}, "--timeout-keep-alive"),
+        (["--timeout-request-headers", "0"], {}, "--timeout-request-headers"),
+        (["--limit-request-line", "10"], {}, "--limit-request-line"),
+        (["--limit-request-headers", "10"], {}, "--limit-request-headers"),
+        (["--limit-request-header-count", "0"], {}, "--limit-request-header-count"),
+        (["--limit-request-body", "-1"], {}, "--limit-request-body"),
+        (["--limit-keep-alive-requests", "-1"], {}, "--limit-keep-alive-requests"),
+        (["--limit-concurrency", "-1"], {}, "--limit-concurrency"),
+        ([], {"KESTRELPY_LIMIT_REQUEST_BODY": "lots"}, "KESTRELPY_LIMIT_REQUEST_BODY"),
         (["--header", "novalue"], {}, "--header"),
         ([], {"KESTRELPY_PORT": "nope"}, "KESTRELPY_PORT"),
         ([], {"KESTRELPY_ACCESS_LOG": "maybe"}, "KESTRELPY_ACCESS_LOG"),
@@ -104,3 +112,30 @@ def test_config_is_frozen() -> None:
         config.port = 1  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         Limits().keep_alive_timeout = 1  # type: ignore[misc]
+
+
+def test_limits_defaults_and_their_flags() -> None:
+    limits = parse(["app:app"]).limits
+    assert (limits.request_headers_timeout, limits.max_request_line_size, limits.max_request_headers_size) == (
+        10.0,
+        8192,
+        32768,
+    )
+    assert (limits.max_request_header_count, limits.max_request_body_size) == (100, 30_000_000)
+    assert (limits.max_requests_per_connection, limits.max_concurrent_connections) == (0, 0)
+    argv = ["--limit-request-body", "0", "--limit-concurrency", "50", "--limit-keep-alive-requests", "1000"]
+    env = {"KESTRELPY_TIMEOUT_REQUEST_HEADERS": "2.5", "KESTRELPY_LIMIT_REQUEST_HEADER_COUNT": "20"}
+    limits = parse(["app:app", *argv], env).limits
+    assert limits.max_request_body_size == 0
+    assert limits.max_concurrent_connections == 50
+    assert limits.max_requests_per_connection == 1000
+    assert limits.request_headers_timeout == 2.5
+    assert limits.max_request_header_count == 20
+
+
+def test_every_limit_documents_where_its_default_comes_from() -> None:
+    text = build_parser().format_help()
+    for owner, f in options():
+        if owner is Limits:
+            assert flag_name(f) in text
+            assert any(source in f.metadata["help"] for source in ("Kestrel", "uvicorn", "nginx", "Apache")), f.name

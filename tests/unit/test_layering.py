@@ -27,7 +27,7 @@ def test_parser_adapters_import_only_the_shared_connection() -> None:
 
 
 def test_shared_code_never_imports_a_parser() -> None:
-    for name in ("http11.py", "cycle.py", "writer.py", "flow.py", "rejection.py"):
+    for name in ("http11.py", "cycle.py", "writer.py", "flow.py", "rejection.py", "screen.py"):
         imports = imported_modules(PACKAGE / "protocols" / name)
         assert not imports & {"httptools", "h11"}, name
     assert not imported_modules(PACKAGE / "asgi.py") & {"httptools", "h11"}

@@ -1,0 +1,180 @@
+"""Property-based: any bytes fed to either parser adapter give well-formed hook calls or a rejection,
+never an exception; and both adapters answer the same bytes with the same bytes.
+
+Requests are generated from a small grammar and then mutated byte by byte with the bytes that matter
+to HTTP framing (CR, LF, SP, HTAB, colon, comma, NUL, other control bytes, obs-text). Everything runs in
+memory through the shared connection, on a fresh event loop per example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from kestrelpy.config import Config, Limits
+from kestrelpy.server import connection_class
+from kestrelpy.state import ServerState
+
+LIMITS = Limits(
+    max_request_line_size=256, max_request_headers_size=512, max_request_header_count=8, max_request_body_size=64
+)
+
+
+class MemoryTransport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "wrote after close"
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def exchange(http: str, pieces: list[bytes]) -> tuple[bytes, list[tuple[str, str, bytes]], bool]:
+    """Feed `pieces` as separate reads (while the connection reads); return what was written, what the
+    app saw and whether the connection closed."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                seen.append((scope["method"], scope["path"], body + b"<disconnect>"))
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append((scope["method"], scope["path"], body))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    loop = asyncio.new_event_loop()
+    try:
+        config = Config(app=app, http=http, limits=LIMITS, access_log=False)
+        state = ServerState(config, app, loop, access_log=False)
+        conn = connection_class(http)(state)
+        transport = MemoryTransport()
+
+        async def run() -> None:
+            conn.connection_made(transport)
+            for piece in pieces:
+                for _ in range(5):  # a paused connection gets a few loop turns to resume
+                    if transport.reading or transport.closed:
+                        break
+                    await asyncio.sleep(0)
+                if transport.closed or not transport.reading:
+                    break
+                conn.data_received(piece)
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            conn.connection_lost(None)
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+        loop.run_until_complete(run())
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        return bytes(transport.out), seen, transport.closed
+    finally:
+        loop.close()
+
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=8)
+VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 ,;=/", min_size=0, max_size=12)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]))
+    path = "/" + draw(st.text(alphabet="abcxyz0123456789-._~%/?=&", max_size=16))
+    version = draw(st.sampled_from(["1.1", "1.1", "1.1", "1.0"]))
+    headers = [("Host", "t")] if draw(st.booleans()) or version == "1.1" else []
+    headers += draw(st.lists(st.tuples(TOKEN, VALUE), max_size=4))
+    body = draw(st.binary(max_size=20))
+    framing = draw(st.sampled_from(["none", "length", "chunked"]))
+    wire = f"{method} {path} HTTP/{version}\r\n"
+    if framing == "length":
+        headers.append(("Content-Length", str(len(body))))
+    elif framing == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+    wire += "".join(f"{name}: {value.strip()}\r\n" for name, value in headers) + "\r\n"
+    data = wire.encode("latin-1")
+    if framing == "length":
+        data += body
+    elif framing == "chunked":
+        data += (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+    return data
+
+
+INTERESTING = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b"\x00", b"\x0b", b"\x0c", b"\x1c", b"\x7f", b"\x85"]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(requests()))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["insert", "replace", "delete"]))
+        byte = draw(st.sampled_from(INTERESTING))
+        if op == "insert":
+            data[at:at] = byte
+        elif op == "replace":
+            data[at : at + 1] = byte
+        else:
+            del data[at : at + 1]
+    return bytes(data)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(st.binary(max_size=120), mutated()), cuts=st.lists(st.integers(0, 200), max_size=3))
+def test_any_bytes_give_requests_or_a_rejection_never_an_exception(data: bytes, cuts: list[int]) -> None:
+    for http in ("httptools", "h11"):
+        out, _, closed = exchange(http, split(data, cuts))
+        # Whatever was answered is a sequence of HTTP/1.1 responses; a refusal closes the connection.
+        assert out == b"" or out.startswith(b"HTTP/1.1 ")
+        if b" 200 OK\r\n" not in out[:20] and out:
+            assert closed
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=mutated())
+def test_both_parsers_agree(data: bytes) -> None:
+    # A known divergence left out: runs of spaces in the request line, which llhttp skips and h11 refuses.
+    assume(b"  " not in data.split(b"\n", 1)[0])
+    httptools_out, httptools_seen, _ = exchange("httptools", [data])
+    h11_out, h11_seen, _ = exchange("h11", [data])
+    assert (httptools_out, httptools_seen) == (h11_out, h11_seen)
