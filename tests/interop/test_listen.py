@@ -239,7 +239,8 @@ def test_cli_refuses_an_fd_that_is_not_a_listening_socket() -> None:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_same_endpoint_semantics_with_one_or_several_processes(workers: str) -> None:
     with kestrelpy("--workers", workers, "--bind", "localhost:0", "--bind", "*:0", "--no-access-log") as server:
-        urls = sorted(set(listening_urls(server, 3)))
+        # Every worker logs its three listeners, and workers' lines interleave: wait for all of them.
+        urls = sorted(set(listening_urls(server, 3 * int(workers))))
         loopback4 = next(u for u in urls if u.startswith("http://127.0.0.1:"))
         port = int(loopback4.rpartition(":")[2])
         assert f"http://[::1]:{port}" in urls  # localhost: both loopbacks, one port
