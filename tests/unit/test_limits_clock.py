@@ -7,45 +7,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from memory_transport import MemoryTransport
 
 from kestrelpy.config import Config, Limits
 from kestrelpy.server import connection_class
 from kestrelpy.state import ServerState
-
-
-class MemoryTransport:
-    """Just enough of a transport: collects what is written and whether it was closed."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
 
 
 class Clock:

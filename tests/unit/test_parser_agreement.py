@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from memory_transport import MemoryTransport
 
 from kestrelpy.config import Config, Limits
 from kestrelpy.server import connection_class
@@ -22,40 +23,6 @@ from kestrelpy.state import ServerState
 LIMITS = Limits(
     max_request_line_size=256, max_request_headers_size=512, max_request_header_count=8, max_request_body_size=64
 )
-
-
-class MemoryTransport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "wrote after close"
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
 
 
 def exchange(http: str, pieces: list[bytes]) -> tuple[bytes, list[tuple[str, str, bytes]], bool]:
