@@ -12,6 +12,8 @@ path refuses what the httptools path refuses, with the same answer, and about as
 
 from __future__ import annotations
 
+import re
+
 import h11
 
 from kestrelpy.protocols.http11 import HttpConnection
@@ -23,6 +25,7 @@ from kestrelpy.state import ServerState
 # bytes per read and refuses first (with the same answer as on the httptools path); this slack covers
 # the one read it may count late.
 READ_SLACK = 1024 * 1024
+_SPACE_RUN = re.compile(rb" {2,}")
 
 
 def _new_reader(max_head: int) -> h11.Connection:
@@ -127,13 +130,15 @@ class H11Connection(HttpConnection):
             # llhttp skips CR and LF before a request line (RFC 9112 section 2.2 lets a server ignore
             # empty lines there); h11 refuses a lone CR. Start the reader again without them.
             buffered = buffered.lstrip(b"\r\n")
-            self._reader = _new_reader(self._max_head)
-            if buffered:
-                self._reader.receive_data(buffered)
-            if closed:
-                self._reader.receive_data(b"")
+            self._restart_reader(buffered, closed)
             if not buffered:
                 return True
+        line_end = buffered.find(b"\r\n")
+        if line_end > 0 and buffered.find(b"  ", 0, line_end) >= 0:
+            # llhttp reads runs of spaces between method, target and version as one (RFC 9112 section 3
+            # lets a server parse on whitespace boundaries); h11 refuses them. Read them as llhttp does.
+            buffered = _SPACE_RUN.sub(b" ", buffered[:line_end]) + buffered[line_end:]
+            self._restart_reader(buffered, closed)
         end = buffered.find(b"\r\n\r\n")
         if end >= 0:
             self._head_checked = True
@@ -144,6 +149,14 @@ class H11Connection(HttpConnection):
             return True
         self.on_reject(RequestRejection.MALFORMED_REQUEST)
         return False
+
+    def _restart_reader(self, buffered: bytes, closed: bool) -> None:
+        """Read the current head again from `buffered`, as the peer should have sent it."""
+        self._reader = _new_reader(self._max_head)
+        if buffered:
+            self._reader.receive_data(buffered)
+        if closed:
+            self._reader.receive_data(b"")
 
     def _next_reader(self, reader: h11.Connection) -> None:
         leftover, closed = reader.trailing_data

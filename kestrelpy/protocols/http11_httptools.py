@@ -78,7 +78,9 @@ class HttptoolsConnection(HttpConnection):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        # llhttp drops the whitespace before a value but keeps the whitespace after it; RFC 9110
+        # section 5.5 says neither is part of the value (h11 strips both).
+        self._headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
