@@ -1,6 +1,10 @@
 """`kestrelpy check`: run the startup guard alone, without starting a server.
 
-    kestrelpy check [--host H] [--port P] [--bind HOST:PORT ...] [--reuse-port] [--json] [--dump-facts DIR]
+    kestrelpy check [--host H] [--port P] [--bind ADDRESS ...] [--urls URLS] [--uds PATH] [--reuse-port]
+                    [--json] [--dump-facts DIR]
+
+The endpoints are read exactly as the server reads them (kestrelpy.endpoints), so `check` looks at the
+sockets `kestrelpy` itself would open.
 
 Exit status 0 when nothing blocks the binds, 1 when a bind would fail, 2 for unusable arguments.
 `--json` prints the facts and findings; `--dump-facts DIR` writes every raw probe input (the /proc text and
@@ -15,33 +19,11 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from kestrelpy.endpoints import Endpoint, TcpEndpoint, tcp_endpoint
+from kestrelpy.endpoints import DEFAULT_HOST, DEFAULT_PORT, Endpoint, configured_endpoints
 from kestrelpy.errors import ConfigError
 from kestrelpy.guard import check
 from kestrelpy.guard import messages as m
 from kestrelpy.guard.runner import HostIO, RecordingIO, default_io
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-
-
-def parse_bind(text: str) -> TcpEndpoint:
-    """`HOST:PORT` or `[IPV6]:PORT` (an empty host means every address)."""
-    value = text.strip()
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError(f"--bind {text!r}: expected [IPV6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            raise ConfigError(f"--bind {text!r}: expected HOST:PORT")
-        if ":" in host:
-            raise ConfigError(f"--bind {text!r}: put IPv6 addresses in brackets, as [::1]:8000")
-    if not port_text.isdigit():
-        raise ConfigError(f"--bind {text!r}: the port must be a number")
-    return tcp_endpoint(host or "0.0.0.0", int(port_text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kestrelpy check",
         description="Explain, without starting a server, why listening would fail and how to fix it.",
     )
-    parser.add_argument("--host", default=None, help=f"address to check [default: {DEFAULT_HOST}]")
-    parser.add_argument("--port", default=None, type=int, help=f"port to check [default: {DEFAULT_PORT}]")
-    parser.add_argument("--bind", action="append", default=[], metavar="HOST:PORT", help="an endpoint; repeatable")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to check [default: {DEFAULT_HOST}]")
+    parser.add_argument("--port", default=DEFAULT_PORT, type=int, help=f"port to check [default: {DEFAULT_PORT}]")
+    parser.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="HOST:PORT, [IPV6]:PORT, unix:PATH, fd://N or a URL, as the server takes it; repeatable",
+    )
+    parser.add_argument("--urls", default="", help="URLs separated by ';', as the server takes them")
+    parser.add_argument("--uds", default="", metavar="PATH", help="a unix domain socket path")
     parser.add_argument("--reuse-port", action="store_true", help="check as if SO_REUSEPORT will be used")
     parser.add_argument("--json", action="store_true", help="print facts and findings as JSON")
     parser.add_argument("--dump-facts", metavar="DIR", help="write the raw probe inputs to DIR")
@@ -59,12 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def endpoints_from(args: argparse.Namespace) -> list[Endpoint]:
-    endpoints: list[Endpoint] = [parse_bind(b) for b in args.bind]
-    if not endpoints or args.host is not None or args.port is not None:
-        host = args.host if args.host is not None else DEFAULT_HOST
-        port = args.port if args.port is not None else DEFAULT_PORT
-        endpoints.insert(0, tcp_endpoint(host, port))
-    return endpoints
+    return configured_endpoints(host=args.host, port=args.port, binds=args.bind, urls=args.urls, uds=args.uds)
 
 
 def run_check(argv: Sequence[str], stdout: TextIO = sys.stdout, *, probe: HostIO | None = None) -> int:

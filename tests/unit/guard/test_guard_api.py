@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from kestrelpy.endpoints import TcpEndpoint
-from kestrelpy.errors import ConfigError
 from kestrelpy.guard import FixtureIO, RecordingIO, SystemIO, darwin, explain, linux, predict, windows
-from kestrelpy.guard.command import parse_bind, run_check
+from kestrelpy.guard.command import build_parser, endpoints_from, run_check
 from kestrelpy.guard.runner import CommandResult, command_key
 
 Load = Callable[[str], str]
@@ -228,22 +227,26 @@ def test_recording_io_keeps_commands(load: Load, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "host", "port"),
+    ("argv", "expected"),
     [
-        ("127.0.0.1:80", "127.0.0.1", 80),
-        ("[::1]:8000", "::1", 8000),
-        (":8080", "0.0.0.0", 8080),
-        ("localhost:5000", "localhost", 5000),
+        ([], ["127.0.0.1:8000"]),
+        (["--bind", "127.0.0.1:80"], ["127.0.0.1:80"]),
+        (["--bind", "[::1]:8000", "--bind", ":8080"], ["[::1]:8000", "0.0.0.0:8080"]),
+        (["--port", "9000", "--bind", "unix:/run/app.sock"], ["127.0.0.1:9000", "unix:/run/app.sock"]),
+        (["--urls", "http://localhost:5000;http://+:80"], ["localhost:5000", "*:80"]),
+        (["--uds", "/tmp/k.sock"], ["unix:/tmp/k.sock"]),
     ],
 )
-def test_parse_bind(text: str, host: str, port: int) -> None:
-    assert parse_bind(text) == TcpEndpoint(host, port)
+def test_check_reads_endpoints_as_the_server_does(argv: list[str], expected: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert [e.display() for e in endpoints_from(args)] == expected
 
 
-@pytest.mark.parametrize("text", ["::1:80", "127.0.0.1", "[::1]80", "host:http", "127.0.0.1:70000"])
-def test_parse_bind_rejects(text: str) -> None:
-    with pytest.raises(ConfigError):
-        parse_bind(text)
+@pytest.mark.parametrize(
+    "argv", [["--bind", "::1:80"], ["--bind", "127.0.0.1"], ["--bind", "host:http"], ["--urls", "https://x:1"]]
+)
+def test_check_refuses_what_the_server_refuses(argv: list[str]) -> None:
+    assert run_check(argv, _io.StringIO(), probe=FixtureIO()) == 2
 
 
 def test_check_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
