@@ -256,6 +256,13 @@ class Config:
         parse=float,
         metavar="SECONDS",
     )
+    timeout_worker_startup: float = option(
+        60.0,
+        "Kill and replace a worker that has not finished importing the app and lifespan startup after this many "
+        "seconds (multi-process mode; 0 = wait indefinitely).",
+        parse=float,
+        metavar="SECONDS",
+    )
     limit_max_requests: int = option(
         0, "Gracefully replace a worker after it has served this many requests (0 = never).", parse=int, metavar="N"
     )
@@ -320,6 +327,8 @@ class Config:
             raise ConfigError(f"--workers must be between 1 and 512, not {self.workers}")
         if self.timeout_worker_healthcheck <= 0:
             raise ConfigError("--timeout-worker-healthcheck must be greater than 0")
+        if self.timeout_worker_startup < 0:
+            raise ConfigError("--timeout-worker-startup must not be negative")
         if self.limit_max_requests < 0 or self.limit_max_requests_jitter < 0:
             raise ConfigError("--limit-max-requests and --limit-max-requests-jitter must not be negative")
         if self.limit_worker_memory < 0:

@@ -27,6 +27,7 @@ A worker's life, as the supervisor sees it:
     any        exit                                    gone       (replaced with backoff if unexpected)
     serving,   no ping for --timeout-worker-healthcheck killed, then gone and replaced
     retiring
+    starting   no `ready` within --timeout-worker-startup killed, then gone and replaced
 
 A worker that exits before `ready` with `fatal` stops the whole server with that exit code (3 for a
 failed lifespan startup), except under --reload, where the supervisor waits for the next change.
@@ -348,7 +349,7 @@ class Worker:
     state: str = "starting"  # starting | serving | retiring | stopping
     fatal: tuple[int, str] | None = None
     stop_deadline: float = 0.0
-    unhealthy: bool = False
+    killed_because: str = ""  # why the supervisor killed it: its exit is then expected, and replaced
     pending: bytes = b""
 
     @property
@@ -601,7 +602,7 @@ class Supervisor:
             worker.channel.close()
             worker.channel = None
         how = platform.describe_exit(code)
-        if worker.state == "stopping" and not worker.unhealthy:
+        if worker.state == "stopping" and not worker.killed_because:
             logger.info("Worker [%d] stopped (%s)", worker.pid, how)
             return
         if worker.fatal is not None:
@@ -616,8 +617,8 @@ class Supervisor:
         if self._stopping:
             logger.info("Worker [%d] %s", worker.pid, how)
             return
-        if worker.unhealthy:
-            logger.warning("Worker [%d] %s after it stopped reporting; replacing it", worker.pid, how)
+        if worker.killed_because:
+            logger.warning("Worker [%d] %s after it %s; replacing it", worker.pid, how, worker.killed_because)
         else:
             logger.warning("Worker [%d] %s unexpectedly", worker.pid, how)
         self._crashes.append(now)
@@ -641,21 +642,34 @@ class Supervisor:
         logger.info("Starting a replacement in %.1f s", delay)
 
     def _check_health(self, now: float) -> None:
-        limit = self.config.timeout_worker_healthcheck
+        config = self.config
+        silent_limit = config.timeout_worker_healthcheck
+        startup_limit = config.timeout_worker_startup
         for worker in self.workers:
-            if worker.state in ("serving", "retiring") and now - worker.last_seen > limit:
+            if worker.state in ("serving", "retiring") and now - worker.last_seen > silent_limit:
                 logger.warning(
                     "Worker [%d] has not reported for %.1f s (its event loop is blocked); killing it",
                     worker.pid,
                     now - worker.last_seen,
                 )
-                worker.unhealthy = True
-                worker.state = "stopping"
-                worker.process.kill()
+                self._kill(worker, "stopped reporting")
+            elif worker.state == "starting" and startup_limit and now - worker.started_at > startup_limit:
+                logger.warning(
+                    "Worker [%d] has not finished starting after %.1f s (--timeout-worker-startup); killing it",
+                    worker.pid,
+                    now - worker.started_at,
+                )
+                self._kill(worker, "did not finish starting")
             elif worker.state == "stopping" and now > worker.stop_deadline:
                 logger.warning("Worker [%d] did not stop in time; killing it", worker.pid)
                 worker.stop_deadline = float("inf")
                 worker.process.kill()
+
+    def _kill(self, worker: Worker, because: str) -> None:
+        worker.killed_because = because
+        worker.state = "stopping"
+        worker.stop_deadline = float("inf")
+        worker.process.kill()
 
     def _advance_roll(self) -> None:
         while self._rolling:

@@ -56,3 +56,12 @@ async def crashing_startup(scope: dict[str, Any], receive: Any, send: Any) -> No
         await receive()
         os._exit(7)
     await _answer(send, b"never")
+
+
+async def stuck_startup(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Lifespan startup that never completes, as an app waiting forever on an unreachable service."""
+    if scope["type"] == "lifespan":
+        await receive()
+        _say(f"worker {os.getpid()} stuck in startup")
+        await asyncio.sleep(3600)
+    await _answer(send, b"never")

@@ -182,6 +182,19 @@ def test_a_hung_worker_is_killed_and_replaced(servers: list[Supervised]) -> None
     assert replacement in pids_answering(server.port, [replacement])
 
 
+def test_a_worker_stuck_in_startup_is_killed_and_replaced(servers: list[Supervised]) -> None:
+    args = ("--port", "0", "--app-dir", str(HERE), "--workers", "2", "--timeout-worker-startup", "1")
+    server = Supervised(launch("sv_apps:stuck_startup", *args))
+    servers.append(server)
+    stuck = int(server.expect(r"worker (\d+) stuck in startup").group(1))
+    server.expect(rf"Worker \[{stuck}\] has not finished starting after .* killing it")
+    mark = server.mark()
+    server.expect(rf"Worker \[{stuck}\] was killed by SIGKILL after it did not finish starting; replacing it")
+    replacement = int(server.expect(r"worker (\d+) stuck in startup", after=mark).group(1))
+    assert replacement != stuck
+    assert server.proc.poll() is None  # still supervising: a slow start is not a fatal error
+
+
 def test_sigttin_adds_and_sigttou_removes_a_worker(servers: list[Supervised]) -> None:
     server = start("sv_apps:pid", "--workers", "2")
     servers.append(server)
