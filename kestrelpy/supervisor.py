@@ -133,15 +133,18 @@ class WorkerRun:
         server.handle_signals = False
         server.linger_on_shutdown = True  # a rolling replacement must not drop a keep-alive client's request
 
+        serve = asyncio.ensure_future(server.serve(sockets))
+
         def on_terminate() -> None:
-            if not server.shutdown_requested:
+            if not server.started.is_set():
+                serve.cancel()  # nothing in flight yet, and startup may never finish
+            elif not server.shutdown_requested:
                 logger.info("Worker [%d] received SIGTERM; draining", os.getpid())
                 server.request_shutdown()
 
         restore_signals = platform.install_worker_signal_handlers(asyncio.get_running_loop(), on_terminate)
-        serve = asyncio.ensure_future(server.serve(sockets))
         started = asyncio.ensure_future(server.started.wait())
-        listen = asyncio.ensure_future(self._listen(server))
+        listen = asyncio.ensure_future(self._listen(server, serve))
         ping: asyncio.Future[None] | None = None
         try:
             await asyncio.wait({serve, started}, return_when=asyncio.FIRST_COMPLETED)
@@ -150,6 +153,10 @@ class WorkerRun:
                 ping = asyncio.ensure_future(self._ping(server))
             try:
                 await serve
+            except asyncio.CancelledError:
+                if not serve.cancelled() or started.done():
+                    raise
+                return 1  # stopped while starting: SIGTERM, or the supervisor vanished (see _listen)
             except KestrelpyError as exc:
                 if started.done():
                     raise
@@ -162,13 +169,19 @@ class WorkerRun:
                 if task is not None:
                     task.cancel()
 
-    async def _listen(self, server: Server) -> None:
+    async def _listen(self, server: Server, serve: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
                 data = await loop.sock_recv(self.channel, 256)
             except OSError:
                 data = b""
+            if not server.started.is_set() and (not data or b"stop" in data or b"force" in data):
+                # Nothing is in flight yet, and an import or lifespan startup may never finish: leave now.
+                gone = "lost its supervisor" if not data else "was asked to stop"
+                logger.warning("Worker [%d] %s while starting; leaving", os.getpid(), gone)
+                serve.cancel()
+                return
             if not data:  # the supervisor died: drain and leave rather than serve unsupervised
                 if not server.shutdown_requested:
                     logger.warning("Worker [%d] lost its supervisor; shutting down", os.getpid())

@@ -195,6 +195,34 @@ def test_a_worker_stuck_in_startup_is_killed_and_replaced(servers: list[Supervis
     assert server.proc.poll() is None  # still supervising: a slow start is not a fatal error
 
 
+def test_sigterm_stops_workers_still_starting_at_once() -> None:
+    server = Supervised(launch("sv_apps:stuck_startup", "--port", "0", "--app-dir", str(HERE), "--workers", "2"))
+    try:
+        first = server.expect(r"worker (\d+) stuck in startup").group(1)
+        server.expect(rf"worker ((?!{first})\d+) stuck in startup")
+        server.signal(signal.SIGTERM)
+        code, log = server.finish(timeout=10)  # well inside --timeout-graceful-shutdown's 30 s
+    finally:
+        stop(server.proc)
+    assert code == 0, log
+    assert "killing it" not in log
+
+
+def test_workers_still_starting_leave_when_their_supervisor_is_killed(servers: list[Supervised]) -> None:
+    server = Supervised(launch("sv_apps:stuck_startup", "--port", "0", "--app-dir", str(HERE), "--workers", "2"))
+    servers.append(server)
+    workers = [int(server.expect(r"worker (\d+) stuck in startup").group(1))]
+    workers.append(int(server.expect(rf"worker ((?!{workers[0]})\d+) stuck in startup").group(1)))
+    server.proc.kill()
+    server.proc.wait(10)
+    for pid in workers:
+        server.expect(rf"Worker \[{pid}\] lost its supervisor while starting; leaving")
+    deadline = time.monotonic() + 20
+    while not all(_exited(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers still starting without their supervisor"
+        time.sleep(0.05)
+
+
 def test_sigttin_adds_and_sigttou_removes_a_worker(servers: list[Supervised]) -> None:
     server = start("sv_apps:pid", "--workers", "2")
     servers.append(server)
