@@ -25,6 +25,7 @@ from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
 from kestrelpy.protocols.http11 import HttpConnection
+from kestrelpy.protocols.websocket import upgrade_handler
 from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
 from kestrelpy.sockets import bind_endpoints, close_sockets, listen_url, socket_address
 from kestrelpy.state import ServerState
@@ -90,6 +91,7 @@ class Server:
         or an inherited set): the guard and the bind step are skipped and the caller keeps ownership."""
         config = self.config
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        upgrade_handler(config)  # --ws websockets without the library is refused here, before any bind
         if sockets is not None:
             await self._serve_sockets(app, sockets)
             return

@@ -27,7 +27,7 @@ def test_parser_adapters_import_only_the_shared_connection() -> None:
 
 
 def test_shared_code_never_imports_a_parser() -> None:
-    for name in ("http11.py", "cycle.py", "writer.py", "flow.py", "rejection.py", "screen.py"):
+    for name in ("http11.py", "cycle.py", "writer.py", "flow.py", "rejection.py", "screen.py", "websocket.py"):
         imports = imported_modules(PACKAGE / "protocols" / name)
         assert not imports & {"httptools", "h11"}, name
     assert not imported_modules(PACKAGE / "asgi.py") & {"httptools", "h11"}
@@ -40,3 +40,10 @@ def test_only_the_cli_reads_argv_or_environment() -> None:
         text = path.read_text()
         assert "sys.argv" not in text, path
         assert "os.environ" not in text and "os.getenv" not in text, path
+
+
+def test_websocket_library_is_imported_only_by_the_websocket_protocol() -> None:
+    # It is an optional extra: every other module must import without it.
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "websocket.py":
+            assert not {m for m in imported_modules(path) if m.split(".")[0] == "websockets"}, path
