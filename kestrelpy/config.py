@@ -19,6 +19,7 @@ from kestrelpy.proxy import DEFAULT_TRUSTED, parse_trusted
 HTTP_CHOICES = ("auto", "httptools", "h11")
 LOOP_CHOICES = ("auto", "uvloop", "asyncio")
 LIFESPAN_CHOICES = ("auto", "on", "off")
+WS_CHOICES = ("auto", "websockets", "none")
 LOG_LEVEL_CHOICES = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -139,6 +140,48 @@ class Limits:
         parse=int,
         metavar="N",
     )
+    min_request_body_rate: float = option(
+        240.0,
+        "Answer 408 (or abort, once the response has started) when a request body arrives slower than this "
+        "many bytes per second on average, counted only while the app waits for it (Kestrel's "
+        "MinRequestBodyDataRate; 0 = off).",
+        flag="--limit-min-request-body-rate",
+        parse=float,
+        metavar="BYTES_PER_S",
+    )
+    min_request_body_grace: float = option(
+        5.0,
+        "Seconds of waiting for the request body before --limit-min-request-body-rate applies (Kestrel's "
+        "grace period; more than the heartbeat's 1 s).",
+        flag="--limit-min-request-body-grace",
+        parse=float,
+        metavar="SECONDS",
+    )
+    min_response_rate: float = option(
+        240.0,
+        "Abort a connection whose client reads the response slower than this many bytes per second while "
+        "the server's output is held up (Kestrel's MinResponseDataRate; 0 = off).",
+        flag="--limit-min-response-rate",
+        parse=float,
+        metavar="BYTES_PER_S",
+    )
+    min_response_grace: float = option(
+        5.0,
+        "Seconds any write may take, however small, before --limit-min-response-rate applies (Kestrel's "
+        "grace period; more than the heartbeat's 1 s).",
+        flag="--limit-min-response-grace",
+        parse=float,
+        metavar="SECONDS",
+    )
+    max_upgraded_connections: int = option(
+        0,
+        "Answer 503 and close when this many WebSocket connections are already open; upgraded connections "
+        "count here instead of towards --limit-concurrency (Kestrel's MaxConcurrentUpgradedConnections; "
+        "0 = unlimited, Kestrel's default).",
+        flag="--limit-upgraded-connections",
+        parse=int,
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if self.keep_alive_timeout <= 0:
@@ -158,6 +201,15 @@ class Limits:
             raise ConfigError("--limit-keep-alive-requests must not be negative (0 = unlimited)")
         if self.max_concurrent_connections < 0:
             raise ConfigError("--limit-concurrency must not be negative (0 = unlimited)")
+        for name in ("min_request_body", "min_response"):
+            flag = f"--limit-{name.replace('_', '-')}"
+            if getattr(self, f"{name}_rate") < 0:
+                raise ConfigError(f"{flag}-rate must not be negative (0 = off)")
+            # Kestrel's rule: rates are measured once per heartbeat, so a shorter grace cannot be honoured.
+            if getattr(self, f"{name}_grace") <= 1.0:
+                raise ConfigError(f"{flag}-grace must be greater than 1 (the heartbeat interval)")
+        if self.max_upgraded_connections < 0:
+            raise ConfigError("--limit-upgraded-connections must not be negative (0 = unlimited)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +355,35 @@ class Config:
         repeatable=True,
         metavar="GLOB",
     )
+    ws: str = option(
+        "auto",
+        "WebSocket support: websockets (the kestrelpy[websockets] extra), auto (it when installed, else "
+        "Upgrade requests are plain HTTP) or none.",
+        choices=WS_CHOICES,
+    )
+    ws_max_size: int = option(
+        16 * 1024 * 1024,
+        "Close a WebSocket with 1009 when a message is larger than this many bytes (uvicorn's default; "
+        "0 = unlimited).",
+        parse=int,
+        metavar="BYTES",
+    )
+    ws_ping_interval: float = option(
+        20.0,
+        "Ping an open WebSocket every this many seconds (uvicorn's default; 0 = never).",
+        parse=float,
+        metavar="SECONDS",
+    )
+    ws_ping_timeout: float = option(
+        20.0,
+        "Close a WebSocket with 1011 when a ping is unanswered for this many seconds (uvicorn's default; "
+        "0 = wait forever).",
+        parse=float,
+        metavar="SECONDS",
+    )
+    ws_per_message_deflate: bool = option(
+        True, "Offer WebSocket permessage-deflate compression.", parse=_parse_bool, negatable=True
+    )
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -317,6 +398,7 @@ class Config:
             ("loop", LOOP_CHOICES),
             ("lifespan", LIFESPAN_CHOICES),
             ("log_level", LOG_LEVEL_CHOICES),
+            ("ws", WS_CHOICES),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}")
@@ -333,6 +415,8 @@ class Config:
             raise ConfigError("--limit-max-requests and --limit-max-requests-jitter must not be negative")
         if self.limit_worker_memory < 0:
             raise ConfigError("--limit-worker-memory must not be negative")
+        if self.ws_max_size < 0 or self.ws_ping_interval < 0 or self.ws_ping_timeout < 0:
+            raise ConfigError("--ws-max-size, --ws-ping-interval and --ws-ping-timeout must not be negative")
         if self.shutdown_delay < 0:
             raise ConfigError("--shutdown-delay must not be negative")
         try:

@@ -1,5 +1,8 @@
 """One timer per server: refreshes the cached Date header and sweeps connection timeouts each second.
 
+Each connection's `on_tick(now)` also checks the minimum request-body and response data rates from
+the byte counters it keeps, so the per-read and per-write cost of those limits is an addition.
+
 Kestrel's Heartbeat is the model: per-connection timers would cost a timer handle per connection and
 per request, while a one-second sweep is precise enough for timeouts measured in seconds.
 """

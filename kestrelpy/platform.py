@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import sys
@@ -183,6 +184,21 @@ def describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"exited with code {code}"
+
+
+# Poll events that mean the peer has closed or reset the connection (POLLRDHUP is Linux's: elsewhere
+# only a reset is seen). POLLIN is not asked for, so unread data does not hide a hang-up.
+_HANG_UP = getattr(select, "POLLRDHUP", 0) | getattr(select, "POLLHUP", 0) | getattr(select, "POLLERR", 0)
+
+
+def peer_hung_up(fd: int) -> bool:
+    """True once the peer of this connected socket has closed or reset it, even when unread data is
+    still queued: a connection that is not reading cannot learn it any other way until it writes."""
+    if not _HANG_UP or fd < 0:  # Windows has no poll()
+        return False
+    poller = select.poll()
+    poller.register(fd, _HANG_UP)
+    return bool(poller.poll(0))
 
 
 def resident_memory() -> int | None:

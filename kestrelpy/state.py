@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
+from kestrelpy.protocols.websocket import upgrade_handler
 from kestrelpy.protocols.writer import encode_headers
 
 if TYPE_CHECKING:
     from kestrelpy.protocols.http11 import HttpConnection
+    from kestrelpy.protocols.websocket import MissingLibrary, WebSocketConnection, WebSocketUpgrade
 
 SERVER_NAME = b"kestrelpy"
 
@@ -44,6 +46,10 @@ class ServerState:
         "max_headers_size",
         "max_line_size",
         "max_requests_per_connection",
+        "min_body_grace",
+        "min_body_rate",
+        "min_response_grace",
+        "min_response_rate",
         "request_headers_timeout",
         "requests_served",
         "root_path",
@@ -51,6 +57,8 @@ class ServerState:
         "server_line",
         "shutting_down",
         "small_head",
+        "upgrade",
+        "upgraded",
     )
 
     def __init__(
@@ -67,7 +75,7 @@ class ServerState:
         self.loop = loop
         self.clock = clock
         self.access_log = access_log
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[HttpConnection | WebSocketConnection] = set()
         self.lifespan_state: dict[str, Any] = {}
         self.known_hosts: set[bytes] = set()  # Host values already found valid (see HttpConnection)
         self.root_path = config.root_path
@@ -88,6 +96,14 @@ class ServerState:
         self.max_body_size = limits.max_request_body_size  # 0 = unlimited
         self.max_requests_per_connection = limits.max_requests_per_connection  # 0 = unlimited
         self.max_connections = limits.max_concurrent_connections  # 0 = unlimited
+        self.min_body_rate = limits.min_request_body_rate  # bytes/s, 0 = off
+        self.min_body_grace = limits.min_request_body_grace
+        self.min_response_rate = limits.min_response_rate  # bytes/s, 0 = off
+        self.min_response_grace = limits.min_response_grace
+        # What takes `Upgrade: websocket` requests (None: --ws none), and how many connections it holds:
+        # those stop counting towards max_connections, as Kestrel's upgraded connections do.
+        self.upgrade: WebSocketUpgrade | MissingLibrary | None = upgrade_handler(config)
+        self.upgraded = 0
         self.server_line = b"server: %s\r\n" % SERVER_NAME if config.server_header else b""
         self.date_header = config.date_header
         self.date_line = b""
@@ -100,7 +116,7 @@ class ServerState:
         self.requests_served = 0  # read by a supervised worker for --limit-max-requests
         self._all_closed: asyncio.Event | None = None
 
-    def connection_closed(self, conn: HttpConnection) -> None:
+    def connection_closed(self, conn: HttpConnection | WebSocketConnection) -> None:
         self.connections.discard(conn)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()

@@ -37,6 +37,11 @@ BODY_BUFFER_HIGH_WATER = 64 * 1024
 
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 
+# `read_timing`: whether the request body's data rate is being measured (Kestrel's TimeoutControl).
+# The app waiting in receive() turns it on; its wait ending asks for it to stop, which the next
+# heartbeat does after counting that beat, so a wait shorter than a beat is still counted.
+TIMING_OFF, TIMING_ON, TIMING_STOPPING = 0, 1, 2
+
 # Response headers the writer itself looks at; every other header is passed through as it is.
 _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
 _SPECIAL_HEADERS = {
@@ -87,11 +92,14 @@ class RequestCycle:
         "_pending_head",
         "_trailers_expected",
         "body_complete",
+        "body_received",
         "disconnected",
         "expect_continue",
         "head_request",
         "http11",
         "keep_alive",
+        "read_elapsed",
+        "read_timing",
         "response_complete",
         "response_started",
         "scope",
@@ -119,6 +127,9 @@ class RequestCycle:
         self._body = bytearray()
         self._body_waiter: asyncio.Future[None] | None = None
         self.body_complete = False
+        self.body_received = 0  # body bytes so far, for the minimum data rate
+        self.read_timing = TIMING_OFF
+        self.read_elapsed = 0.0  # seconds the app has waited for body bytes, counted by the heartbeat
         self._final_delivered = False
         self.disconnected = False
         # response
@@ -136,6 +147,7 @@ class RequestCycle:
         if self.response_complete:
             return  # the app is done with this request; the rest of its body is dropped
         self._body += data
+        self.body_received += len(data)
         if len(self._body) > BODY_BUFFER_HIGH_WATER:
             self._conn.flow.pause_reading()
         self._wake()
@@ -160,6 +172,8 @@ class RequestCycle:
     async def run(self, app: ASGIApp) -> None:
         try:
             await app(self.scope, self.receive, self.send)
+        except GeneratorExit:
+            raise  # the task is being garbage-collected (it leaked): nothing is left to answer
         except BaseException as exc:
             self._on_app_error(exc)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -225,10 +239,16 @@ class RequestCycle:
             if self.disconnected:
                 return _DISCONNECT
             # Wait for more body, its end, the client leaving, or the response completing.
-            if not self.body_complete:
+            timed = not self.body_complete
+            if timed:
                 self._conn.resume_reading_for(self)
+                self.read_timing = TIMING_ON  # the server now waits on the client: its rate counts
             self._body_waiter = asyncio.get_running_loop().create_future()
-            await self._body_waiter
+            try:
+                await self._body_waiter
+            finally:
+                if timed:
+                    self.read_timing = TIMING_STOPPING
 
     async def send(self, message: Message) -> None:
         if self.disconnected:

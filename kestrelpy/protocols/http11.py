@@ -29,6 +29,19 @@ the same answer:
 - requests per connection: the last one is answered with `connection: close`.
 - concurrent connections: one over the limit gets 503 and is closed once it has sent its request or
   after a short grace, so the client reads the answer rather than a reset.
+- trailer fields of a chunked body count against the header count and size limits together with the
+  head's fields (as in Kestrel): over them, 431 as for the head. They are counted as each one completes.
+- minimum data rates (Kestrel's MinRequestBodyDataRate and MinResponseDataRate), both checked by the
+  heartbeat from byte counters kept on the way:
+  - request body: the seconds the app spends waiting in receive() for body bytes are summed, one beat
+    at a time (a beat longer than the interval counts as one: a starved server is not the client's
+    fault); once that sum passes the grace period, an average rate (body bytes / sum) below the minimum
+    gets 408 and close, or an abort once the response has started; the app sees http.disconnect.
+    While the app is busy, or reading is paused because it is behind, nothing is counted.
+  - response: each beat, the bytes written since the last one push a deadline out by bytes / rate,
+    and to at least `grace` from now; while the transport's buffer is over its high-water mark (the
+    peer is not reading), a deadline passed aborts the connection. A reader that keeps up with the
+    minimum keeps the deadline ahead of the clock, however long the response.
 """
 
 from __future__ import annotations
@@ -44,7 +57,8 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
-from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle
+from kestrelpy.platform import peer_hung_up
+from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, TIMING_OFF, TIMING_STOPPING, RequestCycle
 from kestrelpy.protocols.flow import FlowControl
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.writer import status_line
@@ -77,6 +91,9 @@ else:
 BATCH_LIMIT = 64 * 1024
 
 SHUTDOWN_GRACE = 1.0  # seconds a new, silent connection may still send its first request during a drain
+
+# The heartbeat's interval (heartbeat.INTERVAL): the most one beat adds to a data-rate measurement.
+TICK = 1.0
 
 
 # Request headers the connection itself looks at; the rest go to the app untouched.
@@ -121,14 +138,18 @@ class HttpConnection(asyncio.Protocol):
         "_batch",
         "_batch_size",
         "_body_budget",
+        "_bytes_out",
         "_head_bytes",
         "_head_since",
+        "_last_tick",
         "_line_bytes",
         "_pending_rejection",
         "_pipeline",
         "_read_size",
         "_reading",
         "_requests_left",
+        "_trailer_room",
+        "_write_deadline",
         "client",
         "closing",
         "cycle",
@@ -168,6 +189,11 @@ class HttpConnection(asyncio.Protocol):
         self._head_since: float | None = None
         self._body_budget = -1  # bytes of chunked body still allowed, -1 when not counted
         self._requests_left = state.max_requests_per_connection  # 0 = unlimited
+        # Header fields and bytes a chunked body's trailers may still use: (request, count, bytes).
+        self._trailer_room: tuple[RequestCycle, int, int] | None = None
+        self._bytes_out = 0  # written since the last heartbeat, for the minimum response rate
+        self._write_deadline = 0.0  # when what was written should have been read by a peer at the minimum rate
+        self._last_tick = 0.0
 
     # -- transport events ------------------------------------------------------------------------
 
@@ -184,8 +210,8 @@ class HttpConnection(asyncio.Protocol):
             except OSError:
                 pass
         state = self.state
-        self.idle_since = state.clock()
-        over_limit = 0 < state.max_connections <= len(state.connections)
+        self.idle_since = self._last_tick = state.clock()
+        over_limit = 0 < state.max_connections <= len(state.connections) - state.upgraded  # (see websocket.py)
         state.connections.add(self)
         if over_limit:
             self._refuse()
@@ -240,7 +266,7 @@ class HttpConnection(asyncio.Protocol):
                 )
                 return
         keep_alive = http11
-        expect_continue = trailers = False
+        expect_continue = trailers = upgrade = False
         hosts = codings = 0
         has_length = False
         empty_body = True
@@ -258,6 +284,7 @@ class HttpConnection(asyncio.Protocol):
                 codings += 1 if value.strip().lower() == b"chunked" else 2
             elif kind == _CONNECTION:
                 tokens = _connection_tokens(value)
+                upgrade = upgrade or b"upgrade" in tokens
                 if b"close" in tokens:
                     keep_alive = False
                 elif b"keep-alive" in tokens and not http11:
@@ -299,6 +326,10 @@ class HttpConnection(asyncio.Protocol):
             self.on_reject(RequestRejection.MALFORMED_REQUEST)
             return
         raw_path, query = parts
+        if upgrade and method == b"GET" and http11 and empty_body and self.cycle is None and not self._pipeline:
+            self._flush_batch()  # responses ahead of it leave before its answer
+            if state.upgrade is not None and state.upgrade(self, raw_path, query, headers):
+                return  # taken over (or refused) by the upgrade hand-off: protocols/websocket.py
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
@@ -351,6 +382,28 @@ class HttpConnection(asyncio.Protocol):
                     return
             reading.feed_body(data)
 
+    def on_request_trailer(self, name: bytes, value: bytes) -> None:
+        """One trailer field of a chunked body. It is dropped (ASGI has no request trailers), but it
+        counts against the head's limits: Kestrel counts trailers and header fields together."""
+        reading = self._reading
+        if reading is None or self.rejected:
+            return
+        room = self._trailer_room
+        if room is None or room[0] is not reading:  # the first trailer field of this request
+            head = reading.scope["headers"]
+            state = self.state
+            room = (
+                reading,
+                state.max_header_count - len(head),
+                state.max_headers_size - sum(len(n) + len(v) + 4 for n, v in head),
+            )
+        count, size = room[1] - 1, room[2] - (len(name) + len(value) + 4)
+        self._trailer_room = (reading, count, size)
+        if count < 0:
+            self.on_reject(RequestRejection.TOO_MANY_HEADERS)
+        elif size < 0:
+            self.on_reject(RequestRejection.HEADERS_TOO_LARGE)
+
     def on_request_complete(self) -> None:
         self._head_bytes = 0  # the next head may begin in what is left of this read
         if self._reading is not None and not self.rejected:
@@ -402,6 +455,7 @@ class HttpConnection(asyncio.Protocol):
                 transport = self.transport  # what write() would do with no batch open, without the call
                 if not transport.is_closing():
                     transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                    self._bytes_out += self._batch_size
         if self._head_bytes > 0:  # a head is still incomplete after this read
             self._check_incomplete_head(data)
 
@@ -438,6 +492,7 @@ class HttpConnection(asyncio.Protocol):
                 self._flush_batch()
         elif not self.transport.is_closing():
             self.transport.write(data)
+            self._bytes_out += len(data)
 
     def _flush_batch(self) -> None:
         batch = self._batch
@@ -537,8 +592,25 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def on_tick(self, now: float) -> None:
-        """Heartbeat: close a keep-alive connection idle too long; answer 408 to a head that is late."""
-        if self.cycle is not None or self._pipeline or self.transport.is_closing():
+        """Heartbeat: close a keep-alive connection idle too long; answer 408 to a head that is late;
+        hold the request body and the response to their minimum data rates."""
+        gap = now - self._last_tick
+        self._last_tick = now
+        state = self.state
+        if state.min_response_rate and self._response_too_slow(now, gap):
+            logger.debug("Aborted %s: the response was read slower than --limit-min-response-rate", self.client)
+            self.rejected = True
+            self.abort()
+            return
+        cycle = self.cycle
+        if cycle is not None:
+            if cycle.read_timing and state.min_body_rate and self._body_too_slow(cycle, gap):
+                logger.debug("Request body from %s slower than --limit-min-request-body-rate", self.client)
+                self.on_reject(RequestRejection.REQUEST_BODY_TIMEOUT)
+            elif self.flow.read_paused and cycle is not self._reading and not self.transport.is_closing():
+                self._check_hang_up()
+            return
+        if self._pipeline or self.transport.is_closing():
             return
         if self._head_bytes > 0:  # a request head has begun: the request-headers timeout applies
             since = self._head_since
@@ -548,6 +620,40 @@ class HttpConnection(asyncio.Protocol):
                 self.on_reject(RequestRejection.REQUEST_HEADERS_TIMEOUT)
         elif now - self.idle_since > (SHUTDOWN_GRACE if self.closing else self.state.keep_alive_timeout):
             self.close()
+
+    def _body_too_slow(self, cycle: RequestCycle, gap: float) -> bool:
+        """Count one beat of the app waiting for body bytes; True when, past the grace period, the body's
+        average rate is below the minimum (Kestrel's CheckForReadDataRateTimeout)."""
+        elapsed = cycle.read_elapsed + min(gap, TICK)  # a late beat counts as one: the server was starved
+        cycle.read_elapsed = elapsed
+        if cycle.read_timing == TIMING_STOPPING:  # the wait ended since the last beat, which still counted
+            cycle.read_timing = TIMING_OFF
+        state = self.state
+        return elapsed > state.min_body_grace and cycle.body_received / elapsed < state.min_body_rate
+
+    def _response_too_slow(self, now: float, gap: float) -> bool:
+        """Move the write deadline by what was written since the last beat; True when the peer holds
+        output back past it (Kestrel's BytesWrittenToBuffer and CheckForWriteDataRateTimeout)."""
+        state = self.state
+        deadline = self._write_deadline
+        if gap > TICK:  # time the server was starved of is not held against the peer
+            deadline += gap - TICK
+        written = self._bytes_out
+        if written:
+            self._bytes_out = 0
+            needed = written / state.min_response_rate
+            deadline = max(now + max(state.min_response_grace, needed), deadline + needed)
+        self._write_deadline = deadline
+        return self.flow.write_paused and now > deadline
+
+    def _check_hang_up(self) -> None:
+        """Reading is paused behind a queued request (or a rejection) and the running app cannot resume
+        it, so a client that leaves would go unnoticed until the app writes: an app waiting in receive()
+        for http.disconnect would wait forever. Ask the socket instead (one poll a second)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and peer_hung_up(sock.fileno()):
+            logger.debug("Client %s left while its requests were queued", self.client)
+            self.abort()
 
     def shutdown(self) -> None:
         """Graceful shutdown: idle connections close now, busy ones after their current response.

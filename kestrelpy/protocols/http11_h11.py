@@ -102,10 +102,22 @@ class H11Connection(HttpConnection):
                     self._delivered = 0
                     chunks.feed(reader.trailing_data[0])
             elif event_type is h11.EndOfMessage:
+                if chunks is not None and self._count_trailers(chunks):
+                    return
                 self.on_request_complete()
                 self._next_reader(reader)
             else:  # NEED_DATA, PAUSED or ConnectionClosed: wait for bytes (or the close)
+                if chunks is not None:
+                    self._count_trailers(chunks)  # the body before them has been handed on by now
                 return
+
+    def _count_trailers(self, chunks: ChunkScreen) -> bool:
+        """Count the trailer fields the screen has read so far against the limits; True once refused."""
+        trailers = chunks.trailers
+        while trailers and not self.rejected:
+            name, value = trailers.pop(0)
+            self.on_request_trailer(name, value)
+        return self.rejected
 
     def _stop_at_bad_chunk(self, chunks: ChunkScreen, event: object) -> bool:
         """The chunk framing went wrong further on: pass on the body bytes before that point, then refuse.

@@ -6,6 +6,7 @@ import httptools
 
 from kestrelpy.protocols.http11 import HttpConnection
 from kestrelpy.protocols.rejection import RequestRejection
+from kestrelpy.protocols.screen import CHUNK_LINE_MAX
 from kestrelpy.state import ServerState
 
 
@@ -31,26 +32,46 @@ def _new_parser(conn: HttptoolsConnection) -> httptools.HttpRequestParser:
     return parser
 
 
-class _Dropped(list):  # type: ignore[type-arg]
-    """Where trailer fields go: nowhere."""
+class _Trailers(list):  # type: ignore[type-arg]
+    """Where trailer fields go: each is counted against the limits by the connection, then dropped."""
 
-    def append(self, item: object) -> None:
-        pass
+    __slots__ = ("_conn",)
 
+    def __init__(self, conn: HttpConnection) -> None:
+        super().__init__()
+        self._conn = conn
 
-_TRAILERS: list[tuple[bytes, bytes]] = _Dropped()
+    def append(self, item: tuple[bytes, bytes]) -> None:
+        name, value = item
+        if len(name) + len(value) + 2 > CHUNK_LINE_MAX:  # `name:value` CR at the least
+            # The h11 path refuses a trailer line this long as it arrives (screen.ChunkScreen): so here.
+            self._conn.on_reject(RequestRejection.MALFORMED_REQUEST)
+        else:
+            self._conn.on_request_trailer(name, value)
 
 
 class HttptoolsConnection(HttpConnection):
-    __slots__ = ("_headers", "_parser", "_url")
+    __slots__ = ("_after_chunk", "_headers", "_parser", "_trailer_bytes", "_trailer_max", "_trailers", "_url")
 
     def __init__(self, state: ServerState) -> None:
         super().__init__(state)
         self._parser = _new_parser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] = _Trailers(self)
+        # A chunk header with no data after it is the last one: what follows is the trailer section,
+        # which llhttp buffers until each field is complete. Whole reads of it are counted, so that a
+        # field that never ends is refused as on the h11 path (its line bound), one read late at most.
+        self._after_chunk = False
+        self._trailer_bytes = 0
+        self._trailer_max = state.max_headers_size + CHUNK_LINE_MAX
 
     def feed(self, data: bytes) -> None:
+        if self._after_chunk:  # the previous read, if counted, was all trailer section
+            if self._trailer_bytes > self._trailer_max:
+                self.on_reject(RequestRejection.MALFORMED_REQUEST)
+                return
+            self._trailer_bytes += len(data)  # counts only if this read ends inside the trailer section too
         while not self.rejected:
             try:
                 self._parser.feed_data(data)
@@ -87,12 +108,18 @@ class HttptoolsConnection(HttpConnection):
         version = parser.get_http_version()
         headers = self._headers
         # llhttp reports a chunked body's trailer fields through on_header too: they must not land in
-        # the list the app holds as scope["headers"]. They are dropped, as on the h11 path.
-        self._headers = _TRAILERS
+        # the list the app holds as scope["headers"]. They are counted, then dropped, as on the h11 path.
+        self._headers = self._trailers
         self.on_request_head(parser.get_method(), self._url, _VERSIONS.get(version) or version.encode("ascii"), headers)
 
+    def on_chunk_header(self) -> None:
+        self._after_chunk = True
+        self._trailer_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self._after_chunk = False
         self.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        self._after_chunk = False
         self.on_request_complete()

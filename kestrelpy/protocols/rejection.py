@@ -6,15 +6,16 @@ status and body whichever parser read it (the idea of Kestrel's RequestRejection
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, unique
 
 
+@unique  # one member per cause: equal values would silently make two causes one
 class RequestRejection(Enum):
     """A named cause with the status it is answered with and a short plain-text explanation."""
 
     MALFORMED_REQUEST = (400, "Invalid HTTP request.")
-    MISSING_HOST = (400, "An HTTP/1.1 request must carry exactly one Host header.")
-    MULTIPLE_HOST = (400, "An HTTP/1.1 request must carry exactly one Host header.")
+    MISSING_HOST = (400, "An HTTP/1.1 request must carry a Host header.")
+    MULTIPLE_HOST = (400, "An HTTP/1.1 request must carry only one Host header.")
     INVALID_TARGET = (400, "Invalid request target.")
     INVALID_HOST = (400, "Invalid Host header.")
     HEADERS_TOO_LARGE = (431, "Request header fields too large.")
@@ -22,6 +23,7 @@ class RequestRejection(Enum):
     REQUEST_LINE_TOO_LONG = (414, "Request line too long.")
     BODY_TOO_LARGE = (413, "Request body too large.")
     REQUEST_HEADERS_TIMEOUT = (408, "The request head did not arrive in time.")
+    REQUEST_BODY_TIMEOUT = (408, "The request body did not arrive in time.")
     TOO_MANY_CONNECTIONS = (503, "Too many open connections; try again later.")
     UNSUPPORTED_HTTP_VERSION = (505, "HTTP version not supported.")
 

@@ -102,7 +102,7 @@ class ChunkScreen:
     It may read ahead of h11; `data_seen` says how many body bytes came before the bad line, so the
     connection hands the app exactly those and then refuses, in the order llhttp would."""
 
-    __slots__ = ("_left", "_line", "_state", "data_seen", "failed")
+    __slots__ = ("_left", "_line", "_state", "data_seen", "failed", "trailers")
 
     def __init__(self) -> None:
         self._state = _SIZE
@@ -110,6 +110,9 @@ class ChunkScreen:
         self._line = b""
         self.data_seen = 0  # chunk data bytes before the current position
         self.failed = False
+        # Trailer fields complete so far and not yet taken: the connection counts them against its
+        # limits as they arrive, as the httptools path does, rather than once h11 has the whole section.
+        self.trailers: list[tuple[bytes, bytes]] = []
 
     def feed(self, data: bytes) -> None:
         if not self.failed and not self._feed(data):
@@ -158,4 +161,7 @@ class ChunkScreen:
                 self._state = _DONE
             elif _TRAILER_LINE.fullmatch(line) is None:
                 return False
+            else:
+                name, _, value = line.partition(b":")
+                self.trailers.append((name.lower(), value.strip(b" \t")))
         return True

@@ -231,6 +231,41 @@ def test_body_limit_zero_means_unlimited(running_server: Start, raw_client: Star
     assert sum(len(m.get("body", b"")) for m in bodies) == 40_000_000
 
 
+# -- trailers --------------------------------------------------------------------------------------
+
+
+def chunked_with_trailers(trailers: bytes, path: bytes = b"/") -> bytes:
+    """A chunked POST (2 header fields) with one chunk and the given trailer section."""
+    return CHUNKED_HEAD.replace(b"/ ", path + b" ") + b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n"
+
+
+def test_trailers_count_with_the_head_against_the_field_count(running_server: Start, raw_client: Start) -> None:
+    calls: list[str] = []
+    bodies: list[dict[str, Any]] = []
+    live = running_server(recording_app(calls, bodies), limits=Limits(max_request_header_count=10))
+    client = raw_client(live.port)
+    client.send(chunked_with_trailers(headers_of(8), b"/ten"))  # 2 header fields + 8 trailer fields
+    assert client.read_response().status == 200
+    assert bodies[-1] == {"type": "http.request", "body": b"hello", "more_body": False}
+    client.send(chunked_with_trailers(headers_of(9), b"/eleven") + AFTER)
+    refused(client, 431)
+    assert calls == ["/ten", "/eleven"]  # the body's app saw http.disconnect, and /after never ran
+    assert bodies[-1] == {"type": "http.disconnect"}
+
+
+def test_trailers_count_with_the_head_against_the_header_bytes(running_server: Start, raw_client: Start) -> None:
+    calls: list[str] = []
+    live = running_server(recording_app(calls, []), limits=Limits(max_request_headers_size=4096))
+    client = raw_client(live.port)
+    # host: t (9) + transfer-encoding: chunked (28) + x-big: value (9 + len): exactly 4096 in all.
+    value = b"v" * (4096 - 9 - 28 - 9)
+    client.send(chunked_with_trailers(b"X-Big: " + value + b"\r\n", b"/fits"))
+    assert client.read_response().status == 200
+    client.send(chunked_with_trailers(b"X-Big: " + value + b"v\r\n", b"/over") + AFTER)
+    refused(client, 431)
+    assert calls == ["/fits", "/over"]
+
+
 # -- connections -----------------------------------------------------------------------------------
 
 
@@ -295,6 +330,8 @@ OVER_LIMITS = {
     "header-count": b"GET / HTTP/1.1\r\nHost: t\r\n" + headers_of(10) + b"\r\n",
     "declared-body": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
     "chunked-body": b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n" + b"x" * 2000 + b"\r\n",
+    "trailer-count": chunked_with_trailers(headers_of(9)),
+    "trailer-bytes": chunked_with_trailers(headers_of(8, 600)),
 }
 # Heads that never end: nothing can be appended to them.
 ENDLESS = {
@@ -320,3 +357,41 @@ def test_limits_are_answered_identically_by_both_parsers(
     assert re.match(rb"HTTP/1\.1 4(13|14|31) ", out["h11"]), out["h11"][:100]
     assert b"\r\nconnection: close\r\n" in out["h11"]
     assert "/after" not in calls
+
+
+def test_overlong_trailer_line_is_answered_identically_by_both_parsers(
+    serve_app: Start, raw_client: Start, loop_kind: str
+) -> None:
+    """A trailer line past the chunk-line bound is malformed on both paths, before any limit is counted."""
+    calls: list[str] = []
+    out = {}
+    for http in ("httptools", "h11"):
+        live = serve_app(recording_app(calls, []), loop_kind=loop_kind, http=http)
+        client = raw_client(live.port)
+        client.send(chunked_with_trailers(b"X-Big: " + b"v" * 70_000 + b"\r\n") + AFTER)
+        out[http] = DATE_VALUE.sub(rb"\1<date>", client.read_until_close())
+    assert out["httptools"] == out["h11"]
+    assert out["h11"].startswith(b"HTTP/1.1 400 ")
+    assert "/after" not in calls
+
+
+def test_endless_trailer_line_is_refused_before_it_ends(running_server: Start, raw_client: Start) -> None:
+    """A trailer field that never ends is refused while still arriving (as malformed: past the chunk-line
+    bound), not buffered without end; the app reading the body sees http.disconnect."""
+    calls: list[str] = []
+    bodies: list[dict[str, Any]] = []
+    live = running_server(recording_app(calls, bodies))
+    client = raw_client(live.port)
+    client.send(CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nX-Endless: ")
+    sent = 0
+    try:
+        for _ in range(200):  # up to 3.2 MB, never the end of the line
+            client.send(b"v" * 16384)
+            sent += 16384
+            if client.eof or not client.nothing_within(0.01):
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused and closed while we were still sending
+    refused(client, 400)
+    assert sent < 1024 * 1024, f"{sent} bytes of one trailer line were read before it was refused"
+    assert bodies[-1] == {"type": "http.disconnect"}
