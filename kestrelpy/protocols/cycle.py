@@ -143,7 +143,7 @@ class RequestCycle:
 
     # -- fed by the connection -------------------------------------------------------------------
 
-    def feed_body(self, data: bytes) -> None:
+    def feed_body(self, data: bytes | bytearray) -> None:  # h11 hands over bytearray slices
         if self.response_complete:
             return  # the app is done with this request; the rest of its body is dropped
         self._body += data
