@@ -58,8 +58,19 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 @dataclass(frozen=True)
 class Server:
     name: str
-    package: str
+    package: str  # the Python package whose version the report shows ("" for none)
     build_args: Callable[[str, int], list[str]]  # (app target, port) -> args after `python`
+    # (port, scratch directory) -> the whole command, for a server that is not a Python module
+    command: Callable[[int, Path], list[str]] | None = None
+    workloads: frozenset[str] | None = None  # the workloads it can serve; None: all of them
+
+    def supports(self, workload: str) -> bool:
+        return self.workloads is None or workload in self.workloads
+
+    def argv(self, app: str, port: int, scratch: Path) -> list[str]:
+        if self.command is not None:
+            return self.command(port, scratch)
+        return [sys.executable, *self.build_args(app, port)]
 
 
 def kestrelpy_args(http: str | None) -> Callable[[str, int], list[str]]:
@@ -92,6 +103,49 @@ def granian_args(app: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def raw_args(app: str, port: int) -> list[str]:
+    # Always the fixed plaintext answer, whatever the app.
+    return ["-m", "bench.raw_server", "--host", HOST, "--port", str(port)]
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_CONFIG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {scratch}/nginx.pid;
+error_log {scratch}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {scratch}/client_body;
+    proxy_temp_path {scratch}/proxy;
+    fastcgi_temp_path {scratch}/fastcgi;
+    uwsgi_temp_path {scratch}/uwsgi;
+    scgi_temp_path {scratch}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    server {{
+        listen {host}:{port} backlog=2048;
+        default_type text/plain;
+        location / {{ return 200 "Hello, world!"; }}
+    }}
+}}
+"""
+
+
+def nginx_command(port: int, scratch: Path) -> list[str]:
+    """nginx in the foreground as one process, from a config written for this run (stopped by PID)."""
+    prefix = scratch / f"nginx-{port}"
+    prefix.mkdir(parents=True, exist_ok=True)
+    config = prefix / "nginx.conf"
+    config.write_text(NGINX_CONFIG.format(scratch=prefix, host=HOST, port=port))
+    return [NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(config)]
+
+
+# The ceiling: no parsing or ASGI at all, only for the workloads that are plain GETs.
+LIMIT_WORKLOADS = frozenset({"plaintext", "pipelined", "conn1000"})
+
 SERVERS: dict[str, Server] = {
     s.name: s
     for s in (
@@ -101,6 +155,9 @@ SERVERS: dict[str, Server] = {
         Server("uvicorn-h11", "uvicorn", uvicorn_args("h11")),
         Server("hypercorn", "hypercorn", hypercorn_args),
         Server("granian", "granian", granian_args),
+        Server("raw", "", raw_args, workloads=LIMIT_WORKLOADS),
+        # build_args is unused for nginx: `command` gives the whole argv.
+        Server("nginx", "", raw_args, command=nginx_command, workloads=LIMIT_WORKLOADS),
     )
 }
 DEFAULT_SERVERS = ("kestrelpy", "uvicorn")
@@ -303,7 +360,7 @@ def pinned(cpu: int | None, argv: list[str]) -> list[str]:
 
 def start_server(server: Server, workload: Workload, cpu: int | None, log_dir: Path) -> RunningServer:
     port = free_port()
-    argv = pinned(cpu, [sys.executable, *server.build_args(f"bench.apps:{workload.app}", port)])
+    argv = pinned(cpu, server.argv(f"bench.apps:{workload.app}", port, log_dir))
     log_path = log_dir / f"{server.name}-{workload.name}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -593,8 +650,9 @@ def render_tables(results: list[Measurement], servers: Sequence[str], workloads:
         lines += [f"### {workload_title(workload)}", "", header, "|" + "---|" * len(columns)]
         baseline = [m for m in results if m.workload == workload and m.server == BASELINE]
         for server in servers:
-            runs = [m for m in results if m.workload == workload and m.server == server]
-            lines.append(table_row(server, runs, baseline))
+            if SERVERS[server].supports(workload):
+                runs = [m for m in results if m.workload == workload and m.server == server]
+                lines.append(table_row(server, runs, baseline))
         lines.append("")
     return "\n".join(lines)
 
@@ -633,6 +691,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def nginx_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run([NGINX, "-v"], capture_output=True, text=True, timeout=5)
+        return (done.stderr or done.stdout).strip().removeprefix("nginx version: ").replace("/", " ")
+    return "nginx (version unknown)"
+
+
 def wrk_version() -> str:
     done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=5)
     first = (done.stdout or done.stderr).splitlines()
@@ -640,8 +705,10 @@ def wrk_version() -> str:
 
 
 def render_header(servers: Sequence[str], settings: Settings, workloads: Sequence[str]) -> str:
-    packages = sorted({SERVERS[s].package for s in servers})
+    packages = sorted({SERVERS[s].package for s in servers} - {""})
     versions = ", ".join(f"{p} {package_version(p)}" for p in packages)
+    if "nginx" in servers:
+        versions += f", {nginx_version()}"
     versions += f"; httptools {package_version('httptools')}, h11 {package_version('h11')}"
     versions += f", uvloop {package_version('uvloop')}"
     conns = ", ".join(f"{w}: {WORKLOADS[w].connections or settings.connections}" for w in workloads)
@@ -699,7 +766,8 @@ def plan(rounds: int, workloads: Sequence[str], servers: Sequence[str]) -> Itera
     for round_no in range(1, rounds + 1):
         for workload in workloads:
             for server in servers:
-                yield round_no, workload, server
+                if SERVERS[server].supports(workload):
+                    yield round_no, workload, server
 
 
 def describe(m: Measurement) -> str:
@@ -815,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     most_connections = max((WORKLOADS[w].connections or settings.connections) for w in workloads)
     raise_open_file_limit(needed=2 * most_connections)
 
-    steps = settings.rounds * len(servers) * len(workloads)
+    steps = len(list(plan(settings.rounds, workloads, servers)))
     estimate = estimated_seconds(steps, settings)
     limit = args.time_limit or 2 * estimate + 60
     log(f"{steps} runs, about {estimate / 60:.1f} min (hard limit {limit / 60:.1f} min)")

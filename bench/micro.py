@@ -1,0 +1,309 @@
+#!/usr/bin/env python
+"""In-process cost of kestrelpy's connection code: µs per request, no sockets.
+
+Requests are fed to one kestrelpy connection through a fake transport on a uvloop
+loop, with the app wrapped as the server wraps it (proxy headers on by default).
+What is left out is the kernel and the event loop's socket I/O, so the figure is
+the Python cost per request that the wrk runs carry on top of those.
+
+    python bench/micro.py                                  # both parsers, every workload
+    python bench/micro.py --http h11 --workloads plaintext
+    python bench/micro.py --tree /tmp/other-checkout       # import kestrelpy from there
+    python bench/micro.py --compare . /tmp/other-checkout  # interleaved, with ratios
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARSERS = ("httptools", "h11")
+GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: micro\r\nAccept: */*\r\n\r\n"
+POST_BODY = b"x" * 1024
+POST = (
+    b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(POST_BODY), POST_BODY)
+)
+PIPELINE_DEPTH = 16
+WARMUP_REQUESTS = 2000
+MAX_SPINS = 10_000  # loop iterations to wait for one feed's responses before giving up
+SUBPROCESS_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    app: str  # attribute of bench.apps
+    data: bytes  # fed in one data_received call
+    requests: int  # requests in `data`
+    default_n: int  # requests per repeat with httptools; h11 is several times slower and gets a fifth
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("plaintext", "plaintext", GET, 1, 100_000),
+        Workload("pipelined", "plaintext", GET * PIPELINE_DEPTH, PIPELINE_DEPTH, 160_000),
+        Workload("echo", "echo", POST, 1, 50_000),
+    )
+}
+
+
+class FakeTransport:
+    """Just enough of asyncio.Transport for the connection; counts what it is given."""
+
+    def __init__(self) -> None:
+        self.bytes_out = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def import_tree(tree: Path) -> None:
+    """Import kestrelpy from `tree` (a checkout's root), never from the installed package."""
+    sys.path.insert(0, str(tree.resolve()))
+    for name in [m for m in sys.modules if m == "kestrelpy" or m.startswith("kestrelpy.")]:
+        del sys.modules[name]
+    import kestrelpy
+
+    origin = Path(kestrelpy.__file__).resolve().parent.parent
+    if origin != tree.resolve():
+        raise SystemExit(f"kestrelpy was imported from {origin}, not from {tree}")
+
+
+async def run_once(http: str, workload: Workload, n: int, proxy_headers: bool) -> float:
+    """Seconds per request over n requests on one warmed-up connection."""
+    from bench import apps
+    from kestrelpy.config import Config
+    from kestrelpy.heartbeat import date_line
+    from kestrelpy.server import connection_class
+    from kestrelpy.state import ServerState
+
+    app = getattr(apps, workload.app)
+    config = Config(app=app, access_log=False, http=http, proxy_headers=proxy_headers)
+    if config.proxy_headers:  # as the server wraps the app
+        from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
+
+        app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
+    state = ServerState(config, app, asyncio.get_running_loop(), access_log=False)
+    state.date_line = date_line(time.time())
+    conn = connection_class(http)(state)
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    feed = feeder(conn, state, workload)
+    await feed(max(1, WARMUP_REQUESTS // workload.requests))
+    started = time.perf_counter()
+    await feed(max(1, n // workload.requests))
+    elapsed = time.perf_counter() - started
+    if transport.closing:
+        raise SystemExit(f"the connection closed during {workload.name} ({http}): a rejected request?")
+    return elapsed / (max(1, n // workload.requests) * workload.requests)
+
+
+def feeder(conn: Any, state: Any, workload: Workload) -> Callable[[int], Any]:
+    """feed(k): send the workload's bytes k times, each time waiting until all its responses are out."""
+    data, per_feed = workload.data, workload.requests
+    receive = conn.data_received
+
+    async def feed(k: int) -> None:
+        for _ in range(k):
+            target = state.requests_served + per_feed
+            receive(data)
+            # Responses that need the loop (a queued pipelined request, an app waiting for its body)
+            # finish after a few loop iterations; an eager app has already answered.
+            spins = 0
+            while state.requests_served < target:
+                spins += 1
+                if spins > MAX_SPINS:
+                    raise SystemExit(f"{workload.name}: responses did not complete (a stalled connection?)")
+                await asyncio.sleep(0)
+
+    return feed
+
+
+def requests_per_repeat(args: argparse.Namespace, http: str, workload: Workload) -> int:
+    if args.n:
+        return int(args.n)
+    return workload.default_n if http == "httptools" else workload.default_n // 5
+
+
+def measure(http: str, workload: Workload, n: int, repeats: int, proxy_headers: bool) -> list[float]:
+    """µs per request of every repeat, each on a fresh loop and connection."""
+    import uvloop
+
+    return [uvloop.run(run_once(http, workload, n, proxy_headers)) * 1e6 for _ in range(repeats)]
+
+
+# --------------------------------------------------------------------------- comparing trees
+
+
+class ChildFailed(Exception):
+    pass
+
+
+def run_child(tree: Path, http: str, workload: str, n: int, repeats: int, proxy_headers: bool) -> list[float]:
+    argv = [
+        sys.executable, str(Path(__file__).resolve()), "--tree", str(tree), "--http", http,
+        "--workloads", workload, "-n", str(n), "--repeats", str(repeats), "--json",
+        *([] if proxy_headers else ["--no-proxy-headers"]),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # leave the compared trees as they are
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise ChildFailed(lines[-1] if lines else f"exit code {done.returncode}")
+    return list(json.loads(done.stdout)[http][workload])
+
+
+def compare(trees: Sequence[Path], parsers: Sequence[str], workloads: Sequence[str], args: argparse.Namespace) -> int:
+    """Every tree in its own process, interleaved round by round; medians and ratios to the first tree.
+    A tree that fails a workload gets "failed" in its cell (with the reason below the table); the
+    others go on."""
+    samples: dict[tuple[Path, str, str], list[float]] = {}
+    failures: dict[tuple[Path, str, str], str] = {}
+    for round_no in range(1, args.rounds + 1):
+        for http in parsers:
+            for workload in workloads:
+                n = requests_per_repeat(args, http, WORKLOADS[workload])
+                for tree in trees:
+                    key = (tree, http, workload)
+                    if key in failures:
+                        continue
+                    try:
+                        got = run_child(tree, http, workload, n, args.repeats, args.proxy_headers)
+                    except ChildFailed as exc:
+                        failures[key] = str(exc)
+                        log(f"round {round_no} {http:<9} {workload:<9} {tree}: failed: {exc}")
+                        continue
+                    samples.setdefault(key, []).extend(got)
+                    log(f"round {round_no} {http:<9} {workload:<9} {tree}: {statistics.median(got):.2f} µs/req")
+    print(comparison_table(trees, parsers, workloads, samples))
+    for (tree, http, workload), reason in failures.items():
+        print(f"\n{tree} failed {http} {workload}: {reason}")
+    return 1 if failures else 0
+
+
+def comparison_table(
+    trees: Sequence[Path],
+    parsers: Sequence[str],
+    workloads: Sequence[str],
+    samples: dict[tuple[Path, str, str], list[float]],
+) -> str:
+    names = [t.name for t in trees] if len({t.name for t in trees}) == len(trees) else [str(t) for t in trees]
+    header = ["parser", "workload", *(f"{name} µs/req" for name in names)]
+    header += [f"{name} vs {names[0]}" for name in names[1:]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for http in parsers:
+        for workload in workloads:
+            runs = [samples.get((t, http, workload)) for t in trees]
+            medians = [statistics.median(r) if r else None for r in runs]
+            cells = [http, workload, *(f"{m:.2f}" if m is not None else "failed" for m in medians)]
+            first = medians[0]
+            # above 1: faster than the first tree
+            cells += [f"{first / m:.2f}x" if first is not None and m is not None else "n/a" for m in medians[1:]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_names(value: str, known: Sequence[str], what: str) -> list[str]:
+    if value == "all":
+        return list(known)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--http", default="all", type=lambda v: parse_names(v, PARSERS, "parser"), help="httptools, h11 or all"
+    )
+    parser.add_argument(
+        "--workloads",
+        default="all",
+        type=lambda v: parse_names(v, list(WORKLOADS), "workload"),
+        help=f"comma-separated, or all ({', '.join(WORKLOADS)})",
+    )
+    parser.add_argument("-n", type=int, help="requests per repeat (default per workload)")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per figure; the median is reported")
+    parser.add_argument(
+        "--no-proxy-headers", dest="proxy_headers", action="store_false", help="serve the app unwrapped"
+    )
+    parser.add_argument("--tree", type=Path, help="import kestrelpy from this checkout instead")
+    parser.add_argument("--compare", type=Path, nargs="+", metavar="TREE", help="compare checkouts, interleaved")
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare: interleaved rounds (default 3)")
+    parser.add_argument("--json", action="store_true", help="print every repeat as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        return compare(args.compare, args.http, args.workloads, args)
+    sys.path.insert(0, str(REPO_ROOT))  # bench.apps, and kestrelpy unless --tree says otherwise
+    if args.tree:
+        import_tree(args.tree)
+    results: dict[str, dict[str, list[float]]] = {}
+    for http in args.http:
+        for name in args.workloads:
+            workload = WORKLOADS[name]
+            runs = measure(http, workload, requests_per_repeat(args, http, workload), args.repeats, args.proxy_headers)
+            results.setdefault(http, {})[name] = runs
+            if not args.json:
+                spread = f"{min(runs):.2f} to {max(runs):.2f}"
+                print(f"{http:<9} {name:<9} {statistics.median(runs):6.2f} µs/request (range {spread})")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
