@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import importlib
+import importlib.util
 import logging
 import os
 from collections import deque
@@ -41,16 +41,13 @@ from kestrelpy.protocols.http11 import HttpConnection, start_task
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.writer import HeaderError, header_line, status_line
 
-try:
+if TYPE_CHECKING:
     from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
     from websockets.frames import Frame, Opcode
     from websockets.http11 import Request
     from websockets.protocol import State
     from websockets.server import ServerProtocol
-except ImportError:  # the optional extra is not installed: upgrade_handler() notices and never uses these
-    pass
 
-if TYPE_CHECKING:
     from kestrelpy.config import Config
     from kestrelpy.protocols.flow import FlowControl
     from kestrelpy.state import ServerState
@@ -161,18 +158,39 @@ class WebSocketSettings:
     max_upgraded: int  # open WebSockets allowed at once; 0 = unlimited
 
 
+_loaded = False
+
+
+def _load_library() -> None:
+    """Import the library's pieces into this module's namespace, on the first upgrade (or at start for
+    --ws websockets): a server that never sees a WebSocket does not pay its ~3 MiB and ~20 ms."""
+    global _loaded, ServerPerMessageDeflateFactory, Frame, Opcode, Request, State, ServerProtocol
+    if _loaded:
+        return
+    from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+    from websockets.frames import Frame, Opcode
+    from websockets.http11 import Request
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    _loaded = True
+
+
 def upgrade_handler(config: Config) -> WebSocketUpgrade | MissingLibrary | None:
     """What answers `Upgrade: websocket` for `--ws`: None when WebSocket is switched off."""
     if config.ws == "none":
         return None
-    try:
-        importlib.import_module("websockets")
-        importlib.import_module("websockets.server")
-    except ImportError:
-        if config.ws == "websockets":
+    installed = importlib.util.find_spec("websockets") is not None
+    if config.ws == "websockets":
+        try:
+            if not installed:
+                raise ImportError
+            _load_library()
+        except ImportError:
             raise ConfigError(
                 "--ws websockets was asked for, but websockets is not installed (pip install 'kestrelpy[websockets]')"
             ) from None
+    elif not installed:
         return MissingLibrary()
     return WebSocketUpgrade(
         WebSocketSettings(
@@ -246,6 +264,7 @@ class WebSocketUpgrade:
     def _negotiate(self, headers: list[tuple[bytes, bytes]]) -> tuple[ServerProtocol, list[tuple[bytes, bytes]]] | None:
         """A sans-I/O protocol that has read the handshake (only the fields it needs) and the handshake
         fields of its 101, or None when the library refuses it (a malformed Sec-WebSocket-Extensions)."""
+        _load_library()
         settings = self.settings
         extensions = []
         if settings.per_message_deflate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -131,3 +132,18 @@ def test_handler_follows_the_ws_option(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(upgrade_handler(Config(app="a:b")), MissingLibrary)
     with pytest.raises(ConfigError, match="websockets is not installed"):
         upgrade_handler(Config(app="a:b", ws="websockets"))
+
+
+def test_the_library_is_imported_only_when_a_websocket_arrives() -> None:
+    # It costs a worker ~3 MiB and ~20 ms: a server that never upgrades should not pay for it.
+    code = (
+        "import sys\n"
+        "from kestrelpy.config import Config\n"
+        "from kestrelpy.protocols.websocket import WebSocketUpgrade, upgrade_handler\n"
+        "assert isinstance(upgrade_handler(Config(app='x:y', ws='auto')), WebSocketUpgrade)\n"
+        "assert 'websockets' not in sys.modules, 'imported at start'\n"
+        "upgrade_handler(Config(app='x:y', ws='websockets'))\n"
+        "assert 'websockets.server' in sys.modules, 'not imported when asked for'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
