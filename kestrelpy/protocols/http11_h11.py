@@ -134,17 +134,18 @@ class H11Connection(HttpConnection):
         return True
 
     def _screen_head(self) -> bool:
-        """Check the head being read against what llhttp accepts; False once it has been refused."""
+        """Check the head being read against what llhttp accepts. False when there is nothing to read
+        yet (h11 would only say so, at some cost) or once the head has been refused."""
         buffered, closed = self._reader.trailing_data
         if not buffered:
-            return True
+            return False
         if buffered[:1] in (b"\r", b"\n"):
             # llhttp skips CR and LF before a request line (RFC 9112 section 2.2 lets a server ignore
             # empty lines there); h11 refuses a lone CR. Start the reader again without them.
             buffered = buffered.lstrip(b"\r\n")
             self._restart_reader(buffered, closed)
             if not buffered:
-                return True
+                return False
         line_end = buffered.find(b"\r\n")
         if line_end > 0 and buffered.find(b"  ", 0, line_end) >= 0:
             # llhttp reads runs of spaces between method, target and version as one (RFC 9112 section 3
