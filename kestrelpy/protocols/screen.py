@@ -16,9 +16,9 @@ import re
 #   (\x80-\xff, so \x85 too) stays allowed, inside its one value;
 # - a CR not followed by LF, an LF not preceded by CR (RFC 9112 section 2.2; CVE-2022-32214);
 # - obs-fold, a line starting with SP or HTAB (RFC 9112 section 5.2; CVE-2022-32215, CVE-2024-27982);
-# - a field name with a byte that is not a token character (RFC 9110 section 5.1).
+# - a field name with a byte that is not a token character, or none at all (RFC 9110 section 5.1).
 _REFUSED = re.compile(
-    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n|\n[ \t]"
+    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n|\n[ \t]|\n:"
     rb"|\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]*[^!#$%&'*+\-.^_`|~0-9A-Za-z:\r\n]"
 )
 _VERSION_AT_END = re.compile(rb" HTTP/[0-9]\.[0-9]$")
