@@ -436,7 +436,7 @@ class HttpConnection(asyncio.Protocol):
                 self.cycle = None
         self._pending_rejection = reason
         if self.cycle is None:
-            self._send_rejection()
+            self._send_rejection(at_once=reading is None)
 
     # -- used by the request cycle ---------------------------------------------------------------
 
@@ -570,9 +570,14 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = -1
         self._pending_rejection = RequestRejection.TOO_MANY_CONNECTIONS
         logger.debug("Refused a connection from %s: over --limit-concurrency", self.client)
-        self._send_rejection(half_close=True)
+        self._send_rejection()
 
-    def _send_rejection(self, half_close: bool = False) -> None:
+    def _send_rejection(self, at_once: bool = True) -> None:
+        """Answer the pending rejection, then shut the write side and linger: what the client still
+        sends is read and dropped until it closes or the heartbeat closes after SHUTDOWN_GRACE. Closing
+        with unread input would send a reset instead of a FIN, and a reset can destroy the answer in
+        the client's receive buffer before it is read (a client still uploading would never see its
+        408 or 413)."""
         reason = self._pending_rejection
         assert reason is not None
         body = reason.message.encode()
@@ -590,10 +595,23 @@ class HttpConnection(asyncio.Protocol):
                 )
             )
         )
-        if half_close and self.transport.can_write_eof():
-            self.transport.write_eof()
+        if self.transport.can_write_eof():
+            self.closing = True
+            self.idle_since = state.clock()
+            if at_once:
+                self._linger()
+            else:  # one loop turn later, as a close would be: the app just told of the disconnect runs first
+                state.loop.call_soon(self._linger)
         else:
             self.close()
+
+    def _linger(self) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        self._flush_batch()  # the answer goes out before the FIN
+        transport.write_eof()
+        self.flow.resume_reading()
 
     def on_tick(self, now: float) -> None:
         """Heartbeat: close a keep-alive connection idle too long; answer 408 to a head that is late;

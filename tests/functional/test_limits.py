@@ -190,6 +190,23 @@ def test_declared_body_over_the_limit_gets_413_before_it_is_read(running_server:
     assert calls == []
 
 
+def test_refused_uploader_still_sending_reads_its_answer_and_a_clean_close(
+    running_server: Start, raw_client: Start
+) -> None:
+    """After a refusal the server shuts its write side and keeps reading (and dropping) what the client
+    still sends for a moment: a close with unread input would reset the connection, and a reset can
+    destroy the answer before the client reads it. Here the client sends 4 MiB of the body it declared
+    after the 413 was sent, far more than the socket buffers hold, without being reset."""
+    calls: list[str] = []
+    live = running_server(recording_app(calls), limits=Limits(max_request_body_size=1000))
+    client = raw_client(live.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n")
+    assert client.read_response().status == 413
+    client.send(b"x" * (4 * 1024 * 1024))  # raises ConnectionResetError or BrokenPipeError on a reset
+    assert client.wait_closed()
+    assert calls == []
+
+
 def test_declared_body_at_the_limit_is_served(running_server: Start, raw_client: Start) -> None:
     calls: list[str] = []
     bodies: list[dict[str, Any]] = []
