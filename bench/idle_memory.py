@@ -40,6 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO_ROOT))
+from bench.run import process_tree, read_stat_fields  # noqa: E402  (the runner's /proc readers)
+
 HOST = "127.0.0.1"
 APP = "bench.apps:plaintext"
 KEEP_ALIVE_S = 120  # every server keeps an idle connection open at least this long
@@ -114,30 +117,6 @@ SERVERS: dict[str, Callable[[int, int], list[str]]] = {
 # --------------------------------------------------------------------------- /proc
 
 
-def stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rpartition(")")[2].split()  # fields after the command name, which may hold spaces
-
-
-def process_tree(root: int) -> list[int]:
-    """root and all of its descendants (granian and hypercorn fork workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = stat_fields(int(entry.name))
-            if fields is not None:
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        tree.append(pid)
-        pending.extend(children.get(pid, []))
-    return tree
-
-
 def tree_rss_bytes(root: int) -> int:
     total = 0
     for pid in process_tree(root):
@@ -208,7 +187,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
             process.wait()
     for pid in family[1:]:
-        if stat_fields(pid) is not None:
+        if read_stat_fields(pid) is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

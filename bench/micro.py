@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO_ROOT))  # last: --tree decides where kestrelpy comes from
+from bench.run import parse_list  # noqa: E402
+
 PARSERS = ("httptools", "h11")
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: micro\r\nAccept: */*\r\n\r\n"
 POST_BODY = b"x" * 1024
@@ -251,25 +254,15 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def parse_names(value: str, known: Sequence[str], what: str) -> list[str]:
-    if value == "all":
-        return list(known)
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--http", default="all", type=lambda v: parse_names(v, PARSERS, "parser"), help="httptools, h11 or all"
+        "--http", default="all", type=lambda v: parse_list(v, PARSERS, "parser"), help="httptools, h11 or all"
     )
     parser.add_argument(
         "--workloads",
         default="all",
-        type=lambda v: parse_names(v, list(WORKLOADS), "workload"),
+        type=lambda v: parse_list(v, list(WORKLOADS), "workload"),
         help=f"comma-separated, or all ({', '.join(WORKLOADS)})",
     )
     parser.add_argument("-n", type=int, help="requests per repeat (default per workload)")

@@ -28,11 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LUA_DIR = REPO_ROOT / "bench" / "lua"
@@ -816,7 +815,7 @@ def estimated_seconds(steps: int, settings: Settings) -> float:
     return steps * (settings.duration_s + settings.warmup_s + 1.5)
 
 
-def parse_list(value: str, known: dict[str, Any], what: str) -> list[str]:
+def parse_list(value: str, known: Collection[str], what: str) -> list[str]:
     if value == "all":
         return list(known)
     names = [v.strip() for v in value.split(",") if v.strip()]

@@ -26,6 +26,27 @@ def recording_app(calls: list[str]) -> Any:
     return app
 
 
+def poll_read(sock: socket.socket) -> bytes | None:
+    """What a non-blocking attacker socket has received: None for nothing yet, b"" once it is closed."""
+    try:
+        return sock.recv(4096)
+    except BlockingIOError:
+        return None
+    except ConnectionResetError:
+        return b""
+
+
+def poll_send(sock: socket.socket, data: bytes) -> None:
+    """Send from a non-blocking attacker socket, ignoring a full buffer or a connection already gone."""
+    try:
+        sock.send(data)
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            raise
+
+
 class OrdinaryClient(threading.Thread):
     """Keeps asking for /ok on keep-alive connections (a new one every 20 requests), timing each."""
 
@@ -78,24 +99,13 @@ def test_slowloris_heads_get_408_while_others_are_served(running_server: Start, 
     try:
         while open_socks and time.monotonic() - started < 8:
             for sock in list(open_socks):
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    data = None
-                except ConnectionResetError:
-                    data = b""
+                data = poll_read(sock)
                 if data == b"":
                     open_socks.discard(sock)
                     continue
                 if data:
                     received[sock] += data
-                try:
-                    sock.send(b"X-Drip: 1\r\n")  # one more header line, never the blank line
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                        raise
+                poll_send(sock, b"X-Drip: 1\r\n")  # one more header line, never the blank line
             time.sleep(0.2)
         elapsed = time.monotonic() - started
     finally:
@@ -189,25 +199,14 @@ def test_stalled_bodies_get_408_while_others_are_served(running_server: Start, r
     try:
         while open_socks and time.monotonic() - started < 10:
             for sock in list(open_socks):
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    data = None
-                except ConnectionResetError:
-                    data = b""
+                data = poll_read(sock)
                 if data == b"":
                     open_socks.discard(sock)
                     continue
                 if data:
                     received[sock] += data
                 if sock in dribblers:
-                    try:
-                        sock.send(b"x")
-                    except BlockingIOError:
-                        pass
-                    except OSError as exc:
-                        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                            raise
+                    poll_send(sock, b"x")
             time.sleep(0.5)
         elapsed = time.monotonic() - started
     finally:
