@@ -91,7 +91,10 @@ class Server:
         or an inherited set): the guard and the bind step are skipped and the caller keeps ownership."""
         config = self.config
         app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
-        upgrade_handler(config)  # --ws websockets without the library is refused here, before any bind
+        # A parser or WebSocket library asked for but not installed is refused here, before any bind
+        # or lifespan startup, with one message rather than a traceback from inside the task group.
+        connection_class(config.http)
+        upgrade_handler(config)
         if sockets is not None:
             await self._serve_sockets(app, sockets)
             return

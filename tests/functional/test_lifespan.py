@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from kestrelpy.errors import LifespanStartupError
+from kestrelpy.errors import KestrelpyError, LifespanStartupError
 
 WAIT = 10.0
 
@@ -113,6 +114,16 @@ def test_startup_failure_message_in_auto_mode(running_server: Start) -> None:
     with pytest.raises(LifespanStartupError, match="database unreachable") as info:
         running_server(app)
     assert info.value.exit_code == 3
+
+
+def test_missing_parser_is_refused_before_lifespan_startup(
+    running_server: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "kestrelpy.protocols.http11_httptools", None)  # as if httptools were absent
+    app = LifespanApp()
+    with pytest.raises(KestrelpyError, match="httptools is not installed"):
+        running_server(app, http="httptools", lifespan="on")
+    assert app.events == []  # the app was never started
 
 
 async def no_lifespan_raises(scope: dict[str, Any], receive: Any, send: Any) -> None:
