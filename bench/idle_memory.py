@@ -41,13 +41,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO_ROOT))
-from bench.run import process_tree, read_stat_fields  # noqa: E402  (the runner's /proc readers)
+from bench.run import process_tree, read_stat_fields, terminate  # noqa: E402  (the runner's /proc readers)
 
 HOST = "127.0.0.1"
 APP = "bench.apps:plaintext"
 KEEP_ALIVE_S = 120  # every server keeps an idle connection open at least this long
 READY_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 5.0
 CONNECT_CONCURRENCY = 64  # handshakes in flight at once: well inside every server's backlog
 CONNECTION_TIMEOUT_S = 20.0  # for one connection to connect and read its answer
 OPEN_ALL_TIMEOUT_S = 180.0  # for all of them; the rest count as failures
@@ -179,13 +178,7 @@ def start(name: str, port: int, connections: int, log_path: Path) -> subprocess.
 def stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM by PID, SIGKILL after a timeout, then any worker that outlived its parent."""
     family = process_tree(process.pid)
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    terminate(process)
     for pid in family[1:]:
         if read_stat_fields(pid) is not None:
             with contextlib.suppress(ProcessLookupError):

@@ -391,10 +391,8 @@ def wait_until_ready(running: RunningServer, workload: Workload) -> None:
     raise ServerStartError(f"not ready after {READY_TIMEOUT_S:.0f}s ({last_problem})")
 
 
-def stop_server(running: RunningServer) -> None:
-    """SIGTERM by PID, SIGKILL after a timeout; then reap any forked worker left behind."""
-    process = running.process
-    family = tree_identities(process.pid)
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM by PID, SIGKILL if it has not exited after STOP_TIMEOUT_S."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -402,6 +400,13 @@ def stop_server(running: RunningServer) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def stop_server(running: RunningServer) -> None:
+    """SIGTERM by PID, SIGKILL after a timeout; then reap any forked worker left behind."""
+    process = running.process
+    family = tree_identities(process.pid)
+    terminate(process)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     leftovers = [p for p in family if p.pid != process.pid]
     while leftovers and time.monotonic() < deadline:

@@ -47,6 +47,41 @@ def poll_send(sock: socket.socket, data: bytes) -> None:
             raise
 
 
+def drip_attack(
+    port: int, count: int, opening: bytes, drip: Callable[[int], bytes], *, seconds: float, pause: float
+) -> tuple[list[bytes], int, float]:
+    """Open `count` non-blocking connections that each send `opening`; then every `pause` seconds send
+    `drip(i)` (nothing when empty) on each one still open, collecting what the server answers, until the
+    server has closed them all or `seconds` pass. Returns what each received, how many were still open,
+    and how long it took. The sockets are closed on the way out."""
+    attackers = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setblocking(False)
+            attackers.append(sock)
+            sock.send(opening)
+        received = [b""] * count
+        still_open = set(range(count))
+        started = time.monotonic()
+        while still_open and time.monotonic() - started < seconds:
+            for i in list(still_open):
+                data = poll_read(attackers[i])
+                if data == b"":
+                    still_open.discard(i)
+                    continue
+                if data:
+                    received[i] += data
+                more = drip(i)
+                if more:
+                    poll_send(attackers[i], more)
+            time.sleep(pause)
+        return received, len(still_open), time.monotonic() - started
+    finally:
+        for sock in attackers:
+            sock.close()
+
+
 class OrdinaryClient(threading.Thread):
     """Keeps asking for /ok on keep-alive connections (a new one every 20 requests), timing each."""
 
@@ -87,35 +122,16 @@ def test_slowloris_heads_get_408_while_others_are_served(running_server: Start, 
     live = running_server(recording_app(calls), limits=Limits(request_headers_timeout=1.0, keep_alive_timeout=30))
     ordinary = OrdinaryClient(lambda: raw_client(live.port, timeout=5))
     ordinary.start()
-    attackers = []
-    for _ in range(500):
-        sock = socket.create_connection(("127.0.0.1", live.port))
-        sock.setblocking(False)
-        sock.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
-        attackers.append(sock)
-    received = {sock: b"" for sock in attackers}
-    open_socks = set(attackers)
-    started = time.monotonic()
     try:
-        while open_socks and time.monotonic() - started < 8:
-            for sock in list(open_socks):
-                data = poll_read(sock)
-                if data == b"":
-                    open_socks.discard(sock)
-                    continue
-                if data:
-                    received[sock] += data
-                poll_send(sock, b"X-Drip: 1\r\n")  # one more header line, never the blank line
-            time.sleep(0.2)
-        elapsed = time.monotonic() - started
+        received, still_open, elapsed = drip_attack(
+            live.port, 500, b"GET /slow HTTP/1.1\r\nHost: t\r\n", lambda i: b"X-Drip: 1\r\n", seconds=8, pause=0.2
+        )  # one more header line each time, never the blank line
     finally:
         ordinary.stop.set()
         ordinary.join(10)
-        for sock in attackers:
-            sock.close()
-    assert not open_socks, f"{len(open_socks)} slow connections still open after {elapsed:.1f}s"
+    assert not still_open, f"{still_open} slow connections still open after {elapsed:.1f}s"
     assert elapsed < 5  # 1 s timeout, up to 2 heartbeats to notice, and scheduling slack
-    answered = [data for data in received.values() if data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")]
+    answered = [data for data in received if data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")]
     assert len(answered) >= 490, f"only {len(answered)} of 500 read their 408"  # a few may see a reset
     assert "/slow" not in calls
     assert not ordinary.failures, ordinary.failures[:3]
@@ -186,36 +202,17 @@ def test_stalled_bodies_get_408_while_others_are_served(running_server: Start, r
     live = running_server(body_reading_app(calls, disconnects), limits=limits)
     ordinary = OrdinaryClient(lambda: raw_client(live.port, timeout=5))
     ordinary.start()
-    attackers = []
-    for _ in range(200):
-        sock = socket.create_connection(("127.0.0.1", live.port))
-        sock.setblocking(False)
-        sock.send(b"POST /stalled HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
-        attackers.append(sock)
-    dribblers = set(attackers[::2])  # the other half says nothing more
-    received = {sock: b"" for sock in attackers}
-    open_socks = set(attackers)
-    started = time.monotonic()
+    opening = b"POST /stalled HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10
     try:
-        while open_socks and time.monotonic() - started < 10:
-            for sock in list(open_socks):
-                data = poll_read(sock)
-                if data == b"":
-                    open_socks.discard(sock)
-                    continue
-                if data:
-                    received[sock] += data
-                if sock in dribblers:
-                    poll_send(sock, b"x")
-            time.sleep(0.5)
-        elapsed = time.monotonic() - started
+        # Half dribble one byte each time, the other half say nothing more.
+        received, still_open, elapsed = drip_attack(
+            live.port, 200, opening, lambda i: b"x" if i % 2 == 0 else b"", seconds=10, pause=0.5
+        )
     finally:
         ordinary.stop.set()
         ordinary.join(10)
-        for sock in attackers:
-            sock.close()
-    assert not open_socks, f"{len(open_socks)} stalled connections still open after {elapsed:.1f}s"
-    answered = [data for data in received.values() if data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")]
+    assert not still_open, f"{still_open} stalled connections still open after {elapsed:.1f}s"
+    answered = [data for data in received if data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")]
     assert len(answered) >= 190, f"only {len(answered)} of 200 read their 408"  # a few may see a reset
     assert calls.count("/stalled") == 200 and disconnects.count("/stalled") == 200
     assert not ordinary.failures, ordinary.failures[:3]
