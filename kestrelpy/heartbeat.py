@@ -49,7 +49,7 @@ class Heartbeat:
     def tick(self) -> None:
         """One beat; tests call it directly after moving the injected clocks."""
         state = self._state
-        state.date_line = date_line(self._wallclock())
+        state.set_date_line(date_line(self._wallclock()))
         now = state.clock()
         for conn in list(state.connections):
             conn.on_tick(now)

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
+from kestrelpy.protocols.timeouts import DataRates, timeout_durations
 from kestrelpy.protocols.websocket import upgrade_handler
-from kestrelpy.protocols.writer import encode_headers
+from kestrelpy.protocols.writer import encode_headers, status_line
 
 if TYPE_CHECKING:
     from kestrelpy.protocols.http11 import HttpConnection
@@ -25,16 +26,17 @@ class ServerState:
 
     __slots__ = (
         "_all_closed",
+        "_response_starts",
         "access_log",
         "app",
         "base_context",
         "clock",
         "connections",
+        "data_rates",
         "date_header",
         "date_line",
         "draining",
         "extra_header_lines",
-        "keep_alive_timeout",
         "known_hosts",
         "lifespan_state",
         "linger_on_shutdown",
@@ -46,17 +48,13 @@ class ServerState:
         "max_headers_size",
         "max_line_size",
         "max_requests_per_connection",
-        "min_body_grace",
-        "min_body_rate",
-        "min_response_grace",
-        "min_response_rate",
-        "request_headers_timeout",
         "requests_served",
         "root_path",
         "root_path_bytes",
         "server_line",
         "shutting_down",
         "small_head",
+        "timeout_durations",
         "upgrade",
         "upgraded",
     )
@@ -81,8 +79,6 @@ class ServerState:
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
         limits = config.limits
-        self.keep_alive_timeout = limits.keep_alive_timeout
-        self.request_headers_timeout = limits.request_headers_timeout
         self.max_line_size = limits.max_request_line_size
         self.max_headers_size = limits.max_request_headers_size
         self.max_header_count = limits.max_request_header_count
@@ -96,17 +92,24 @@ class ServerState:
         self.max_body_size = limits.max_request_body_size  # 0 = unlimited
         self.max_requests_per_connection = limits.max_requests_per_connection  # 0 = unlimited
         self.max_connections = limits.max_concurrent_connections  # 0 = unlimited
-        self.min_body_rate = limits.min_request_body_rate  # bytes/s, 0 = off
-        self.min_body_grace = limits.min_request_body_grace
-        self.min_response_rate = limits.min_response_rate  # bytes/s, 0 = off
-        self.min_response_grace = limits.min_response_grace
+        # The minimum data rates (bytes/s, 0 = off) and what each TimeoutControl waits for how long.
+        self.data_rates = DataRates(
+            limits.min_request_body_rate,
+            limits.min_request_body_grace,
+            limits.min_response_rate,
+            limits.min_response_grace,
+        )
+        self.timeout_durations = timeout_durations(
+            limits.keep_alive_timeout, limits.request_headers_timeout, config.ws_ping_timeout
+        )
         # What takes `Upgrade: websocket` requests (None: --ws none), and how many connections it holds:
         # those stop counting towards max_connections, as Kestrel's upgraded connections do.
         self.upgrade: WebSocketUpgrade | MissingLibrary | None = upgrade_handler(config)
         self.upgraded = 0
         self.server_line = b"server: %s\r\n" % SERVER_NAME if config.server_header else b""
         self.date_header = config.date_header
-        self.date_line = b""
+        self.date_line = b""  # kept by the heartbeat (set_date_line); empty with --no-date-header
+        self._response_starts: dict[int, bytes] = {}  # response_start() per status, until the Date changes
         self.extra_header_lines = encode_headers(
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in config.headers
         )
@@ -115,6 +118,31 @@ class ServerState:
         self.draining = False  # inside --shutdown-delay: still accepting, every response closes
         self.requests_served = 0  # read by a supervised worker for --limit-max-requests
         self._all_closed: asyncio.Event | None = None
+
+    def set_date_line(self, line: bytes) -> None:
+        """The Date header line for this second (the heartbeat's); nothing when the header is off."""
+        if self.date_header:
+            self.date_line = line
+            self._response_starts.clear()
+
+    def response_start(self, status: int, own_server: bool = False, own_date: bool = False) -> bytes:
+        """The lines every response head begins with: the status line, Server and Date (unless the app
+        sends its own), then the --header lines. The usual form is built once per status and second."""
+        if own_server or own_date:
+            return b"".join(
+                (
+                    status_line(status),
+                    b"" if own_server else self.server_line,
+                    b"" if own_date else self.date_line,
+                    self.extra_header_lines,
+                )
+            )
+        start = self._response_starts.get(status)
+        if start is None:
+            start = status_line(status) + self.server_line + self.date_line + self.extra_header_lines
+            if len(self._response_starts) < 64:
+                self._response_starts[status] = start
+        return start
 
     def connection_closed(self, conn: HttpConnection | WebSocketConnection) -> None:
         self.connections.discard(conn)

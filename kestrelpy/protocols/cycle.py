@@ -1,78 +1,82 @@
-"""RequestCycle: the one ASGI `receive`/`send` implementation for an HTTP/1.1 request.
+"""RequestCycle: the one ASGI `receive`/`send` implementation for an HTTP request, whatever carries it.
 
-Both parser adapters feed it through the shared connection; it never sees a parser. It owns the app
-error policy: an exception (or a return without a complete response) before the response starts is
-answered with a 500; after the start the connection is aborted, so the client can tell the response
-was cut short rather than mistaking a truncated body for a whole one.
+The cycle knows ASGI and nothing of wire framing. It reaches the protocol that carries its request
+through the small `Stream` interface below. HTTP/1.1 implements it in the connection itself, which
+answers one request at a time (protocols/http11_output.py frames the response: Content-Length or
+chunked, `connection: close`); an HTTP/2 stream implements it with HEADERS and DATA frames and its
+flow-control windows. Everything the protocols must agree on is decided here, once:
+
+- the ASGI message order, `http.disconnect` when the client leaves or the response is complete, and
+  `ClientDisconnected` from `send` once the client has gone (ASGI HTTP spec 2.4);
+- the request body: buffered up to BODY_BUFFER_HIGH_WATER, then the stream is asked to stop reading
+  until the app catches up; the app waiting for body bytes is what the minimum body rate times;
+- `Expect: 100-continue`: the interim answer goes out only when the app asks for the body;
+- response trailers, only when the request announced it accepts them (`te: trailers`);
+- the error policy: an exception (or a return without a complete response) before anything of the
+  response is on the wire is answered with a 500; after that the stream is aborted (HTTP/1.1: reset
+  the connection; HTTP/2: RST_STREAM), so the client can tell a response cut short from a whole one.
+
+    Stream: what the cycle asks of the protocol carrying its request
+      start_response(status, headers, trailers)   validate and hold the head; nothing is sent yet
+      send_body(body, more_body)                  the first call sends the held head with it, so a whole
+                                                  body in one message is framed with its length
+      send_trailers(headers, more_trailers)       after the last body message, when trailers were announced
+      fail_response(status, body)                 replace a held head with an error answer and send it
+      response_on_wire                            whether any of the response has been sent
+      send_continue()                             the interim 100 (Continue) answer
+      pause_reading() / resume_reading_for(cycle) request-body backpressure (HTTP/2: window updates)
+      complete_response(cycle)                    the response is whole: keep-alive, the next request
+      abort()                                     cut the response short
+      flow                                        send-side backpressure: `write_paused`, `await drain()`
+      timeouts                                    a TimeoutControl: timing the app's waits for body bytes
+      state                                       the ServerState (access log switch)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kestrelpy.asgi import ASGIApp, Message, Scope
-from kestrelpy.protocols.writer import (
-    CONTINUE_100,
-    LAST_CHUNK,
-    Framing,
-    HeaderError,
-    body_framing,
-    chunk,
-    encode_headers,
-    header_line,
-    status_line,
-    validate_header,
-)
 
 if TYPE_CHECKING:
-    from kestrelpy.protocols.http11 import HttpConnection
+    from kestrelpy.protocols.flow import FlowControl
+    from kestrelpy.protocols.timeouts import TimeoutControl
+    from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
 access_logger = logging.getLogger("kestrelpy.access")
 
-# Buffered request body above which the connection stops reading until the app catches up.
+# Buffered request body above which the stream stops reading until the app catches up.
 BODY_BUFFER_HIGH_WATER = 64 * 1024
 
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
-
-# `read_timing`: whether the request body's data rate is being measured (Kestrel's TimeoutControl).
-# The app waiting in receive() turns it on; its wait ending asks for it to stop, which the next
-# heartbeat does after counting that beat, so a wait shorter than a beat is still counted.
-TIMING_OFF, TIMING_ON, TIMING_STOPPING = 0, 1, 2
-
-# Response headers the writer itself looks at; every other header is passed through as it is.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
-_SPECIAL_HEADERS = {
-    b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"connection": _CONNECTION,
-    b"server": _SERVER,
-    b"date": _DATE,
-}
 _ERROR_500_BODY = b"Internal Server Error"
 
 
-_LENGTHS: dict[bytes, int] = {}  # parsed response Content-Length values: most responses repeat a few
-_LENGTHS_MAX = 1024
+class Stream(Protocol):
+    """What a RequestCycle needs from the protocol that carries its request (see the module docstring)."""
 
+    @property
+    def state(self) -> ServerState: ...
+    @property
+    def flow(self) -> FlowControl: ...
+    @property
+    def timeouts(self) -> TimeoutControl: ...
+    @property
+    def response_on_wire(self) -> bool: ...
 
-def _content_length(value: Any) -> int:
-    """A response Content-Length value as a number: digits only (RFC 9110 section 8.6)."""
-    try:
-        length = _LENGTHS.get(value)
-    except TypeError:  # bytearray and other unhashable buffers
-        value = bytes(value)
-        length = None
-    if length is None:
-        if not isinstance(value, bytes) or not value.isdigit():
-            raise HeaderError(f"invalid content-length {value!r}")
-        length = int(value)
-        if len(_LENGTHS) >= _LENGTHS_MAX:
-            _LENGTHS.clear()
-        _LENGTHS[value] = length
-    return length
+    def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None: ...
+    def send_body(self, body: bytes, more_body: bool) -> None: ...
+    def send_trailers(self, headers: Iterable[tuple[bytes, bytes]], more_trailers: bool) -> None: ...
+    def fail_response(self, status: int, body: bytes) -> None: ...
+    def send_continue(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading_for(self, cycle: RequestCycle) -> None: ...
+    def complete_response(self, cycle: RequestCycle) -> None: ...
+    def abort(self) -> None: ...
 
 
 class ClientDisconnected(OSError):
@@ -80,26 +84,18 @@ class ClientDisconnected(OSError):
 
 
 class RequestCycle:
-    """One request and its response. Created by the connection when a request head arrives."""
+    """One request and its response. Created by the protocol when a request head arrives."""
 
     __slots__ = (
         "_body",
         "_body_waiter",
-        "_bytes_left",
-        "_conn",
         "_final_delivered",
-        "_framing",
-        "_pending_head",
+        "_stream",
         "_trailers_expected",
         "body_complete",
         "body_received",
         "disconnected",
         "expect_continue",
-        "head_request",
-        "http11",
-        "keep_alive",
-        "read_elapsed",
-        "read_timing",
         "response_complete",
         "response_started",
         "scope",
@@ -107,41 +103,25 @@ class RequestCycle:
         "task",
     )
 
-    def __init__(
-        self,
-        conn: HttpConnection,
-        scope: Scope,
-        *,
-        keep_alive: bool,
-        expect_continue: bool,
-        http11: bool,
-    ) -> None:
-        self._conn = conn
+    def __init__(self, stream: Stream, scope: Scope, expect_continue: bool) -> None:
+        self._stream = stream
         self.scope = scope
-        self.keep_alive = keep_alive
         self.expect_continue = expect_continue
-        self.http11 = http11
-        self.head_request = scope["method"] == "HEAD"
         self.task: asyncio.Task[None] | None = None
         # request body
         self._body = bytearray()
         self._body_waiter: asyncio.Future[None] | None = None
         self.body_complete = False
         self.body_received = 0  # body bytes so far, for the minimum data rate
-        self.read_timing = TIMING_OFF
-        self.read_elapsed = 0.0  # seconds the app has waited for body bytes, counted by the heartbeat
         self._final_delivered = False
         self.disconnected = False
         # response
         self.response_started = False
         self.response_complete = False
         self.status = 0
-        self._framing = Framing.NONE
-        self._bytes_left = 0
-        self._pending_head = b""
         self._trailers_expected = False
 
-    # -- fed by the connection -------------------------------------------------------------------
+    # -- fed by the protocol ---------------------------------------------------------------------
 
     def feed_body(self, data: bytes | bytearray) -> None:  # h11 hands over bytearray slices
         if self.response_complete:
@@ -149,7 +129,7 @@ class RequestCycle:
         self._body += data
         self.body_received += len(data)
         if len(self._body) > BODY_BUFFER_HIGH_WATER:
-            self._conn.flow.pause_reading()
+            self._stream.pause_reading()
         self._wake()
 
     def finish_body(self) -> None:
@@ -194,36 +174,34 @@ class RequestCycle:
             logger.debug("ASGI app ended after the client disconnected: %r", exc)
             return
         if isinstance(exc, asyncio.CancelledError):
-            self._conn.abort()
+            self._stream.abort()
             return
         logger.error("Exception in ASGI application", exc_info=exc)
         self._fail()
 
     def _fail(self) -> None:
-        """Answer 500 if nothing was sent yet; otherwise cut the connection."""
+        """Answer 500 if nothing of the response was sent yet; otherwise cut it short."""
         if self.response_complete:
             return
-        if self.response_started and self._pending_head == b"":
-            self._conn.abort()
+        stream = self._stream
+        if self.response_started and stream.response_on_wire:
+            stream.abort()
             return
-        # Nothing reached the wire yet (a pending head is discarded): a clean 500 is still possible.
-        self.response_started = False
-        self.keep_alive = False
-        self._start(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-            }
-        )
-        self._write_body(_ERROR_500_BODY, more_body=False)
+        # Nothing reached the wire yet (a held head is discarded): a clean 500 is still possible.
+        self.response_started = True
+        self._trailers_expected = False
+        self.status = 500
+        if stream.state.access_log:
+            self._log_access()
+        stream.fail_response(500, _ERROR_500_BODY)
+        self._complete()
 
     async def receive(self) -> Message:
         if self.expect_continue:
             # RFC 9110 section 10.1.1: the interim answer goes out once the app wants the body.
             self.expect_continue = False
             if not self.body_complete and not self._body and not self.disconnected:
-                self._conn.write(CONTINUE_100)
+                self._stream.send_continue()
         while True:
             if self.response_complete:
                 return _DISCONNECT
@@ -232,28 +210,30 @@ class RequestCycle:
                 self._body.clear()
                 more_body = not self.body_complete
                 if more_body:
-                    self._conn.resume_reading_for(self)
+                    self._stream.resume_reading_for(self)
                 else:
                     self._final_delivered = True
                 return {"type": "http.request", "body": body, "more_body": more_body}
             if self.disconnected:
                 return _DISCONNECT
             # Wait for more body, its end, the client leaving, or the response completing.
-            timed = not self.body_complete
-            if timed:
-                self._conn.resume_reading_for(self)
-                self.read_timing = TIMING_ON  # the server now waits on the client: its rate counts
+            timeouts = None
+            if not self.body_complete:
+                self._stream.resume_reading_for(self)
+                timeouts = self._stream.timeouts
+                timeouts.start_timing_read()  # the server now waits on the client: its rate counts
             self._body_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._body_waiter
             finally:
-                if timed:
-                    self.read_timing = TIMING_STOPPING
+                if timeouts is not None:
+                    timeouts.stop_timing_read()
 
     async def send(self, message: Message) -> None:
         if self.disconnected:
             raise ClientDisconnected("the client has disconnected")
-        flow = self._conn.flow
+        stream = self._stream
+        flow = stream.flow
         if flow.write_paused:
             await flow.drain()
             if self.disconnected:
@@ -262,131 +242,35 @@ class RequestCycle:
         if not self.response_started:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected 'http.response.start' first, got {kind!r}.")
-            self._start(message)
+            status = int(message["status"])
+            trailers = bool(message.get("trailers", False)) and "http.response.trailers" in self.scope.get(
+                "extensions", ()
+            )
+            stream.start_response(status, message.get("headers", ()), trailers)
+            self.status = status
+            self.response_started = True
+            self._trailers_expected = trailers
+            if stream.state.access_log:
+                self._log_access()
         elif self.response_complete:
             raise RuntimeError(f"Cannot send {kind!r}: the response is already complete.")
         elif kind == "http.response.body":
-            self._write_body(message.get("body", b""), message.get("more_body", False))
+            more_body = message.get("more_body", False)
+            stream.send_body(message.get("body", b""), more_body)
+            if not more_body and not self._trailers_expected:
+                self._complete()  # otherwise the trailers message completes it
         elif kind == "http.response.trailers" and self._trailers_expected:
-            self._write_trailers(message.get("headers", ()), message.get("more_trailers", False))
+            more_trailers = message.get("more_trailers", False)
+            stream.send_trailers(message.get("headers", ()), more_trailers)
+            if not more_trailers:
+                self._complete()
         else:
             raise RuntimeError(f"Unexpected ASGI message {kind!r} during the response.")
-
-    # -- response writing ------------------------------------------------------------------------
-
-    def _start(self, message: Message) -> None:
-        status = int(message["status"])
-        state = self._conn.state
-        has_length = False
-        # status line, Server, Date, --header lines, then the app's headers
-        date = state.date_line if state.date_header else b""
-        head = [status_line(status), state.server_line, date, state.extra_header_lines]
-        for raw_name, value in message.get("headers", ()):
-            name, line = header_line(raw_name, value)
-            special = _SPECIAL_HEADERS.get(name)
-            if special is not None:
-                if special == _CONTENT_LENGTH:
-                    self._bytes_left = _content_length(value)
-                    has_length = True
-                elif special == _TRANSFER_ENCODING:
-                    continue  # framing is ours to choose
-                elif special == _CONNECTION:
-                    if b"close" in bytes(value).lower():
-                        self.keep_alive = False
-                elif special == _SERVER:
-                    head[1] = b""  # the app's own Server header replaces ours
-                else:
-                    head[2] = b""  # likewise its Date
-            head.append(line)
-        self.status = status
-        self.response_started = True
-        if message.get("trailers", False):
-            self._trailers_expected = "http.response.trailers" in self.scope.get("extensions", ())
-        self._framing = Framing.CONTENT_LENGTH if has_length else Framing.NONE
-        self._pending_head = b"".join(head)
-        if state.access_log:
-            self._log_access()
-
-    def _finish_head(self, whole_body: bytes | None) -> bytes:
-        """The head's framing lines, once the first body event shows whether the length is known."""
-        has_length = self._framing == Framing.CONTENT_LENGTH
-        extra = b""
-        if not has_length and whole_body is not None and not self._trailers_expected:
-            has_length = True
-            self._bytes_left = len(whole_body)
-            if self.status >= 200 and self.status not in (204, 304):
-                extra = b"content-length: %d\r\n" % len(whole_body)
-        framing = body_framing(
-            status=self.status, head_request=self.head_request, has_content_length=has_length, http11=self.http11
-        )
-        self._framing = framing
-        if framing is Framing.CHUNKED:
-            extra += b"transfer-encoding: chunked\r\n"
-        elif framing is Framing.UNTIL_CLOSE:
-            self.keep_alive = False
-        if not self.body_complete or self._conn.closing:
-            # Unread request body or shutting down: this response ends the connection.
-            self.keep_alive = False
-        if not self.keep_alive:
-            extra += b"connection: close\r\n"
-        elif not self.http11:
-            extra += b"connection: keep-alive\r\n"
-        head = self._pending_head + extra + b"\r\n"
-        self._pending_head = b""
-        return head
-
-    def _write_body(self, body: bytes, more_body: bool) -> None:
-        out = b""
-        if self._pending_head:
-            out = self._finish_head(None if more_body else bytes(body))
-        framing = self._framing
-        send_bytes = not self.head_request and framing is not Framing.NONE
-        if body and send_bytes:
-            if framing is Framing.CONTENT_LENGTH:
-                if len(body) > self._bytes_left:
-                    self._flush(out)
-                    raise RuntimeError("Response content longer than Content-Length.")
-                self._bytes_left -= len(body)
-                out += body
-            elif framing is Framing.CHUNKED:
-                out += chunk(body)
-            else:
-                out += body
-        if more_body:
-            self._flush(out)
-            return
-        if send_bytes and framing is Framing.CONTENT_LENGTH and self._bytes_left:
-            self._flush(out)
-            raise RuntimeError("Response content shorter than Content-Length.")
-        if send_bytes and framing is Framing.CHUNKED:
-            if self._trailers_expected:
-                # The last chunk; the trailer section and its blank line follow in _write_trailers.
-                self._flush(out + b"0\r\n")
-                return
-            out += LAST_CHUNK
-        self._flush(out)
-        if not self._trailers_expected:
-            self._complete()  # otherwise the trailers message completes it
-
-    def _flush(self, data: bytes) -> None:
-        if data:
-            self._conn.write(data)
-
-    def _write_trailers(self, headers: Any, more_trailers: bool) -> None:
-        lines = []
-        for name, value in headers:
-            name, value = bytes(name).lower(), bytes(value)
-            validate_header(name, value)
-            lines.append((name, value))
-        if self._framing is Framing.CHUNKED and not self.head_request:
-            self._flush(encode_headers(lines) + (b"" if more_trailers else b"\r\n"))
-        if not more_trailers:
-            self._complete()
 
     def _complete(self) -> None:
         self.response_complete = True
         self._wake()
-        self._conn.on_response_complete(self)
+        self._stream.complete_response(self)
 
     def _log_access(self) -> None:
         scope = self.scope

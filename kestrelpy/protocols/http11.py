@@ -23,7 +23,8 @@ the same answer:
   A head that starts in the middle of a read (after a pipelined request) is counted from the next
   read on, so the check may run up to one read late, never early.
 - request-headers timeout: the heartbeat answers 408 when a head has been incomplete for longer than
-  the limit; before its first byte the keep-alive timeout applies instead (as in Kestrel).
+  the limit; before its first byte the keep-alive timeout applies instead (as in Kestrel). Both run on
+  the connection's TimeoutControl (protocols/timeouts.py), as do the minimum data rates.
 - body size: 413 before the body is read when Content-Length is too large, mid-stream for a chunked
   body (the app, if it was already running, sees http.disconnect).
 - requests per connection: the last one is answered with `connection: close`.
@@ -31,17 +32,13 @@ the same answer:
   after a short grace, so the client reads the answer rather than a reset.
 - trailer fields of a chunked body count against the header count and size limits together with the
   head's fields (as in Kestrel): over them, 431 as for the head. They are counted as each one completes.
-- minimum data rates (Kestrel's MinRequestBodyDataRate and MinResponseDataRate), both checked by the
-  heartbeat from byte counters kept on the way:
-  - request body: the seconds the app spends waiting in receive() for body bytes are summed, one beat
-    at a time (a beat longer than the interval counts as one: a starved server is not the client's
-    fault); once that sum passes the grace period, an average rate (body bytes / sum) below the minimum
-    gets 408 and close, or an abort once the response has started; the app sees http.disconnect.
-    While the app is busy, or reading is paused because it is behind, nothing is counted.
-  - response: each beat, the bytes written since the last one push a deadline out by bytes / rate,
-    and to at least `grace` from now; while the transport's buffer is over its high-water mark (the
-    peer is not reading), a deadline passed aborts the connection. A reader that keeps up with the
-    minimum keeps the deadline ahead of the clock, however long the response.
+- minimum data rates (Kestrel's MinRequestBodyDataRate and MinResponseDataRate): counted on the way,
+  checked by the heartbeat through the TimeoutControl; too slow a body gets 408 (or an abort once the
+  response has started), too slow a reader an abort.
+
+The connection is also the Stream (see cycle.py) of the response it is sending: Http1Output frames it.
+`ignore_input` marks a connection that parses nothing more: after a refusal, after its last response,
+once handed to another protocol (WebSocket), or aborted.
 """
 
 from __future__ import annotations
@@ -58,10 +55,11 @@ from typing import TYPE_CHECKING, Any
 
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
 from kestrelpy.platform import peer_hung_up
-from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, TIMING_OFF, TIMING_STOPPING, RequestCycle
+from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle
 from kestrelpy.protocols.flow import FlowControl
+from kestrelpy.protocols.http11_output import Http1Output, closing_response
 from kestrelpy.protocols.rejection import RequestRejection
-from kestrelpy.protocols.writer import status_line
+from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
 
 if TYPE_CHECKING:
     from kestrelpy.state import ServerState
@@ -89,11 +87,6 @@ else:
 
 # Output held back during one read before it is handed to the transport anyway.
 BATCH_LIMIT = 64 * 1024
-
-SHUTDOWN_GRACE = 1.0  # seconds a new, silent connection may still send its first request during a drain
-
-# The heartbeat's interval (heartbeat.INTERVAL): the most one beat adds to a data-rate measurement.
-TICK = 1.0
 
 
 # Request headers the connection itself looks at; the rest go to the app untouched.
@@ -131,7 +124,72 @@ def _connection_tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",")}
 
 
-class HttpConnection(asyncio.Protocol):
+def _is_http11(version: bytes) -> bool | None:
+    """Whether a request is answered as HTTP/1.1 (True) or 1.0 (False); None for a version we refuse.
+    A later HTTP/1 minor version is answered as 1.1, the highest we speak (RFC 9110 section 2.5)."""
+    if version == b"1.0":
+        return False
+    return True if version[:2] == b"1." else None
+
+
+def _version_rejection(version: bytes) -> RequestRejection:
+    # llhttp reports a request line without a version as 0.9, which h11 refuses as malformed.
+    return RequestRejection.MALFORMED_REQUEST if version == b"0.9" else RequestRejection.UNSUPPORTED_HTTP_VERSION
+
+
+def _scan_headers(
+    state: ServerState, headers: list[tuple[bytes, bytes]], http11: bool
+) -> tuple[bool, bool, bool, bool, int, int, bool, bool]:
+    """One pass over the header fields the connection itself looks at. Returns (keep_alive,
+    expect_continue, trailers accepted, upgrade asked, Host weight, Transfer-Encoding weight, has
+    Content-Length, body declared empty); the weights count fields, with a large step for a bad value."""
+    keep_alive = http11
+    expect_continue = trailers = upgrade = False
+    hosts = codings = 0
+    has_length = False
+    empty_body = True
+    for name, value in headers:
+        kind = _REQUEST_HEADERS.get(name)
+        if kind is None:
+            continue
+        if kind == _HOST:
+            hosts += 1 if value in state.known_hosts else _host_weight(state, value)
+        elif kind == _CONTENT_LENGTH:
+            has_length = True
+            empty_body = empty_body and value.strip() == b"0"
+        elif kind == _TRANSFER_ENCODING:
+            # Only `chunked` is implemented; llhttp accepts "gzip, chunked", which h11 refuses.
+            codings += 1 if value.strip().lower() == b"chunked" else 2
+        elif kind == _CONNECTION:
+            tokens = _connection_tokens(value)
+            upgrade = upgrade or b"upgrade" in tokens
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens and not http11:
+                keep_alive = True
+        elif kind == _EXPECT:
+            expect_continue = http11 and value.lower() == b"100-continue"
+        else:
+            trailers = b"trailers" in _connection_tokens(value)
+    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body
+
+
+def _framing_or_host_refusal(http11: bool, hosts: int, codings: int, has_length: bool) -> RequestRejection | None:
+    """The refusal a head with Transfer-Encoding, or without exactly one valid Host, earns, if any."""
+    if codings > 1 or (codings and has_length):
+        # RFC 9112 section 6.1 allows refusing Content-Length with Transfer-Encoding (a smuggling
+        # vector); h11 would read such a body as chunked and keep the connection open.
+        return RequestRejection.MALFORMED_REQUEST
+    if hosts != 1 and (hosts or http11):
+        # RFC 9112 section 3.2: 400 for a 1.1 request without Host and for any request with several;
+        # RFC 9110 section 7.2: and for a Host value that is not uri-host [":" port].
+        if hosts == 0:
+            return RequestRejection.MISSING_HOST
+        return RequestRejection.INVALID_HOST if hosts == _INVALID_HOST else RequestRejection.MULTIPLE_HOST
+    return None
+
+
+class HttpConnection(Http1Output):
     """The parser-independent half of an HTTP/1.1 connection."""
 
     __slots__ = (
@@ -140,8 +198,6 @@ class HttpConnection(asyncio.Protocol):
         "_body_budget",
         "_bytes_out",
         "_head_bytes",
-        "_head_since",
-        "_last_tick",
         "_line_bytes",
         "_pending_rejection",
         "_pipeline",
@@ -149,17 +205,16 @@ class HttpConnection(asyncio.Protocol):
         "_reading",
         "_requests_left",
         "_trailer_room",
-        "_write_deadline",
         "client",
         "closing",
         "cycle",
         "flow",
         "fresh",
-        "idle_since",
-        "rejected",
+        "ignore_input",
         "scheme",
         "server",
         "state",
+        "timeouts",
         "transport",
     )
 
@@ -167,35 +222,32 @@ class HttpConnection(asyncio.Protocol):
         self.state = state
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.flow: FlowControl = None  # type: ignore[assignment]
+        self.timeouts: TimeoutControl = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None  # (path, None) on a Unix socket, as ASGI says
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
         self.cycle: RequestCycle | None = None  # the request the app is answering
         self._reading: RequestCycle | None = None  # the request whose body is arriving
-        # Requests read ahead of their turn; made on the first one, since most connections never pipeline
-        # and an empty deque is a fifth of an idle connection's memory.
-        self._pipeline: deque[RequestCycle] | None = None
+        # Requests read ahead of their turn, with what their responses' framing depends on (see _start).
+        # Made on the first one, since most connections never pipeline and an empty deque is a fifth of
+        # an idle connection's memory.
+        self._pipeline: deque[tuple[RequestCycle, bool, bool, bool]] | None = None
         self._pending_rejection: RequestRejection | None = None
         self._batch: list[bytes] | None = None  # writes held back while one read is being parsed
         self._batch_size = 0
-        self.rejected = False
+        self.ignore_input = False  # nothing more is parsed (see the module docstring)
         self.closing = False
         self.fresh = True  # no response sent yet: its first request may still be on the way
-        self.idle_since = 0.0
         # Bytes read so far of an incomplete request head; -1 while a request's body is being read.
         self._head_bytes = 0
         self._read_size = 0  # the size of the read being parsed
         self._line_bytes = 0  # bytes of the request line so far, -1 once its end has been seen
-        # When the heartbeat first saw the incomplete head; a mark older than the last response belongs
-        # to an earlier head (so nothing needs resetting per request).
-        self._head_since: float | None = None
         self._body_budget = -1  # bytes of chunked body still allowed, -1 when not counted
         self._requests_left = state.max_requests_per_connection  # 0 = unlimited
         # Header fields and bytes a chunked body's trailers may still use: (request, count, bytes).
         self._trailer_room: tuple[RequestCycle, int, int] | None = None
         self._bytes_out = 0  # written since the last heartbeat, for the minimum response rate
-        self._write_deadline = 0.0  # when what was written should have been read by a peer at the minimum rate
-        self._last_tick = 0.0
+        self._init_output()
 
     # -- transport events ------------------------------------------------------------------------
 
@@ -212,7 +264,9 @@ class HttpConnection(asyncio.Protocol):
             except OSError:
                 pass
         state = self.state
-        self.idle_since = self._last_tick = state.clock()
+        now = state.clock()
+        self.timeouts = timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
+        timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)  # before the first byte, as in Kestrel
         over_limit = 0 < state.max_connections <= len(state.connections) - state.upgraded  # (see websocket.py)
         state.connections.add(self)
         if over_limit:
@@ -227,8 +281,8 @@ class HttpConnection(asyncio.Protocol):
         if self.cycle is not None:
             self.cycle.on_disconnect()
         pipeline, self._pipeline = self._pipeline, None
-        for cycle in pipeline or ():
-            cycle.on_disconnect()
+        for queued in pipeline or ():
+            queued[0].on_disconnect()
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -242,7 +296,7 @@ class HttpConnection(asyncio.Protocol):
         self, method: bytes, target: bytes, http_version: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
         """A complete request head. Header names arrive lower-cased, in order."""
-        if self.rejected:
+        if self.ignore_input:
             return
         state = self.state
         bound = self._head_bytes  # an upper bound on this head's size
@@ -254,74 +308,22 @@ class HttpConnection(asyncio.Protocol):
             if too_large is not None:
                 self.on_reject(too_large)
                 return
-        http11 = http_version == b"1.1"
-        if not http11 and http_version != b"1.0":
-            if http_version[:2] == b"1.":
-                # A later HTTP/1 minor version is answered as 1.1, the highest we speak (RFC 9110 section 2.5).
-                http11 = True
-            else:
-                # llhttp reports a request line without a version as 0.9, which h11 refuses as malformed.
-                self.on_reject(
-                    RequestRejection.MALFORMED_REQUEST
-                    if http_version == b"0.9"
-                    else RequestRejection.UNSUPPORTED_HTTP_VERSION
-                )
-                return
-        keep_alive = http11
-        expect_continue = trailers = upgrade = False
-        hosts = codings = 0
-        has_length = False
-        empty_body = True
-        for name, value in headers:
-            kind = _REQUEST_HEADERS.get(name)
-            if kind is None:
-                continue
-            if kind == _HOST:
-                hosts += 1 if value in state.known_hosts else _host_weight(state, value)
-            elif kind == _CONTENT_LENGTH:
-                has_length = True
-                empty_body = empty_body and value.strip() == b"0"
-            elif kind == _TRANSFER_ENCODING:
-                # Only `chunked` is implemented; llhttp accepts "gzip, chunked", which h11 refuses.
-                codings += 1 if value.strip().lower() == b"chunked" else 2
-            elif kind == _CONNECTION:
-                tokens = _connection_tokens(value)
-                upgrade = upgrade or b"upgrade" in tokens
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens and not http11:
-                    keep_alive = True
-            elif kind == _EXPECT:
-                expect_continue = http11 and value.lower() == b"100-continue"
-            else:
-                trailers = b"trailers" in _connection_tokens(value)
-        if codings > 1 or (codings and has_length):
-            # RFC 9112 section 6.1 allows refusing Content-Length with Transfer-Encoding (a smuggling
-            # vector); h11 would read such a body as chunked and keep the connection open.
-            self.on_reject(RequestRejection.MALFORMED_REQUEST)
+        http11 = http_version == b"1.1" or _is_http11(http_version)
+        if http11 is None:
+            self.on_reject(_version_rejection(http_version))
             return
-        if hosts != 1 and (hosts or http11):
-            # RFC 9112 section 3.2: 400 for a 1.1 request without Host and for any request with several;
-            # RFC 9110 section 7.2: and for a Host value that is not uri-host [":" port].
-            self.on_reject(
-                RequestRejection.MISSING_HOST
-                if hosts == 0
-                else RequestRejection.INVALID_HOST
-                if hosts == _INVALID_HOST
-                else RequestRejection.MULTIPLE_HOST
-            )
-            return
-        if codings:
-            empty_body = False
-        if not empty_body and state.max_body_size:
-            if codings:  # a chunked body is counted as it arrives
-                self._body_budget = state.max_body_size
-            elif _declared_length(headers) > state.max_body_size:
-                # Refused before a byte of the body is read, as Kestrel does.
-                self.on_reject(RequestRejection.BODY_TOO_LARGE)
+        keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body = _scan_headers(
+            state, headers, http11
+        )
+        if codings or hosts != 1:
+            refusal = _framing_or_host_refusal(http11, hosts, codings, has_length)
+            if refusal is not None:
+                self.on_reject(refusal)
                 return
-            else:  # the parser holds a Content-Length body to its length
-                self._body_budget = -1
+            empty_body = empty_body and not codings
+        if not empty_body and state.max_body_size and self._body_too_large(headers, codings):
+            self.on_reject(RequestRejection.BODY_TOO_LARGE)
+            return
         parts = split_target(target)
         if parts is None:
             # Same answer as a target the parser itself refuses (llhttp rejects "foo", h11 passes it on).
@@ -332,6 +334,33 @@ class HttpConnection(asyncio.Protocol):
             self._flush_batch()  # responses ahead of it leave before its answer
             if state.upgrade is not None and state.upgrade(self, raw_path, query, headers):
                 return  # taken over (or refused) by the upgrade hand-off: protocols/websocket.py
+        cycle = RequestCycle(self, self._scope(method, raw_path, query, headers, http11, trailers), expect_continue)
+        if empty_body:
+            # RFC 9112 section 6.3: no Content-Length and no Transfer-Encoding means no body. Marking it
+            # now lets an app that answers at once keep the connection alive.
+            cycle.body_complete = True
+        self._dispatch(cycle, keep_alive, http11, method == b"HEAD")
+
+    def _body_too_large(self, headers: list[tuple[bytes, bytes]], chunked: int) -> bool:
+        """Whether a declared body is over the limit, refused before a byte of it is read, as Kestrel
+        does; a chunked body is counted as it arrives instead."""
+        limit = self.state.max_body_size
+        if chunked:
+            self._body_budget = limit
+            return False
+        self._body_budget = -1  # the parser holds a Content-Length body to its length
+        return _declared_length(headers) > limit
+
+    def _scope(
+        self,
+        method: bytes,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http11: bool,
+        trailers: bool,
+    ) -> dict[str, Any]:
+        state = self.state
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
@@ -349,34 +378,28 @@ class HttpConnection(asyncio.Protocol):
         }
         if trailers:
             scope["extensions"] = {"http.response.trailers": {}}
+        return scope
+
+    def _dispatch(self, cycle: RequestCycle, keep_alive: bool, http11: bool, head_request: bool) -> None:
+        """Start the request now, or queue it behind the one being answered (reading pauses meanwhile)."""
         left = self._requests_left
         if left:
             self._requests_left = left - 1
             if left == 1:
                 keep_alive = False  # the last request this connection serves: it says `connection: close`
-        cycle = RequestCycle(
-            self,
-            scope,
-            keep_alive=keep_alive and not self.closing,
-            expect_continue=expect_continue,
-            http11=http11,
-        )
-        if empty_body:
-            # RFC 9112 section 6.3: no Content-Length and no Transfer-Encoding means no body. Marking it
-            # now lets an app that answers at once keep the connection alive.
-            cycle.body_complete = True
+        keep_alive = keep_alive and not self.closing
         self._reading = cycle
         if self.cycle is None:
-            self._start(cycle)
+            self._start(cycle, keep_alive, http11, head_request)
         else:
             if self._pipeline is None:
                 self._pipeline = deque()
-            self._pipeline.append(cycle)
+            self._pipeline.append((cycle, keep_alive, http11, head_request))
             self.flow.pause_reading()
 
     def on_request_body(self, data: bytes | bytearray) -> None:
         reading = self._reading
-        if reading is not None and not self.rejected:
+        if reading is not None and not self.ignore_input:
             budget = self._body_budget
             if budget >= 0:
                 budget -= len(data)
@@ -390,7 +413,7 @@ class HttpConnection(asyncio.Protocol):
         """One trailer field of a chunked body. It is dropped (ASGI has no request trailers), but it
         counts against the head's limits: Kestrel counts trailers and header fields together."""
         reading = self._reading
-        if reading is None or self.rejected:
+        if reading is None or self.ignore_input:
             return
         room = self._trailer_room
         if room is None or room[0] is not reading:  # the first trailer field of this request
@@ -410,23 +433,24 @@ class HttpConnection(asyncio.Protocol):
 
     def on_request_complete(self) -> None:
         self._head_bytes = 0  # the next head may begin in what is left of this read
-        if self._reading is not None and not self.rejected:
+        if self._reading is not None and not self.ignore_input:
             self._reading.finish_body()
             self._reading = None
 
     def on_reject(self, reason: RequestRejection) -> None:
         """Malformed input: stop reading, answer once the responses ahead of it are out, then close."""
-        if self.rejected:
+        if self.ignore_input:
             return
-        self.rejected = True
+        self.ignore_input = True
         self._head_bytes = -1
         self.flow.pause_reading()
         logger.debug("Rejected request from %s: %s", self.client, reason.name)
         reading, self._reading = self._reading, None
         if reading is not None:
             # The bad bytes were inside this request's body: the app sees the client go away.
-            if self._pipeline and reading in self._pipeline:
-                self._pipeline.remove(reading)
+            pipeline = self._pipeline
+            if pipeline and pipeline[-1][0] is reading:  # (only the newest request can be reading)
+                pipeline.pop()
             reading.on_disconnect()
             if reading is self.cycle:
                 if reading.response_started:
@@ -517,20 +541,25 @@ class HttpConnection(asyncio.Protocol):
         self._flush_batch()
         self.transport.abort()
 
+    # -- the Stream interface for the response being sent (framing: Http1Output) ----------------
+
+    def pause_reading(self) -> None:
+        self.flow.pause_reading()
+
     def resume_reading_for(self, cycle: RequestCycle) -> None:
         """The app wants more body: resume reading unless queued requests still hold it paused."""
-        if cycle is self._reading and not self._pipeline and not self.rejected:
+        if cycle is self._reading and not self._pipeline and not self.ignore_input:
             self.flow.resume_reading()
 
-    def on_response_complete(self, cycle: RequestCycle) -> None:
+    def complete_response(self, cycle: RequestCycle) -> None:
         self.cycle = None
         self.fresh = False
         self.state.requests_served += 1
         if self.transport.is_closing():
             return
-        if not cycle.keep_alive:
+        if not self.keep_alive:
             # Nothing after this response is read: a request pipelined behind it must not reach the app.
-            self.rejected = True
+            self.ignore_input = True
             self.close()
             return
         if self._pipeline:
@@ -540,15 +569,20 @@ class HttpConnection(asyncio.Protocol):
         elif self._pending_rejection is not None:
             self._send_rejection()
         else:
-            self.idle_since = self.state.clock()
+            self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, self.state.clock())
             reading = self._reading
             if reading is None or len(reading._body) <= BODY_BUFFER_HIGH_WATER:
                 self.flow.resume_reading()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def _start(self, cycle: RequestCycle) -> None:
+    def _start(self, cycle: RequestCycle, keep_alive: bool, http11: bool, head_request: bool) -> None:
         self.cycle = cycle
+        # what the response's framing depends on (Http1Output)
+        self._http11 = http11
+        self.keep_alive = keep_alive
+        self._head_request = head_request
+        self.timeouts.start_request()
         state = self.state
         # Each request runs in a fresh copy of the server's context: context variables an app sets
         # never leak into the next request on the same connection.
@@ -556,16 +590,16 @@ class HttpConnection(asyncio.Protocol):
 
     def _start_queued(self) -> None:
         if self.cycle is None and self._pipeline and not self.transport.is_closing():
-            self._start(self._pipeline.popleft())
+            self._start(*self._pipeline.popleft())
 
     def _refuse(self) -> None:
         """Over the connection limit: answer 503 at once and never parse what the client sends.
 
         Reading goes on (the bytes are dropped) and only the write side is shut, so the close that
         follows does not reset the connection under the answer; the client's close, or the heartbeat
-        after SHUTDOWN_GRACE, ends it.
+        after the LINGER timeout, ends it.
         """
-        self.rejected = True
+        self.ignore_input = True
         self.closing = True
         self._head_bytes = -1
         self._pending_rejection = RequestRejection.TOO_MANY_CONNECTIONS
@@ -574,30 +608,16 @@ class HttpConnection(asyncio.Protocol):
 
     def _send_rejection(self, at_once: bool = True) -> None:
         """Answer the pending rejection, then shut the write side and linger: what the client still
-        sends is read and dropped until it closes or the heartbeat closes after SHUTDOWN_GRACE. Closing
-        with unread input would send a reset instead of a FIN, and a reset can destroy the answer in
-        the client's receive buffer before it is read (a client still uploading would never see its
-        408 or 413)."""
+        sends is read and dropped until it closes or the LINGER timeout closes it. Closing with unread
+        input would send a reset instead of a FIN, and a reset can destroy the answer in the client's
+        receive buffer before it is read (a client still uploading would never see its 408 or 413)."""
         reason = self._pending_rejection
         assert reason is not None
-        body = reason.message.encode()
         state = self.state
-        self.write(
-            b"".join(
-                (
-                    status_line(reason.status),
-                    state.server_line,
-                    state.date_line if state.date_header else b"",
-                    state.extra_header_lines,
-                    b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
-                    body,
-                )
-            )
-        )
+        self.write(closing_response(state, reason.status, (), reason.message.encode()))
         if self.transport.can_write_eof():
             self.closing = True
-            self.idle_since = state.clock()
+            self.timeouts.set_timeout(TimeoutReason.LINGER, state.clock())
             if at_once:
                 self._linger()
             else:  # one loop turn later, as a close would be: the app just told of the disconnect runs first
@@ -613,60 +633,48 @@ class HttpConnection(asyncio.Protocol):
         transport.write_eof()
         self.flow.resume_reading()
 
+    # -- the heartbeat ---------------------------------------------------------------------------
+
     def on_tick(self, now: float) -> None:
-        """Heartbeat: close a keep-alive connection idle too long; answer 408 to a head that is late;
-        hold the request body and the response to their minimum data rates."""
-        gap = now - self._last_tick
-        self._last_tick = now
-        state = self.state
-        if state.min_response_rate and self._response_too_slow(now, gap):
-            logger.debug("Aborted %s: the response was read slower than --limit-min-response-rate", self.client)
-            self.rejected = True
-            self.abort()
-            return
+        """Heartbeat: hold the request body and the response to their minimum data rates; close a
+        keep-alive connection idle too long; answer 408 to a head that is late."""
+        timeouts = self.timeouts
         cycle = self.cycle
-        if cycle is not None:
-            if cycle.read_timing and state.min_body_rate and self._body_too_slow(cycle, gap):
-                logger.debug("Request body from %s slower than --limit-min-request-body-rate", self.client)
-                self.on_reject(RequestRejection.REQUEST_BODY_TIMEOUT)
-            elif self.flow.read_paused and cycle is not self._reading and not self.transport.is_closing():
+        written, self._bytes_out = self._bytes_out, 0
+        too_slow = timeouts.check_rates(
+            now, cycle.body_received if cycle is not None else 0, written, self.flow.write_paused
+        )
+        if too_slow is not None:
+            self._on_timeout(too_slow)
+            return
+        if cycle is not None:  # a request is being answered: no connection timeout runs
+            if self.flow.read_paused and cycle is not self._reading and not self.transport.is_closing():
                 self._check_hang_up()
             return
         if self._pipeline or self.transport.is_closing():
             return
         if self._head_bytes > 0:  # a request head has begun: the request-headers timeout applies
-            since = self._head_since
-            if since is None or since < self.idle_since:  # first seen (or an earlier head's mark)
-                self._head_since = now
-            elif now - since > self.state.request_headers_timeout:
-                self.on_reject(RequestRejection.REQUEST_HEADERS_TIMEOUT)
-        elif now - self.idle_since > (SHUTDOWN_GRACE if self.closing else self.state.keep_alive_timeout):
+            if timeouts.reason is not TimeoutReason.REQUEST_HEADERS:
+                timeouts.set_timeout(TimeoutReason.REQUEST_HEADERS, now)  # first seen: its clock starts
+                return
+        elif self.closing:
+            timeouts.change_reason(TimeoutReason.LINGER)  # a drain shortens the wait for the next request
+        expired = timeouts.expired(now)
+        if expired is not None:
+            self._on_timeout(expired)
+
+    def _on_timeout(self, reason: TimeoutReason) -> None:
+        if reason is TimeoutReason.REQUEST_HEADERS:
+            self.on_reject(RequestRejection.REQUEST_HEADERS_TIMEOUT)
+        elif reason is TimeoutReason.READ_DATA_RATE:
+            logger.debug("Request body from %s slower than --limit-min-request-body-rate", self.client)
+            self.on_reject(RequestRejection.REQUEST_BODY_TIMEOUT)
+        elif reason is TimeoutReason.WRITE_DATA_RATE:
+            logger.debug("Aborted %s: the response was read slower than --limit-min-response-rate", self.client)
+            self.ignore_input = True
+            self.abort()
+        else:  # KEEP_ALIVE, LINGER: nothing is owed to the peer
             self.close()
-
-    def _body_too_slow(self, cycle: RequestCycle, gap: float) -> bool:
-        """Count one beat of the app waiting for body bytes; True when, past the grace period, the body's
-        average rate is below the minimum (Kestrel's CheckForReadDataRateTimeout)."""
-        elapsed = cycle.read_elapsed + min(gap, TICK)  # a late beat counts as one: the server was starved
-        cycle.read_elapsed = elapsed
-        if cycle.read_timing == TIMING_STOPPING:  # the wait ended since the last beat, which still counted
-            cycle.read_timing = TIMING_OFF
-        state = self.state
-        return elapsed > state.min_body_grace and cycle.body_received / elapsed < state.min_body_rate
-
-    def _response_too_slow(self, now: float, gap: float) -> bool:
-        """Move the write deadline by what was written since the last beat; True when the peer holds
-        output back past it (Kestrel's BytesWrittenToBuffer and CheckForWriteDataRateTimeout)."""
-        state = self.state
-        deadline = self._write_deadline
-        if gap > TICK:  # time the server was starved of is not held against the peer
-            deadline += gap - TICK
-        written = self._bytes_out
-        if written:
-            self._bytes_out = 0
-            needed = written / state.min_response_rate
-            deadline = max(now + max(state.min_response_grace, needed), deadline + needed)
-        self._write_deadline = deadline
-        return self.flow.write_paused and now > deadline
 
     def _check_hang_up(self) -> None:
         """Reading is paused behind a queued request (or a rejection) and the running app cannot resume
@@ -682,7 +690,7 @@ class HttpConnection(asyncio.Protocol):
 
         A connection that has not had a response yet was accepted moments ago and its request may be
         on the wire: it gets that request answered (with `connection: close`), or is closed by the
-        heartbeat once it has been silent for SHUTDOWN_GRACE. Closing it at once would drop a request
+        heartbeat once it has been silent for the LINGER timeout. Closing it at once would drop a request
         that a draining worker of a rolling restart had already accepted. With `linger_on_shutdown`
         (supervised workers) idle keep-alive connections are treated the same way, so a client that
         sends on one just as the drain starts gets an answer rather than a closed connection.
@@ -691,7 +699,7 @@ class HttpConnection(asyncio.Protocol):
         if self.cycle is None and not self._pipeline and not self.fresh and not self.state.linger_on_shutdown:
             self.close()
         elif self.cycle is not None and not self.cycle.response_started:
-            self.cycle.keep_alive = False
+            self.keep_alive = False
 
     def cancel_app(self) -> None:
         if self.cycle is not None and self.cycle.task is not None:

@@ -59,7 +59,7 @@ class H11Connection(HttpConnection):
         self._delivered = 0  # chunk data bytes handed on so far
 
     def feed(self, data: bytes) -> None:
-        if self.rejected:
+        if self.ignore_input:
             return
         chunks = self._chunks
         if chunks is not None:
@@ -68,7 +68,7 @@ class H11Connection(HttpConnection):
         self._drain_events()
 
     def _drain_events(self) -> None:
-        while not self.rejected:
+        while not self.ignore_input:
             reader = self._reader
             if not self._head_checked:
                 if not self._screen_head():
@@ -96,7 +96,7 @@ class H11Connection(HttpConnection):
                     event.http_version,  # type: ignore[union-attr]
                     headers,
                 )
-                if not self.rejected and (b"transfer-encoding", b"chunked") in headers:
+                if not self.ignore_input and (b"transfer-encoding", b"chunked") in headers:
                     # (the shared connection has refused any other coding)
                     chunks = self._chunks = ChunkScreen()
                     self._delivered = 0
@@ -114,10 +114,10 @@ class H11Connection(HttpConnection):
     def _count_trailers(self, chunks: ChunkScreen) -> bool:
         """Count the trailer fields the screen has read so far against the limits; True once refused."""
         trailers = chunks.trailers
-        while trailers and not self.rejected:
+        while trailers and not self.ignore_input:
             name, value = trailers.pop(0)
             self.on_request_trailer(name, value)
-        return self.rejected
+        return self.ignore_input
 
     def _stop_at_bad_chunk(self, chunks: ChunkScreen, event: object) -> bool:
         """The chunk framing went wrong further on: pass on the body bytes before that point, then refuse.
@@ -129,7 +129,7 @@ class H11Connection(HttpConnection):
                 return False  # (counted by the caller)
             if allowed > 0:
                 self.on_request_body(data[:allowed])
-        if not self.rejected:
+        if not self.ignore_input:
             self.on_reject(RequestRejection.MALFORMED_REQUEST)
         return True
 

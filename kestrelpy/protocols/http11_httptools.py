@@ -72,7 +72,7 @@ class HttptoolsConnection(HttpConnection):
                 self.on_reject(RequestRejection.MALFORMED_REQUEST)
                 return
             self._trailer_bytes += len(data)  # counts only if this read ends inside the trailer section too
-        while not self.rejected:
+        while not self.ignore_input:
             try:
                 self._parser.feed_data(data)
                 return

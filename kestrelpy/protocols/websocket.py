@@ -38,8 +38,10 @@ from kestrelpy.asgi import ASGI_VERSION, ASGIApp, Message, Scope, decode_path
 from kestrelpy.errors import ConfigError
 from kestrelpy.protocols.cycle import ClientDisconnected
 from kestrelpy.protocols.http11 import HttpConnection, start_task
+from kestrelpy.protocols.http11_output import closing_response
 from kestrelpy.protocols.rejection import RequestRejection
-from kestrelpy.protocols.writer import HeaderError, header_line, status_line
+from kestrelpy.protocols.timeouts import TimeoutReason
+from kestrelpy.protocols.writer import HeaderError, header_line
 
 if TYPE_CHECKING:
     from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -56,7 +58,6 @@ logger = logging.getLogger("kestrelpy.error")
 access_logger = logging.getLogger("kestrelpy.access")
 
 WEBSOCKET_SPEC_VERSION = "2.4"
-CLOSE_TIMEOUT = 10.0  # seconds the peer has to answer our close frame before the TCP connection is cut
 # Received messages the app has not taken yet, above which reading pauses (either bound is enough).
 QUEUE_HIGH_MESSAGES = 16
 QUEUE_HIGH_BYTES = 1024 * 1024
@@ -126,24 +127,6 @@ def offered_subprotocols(headers: list[tuple[bytes, bytes]]) -> list[str]:
         if name == b"sec-websocket-protocol":
             offered.extend(token for token in (t.strip() for t in value.decode("latin-1").split(",")) if token)
     return offered
-
-
-def http_response(state: ServerState, status: int, headers: Any, body: bytes) -> bytes:
-    """A complete response that ends the connection: the server's lines, the given headers, then the body."""
-    lines = [status_line(status), state.server_line, state.date_line if state.date_header else b""]
-    lines.append(state.extra_header_lines)
-    has_type = False
-    for name, value in headers:
-        lowered, line = header_line(name, value)
-        if lowered in (b"content-length", b"connection", b"transfer-encoding"):
-            continue  # framing is ours: the length below, and the connection closes
-        has_type = has_type or lowered == b"content-type"
-        lines.append(line)
-    if body and not has_type:
-        lines.append(b"content-type: text/plain; charset=utf-8\r\n")
-    lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
-    lines.append(body)
-    return b"".join(lines)
 
 
 # -- settings and the hand-off ------------------------------------------------------------------------
@@ -243,13 +226,13 @@ class WebSocketUpgrade:
             logger.debug("Refused a WebSocket from %s: over --limit-upgraded-connections", conn.client)
             conn.on_reject(RequestRejection.TOO_MANY_CONNECTIONS)  # 503 with `connection: close`
             return True
-        conn.rejected = True  # nothing after this head is read as HTTP
+        conn.ignore_input = True  # nothing after this head is read as HTTP
         conn.flow.pause_reading()  # until the app accepts
         problem = handshake_error(headers)
         negotiated = None if problem is not None else self._negotiate(headers)
         if negotiated is None:
             problem = problem or HandshakeError(400, (), "Invalid WebSocket handshake.")
-            conn.write(http_response(state, problem.status, problem.headers, problem.message.encode()))
+            conn.write(closing_response(state, problem.status, problem.headers, problem.message.encode()))
             conn.close()
             return True
         protocol, handshake = negotiated
@@ -321,7 +304,6 @@ class WebSocketConnection(asyncio.Protocol):
 
     __slots__ = (
         "_app_done",
-        "_close_deadline",
         "_denial",
         "_final",
         "_fragments",
@@ -329,7 +311,6 @@ class WebSocketConnection(asyncio.Protocol):
         "_handshake",
         "_last_ping",
         "_ping_payload",
-        "_ping_sent",
         "_queue",
         "_queued_bytes",
         "_released",
@@ -344,6 +325,7 @@ class WebSocketConnection(asyncio.Protocol):
         "settings",
         "state",
         "task",
+        "timeouts",
         "transport",
     )
 
@@ -358,6 +340,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.state: ServerState = conn.state
         self.transport: asyncio.Transport = conn.transport
         self.flow: FlowControl = conn.flow  # reading is paused: it resumes once the app accepts
+        self.timeouts = conn.timeouts  # taken over: used for the close handshake and ping timeouts
+        self.timeouts.cancel_timeout()
         self.scope = scope
         self.protocol = protocol
         self._handshake = handshake  # Upgrade, Connection, Sec-WebSocket-Accept and -Extensions for the 101
@@ -376,9 +360,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._fragments: list[Any] = []  # bytes-like payloads of the message being received
         self._fragments_text = False
-        self._close_deadline = 0.0  # set once we have sent a close frame
         self._last_ping = 0.0
-        self._ping_sent = 0.0
         self._ping_payload: bytes | None = None
 
     def start(self) -> None:
@@ -429,6 +411,8 @@ class WebSocketConnection(asyncio.Protocol):
         elif opcode is Opcode.PONG:
             if self._ping_payload is not None and frame.data == self._ping_payload:
                 self._ping_payload = None
+                if self.timeouts.reason is TimeoutReason.PING:
+                    self.timeouts.cancel_timeout()
             return
         elif opcode is Opcode.CLOSE:
             close = self.protocol.close_rcvd
@@ -487,7 +471,7 @@ class WebSocketConnection(asyncio.Protocol):
     def _send_close(self, code: int, reason: str = "") -> None:
         if self.protocol.state is State.OPEN:
             self.protocol.send_close(code, reason)
-            self._close_deadline = self.state.clock() + CLOSE_TIMEOUT
+            self.timeouts.set_timeout(TimeoutReason.CLOSE_HANDSHAKE, self.state.clock())
             self.flow.resume_reading()  # the peer's close frame has to be read
             self._flush()
 
@@ -598,10 +582,7 @@ class WebSocketConnection(asyncio.Protocol):
     def _accept(self, subprotocol: str | None, extra: Any) -> None:
         state = self.state
         lines = [
-            status_line(101),
-            state.server_line,
-            state.date_line if state.date_header else b"",
-            state.extra_header_lines,
+            state.response_start(101),
         ]
         for name, value in self._handshake:
             lines.append(header_line(name, value)[1])
@@ -628,7 +609,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.responded = True
         self._log_access(status)
         if not self.transport.is_closing():
-            self.transport.write(http_response(self.state, status, headers, body))
+            self.transport.write(closing_response(self.state, status, headers, body))
             self.transport.close()
         self._push_final(1006, "")
 
@@ -650,8 +631,9 @@ class WebSocketConnection(asyncio.Protocol):
         """Heartbeat: keep-alive pings and their timeout; cut a close handshake the peer never finishes."""
         if self.disconnected or not self.accepted:
             return
-        if self._close_deadline:
-            if now >= self._close_deadline:
+        timeouts = self.timeouts
+        if timeouts.reason is TimeoutReason.CLOSE_HANDSHAKE:
+            if timeouts.expired(now) is not None:
                 self.transport.abort()
             return
         settings = self.settings
@@ -660,13 +642,16 @@ class WebSocketConnection(asyncio.Protocol):
         if self._ping_payload is None:
             if now - self._last_ping >= settings.ping_interval:
                 self._ping_payload = os.urandom(4)
-                self._ping_sent = self._last_ping = now
+                self._last_ping = now
+                if settings.ping_timeout:
+                    timeouts.set_timeout(TimeoutReason.PING, now)
                 self.protocol.send_ping(self._ping_payload)
                 self._flush()
         elif self.flow.read_paused:
             # The app is behind and the pong may be waiting unread: only time spent reading counts.
-            self._ping_sent = now
-        elif settings.ping_timeout and now - self._ping_sent >= settings.ping_timeout:
+            if timeouts.reason is TimeoutReason.PING:
+                timeouts.set_timeout(TimeoutReason.PING, now)
+        elif timeouts.expired(now) is TimeoutReason.PING:
             logger.debug("WebSocket keep-alive ping to %s timed out", self.scope.get("client"))
             self.protocol.fail(1011, "keepalive ping timeout")
             self._push_final(1011, "keepalive ping timeout")

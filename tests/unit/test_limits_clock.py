@@ -12,7 +12,7 @@ from memory_transport import MemoryTransport
 from kestrelpy import heartbeat
 from kestrelpy.config import Config, Limits
 from kestrelpy.errors import ConfigError
-from kestrelpy.protocols import http11
+from kestrelpy.protocols import http11, timeouts
 from kestrelpy.server import connection_class
 from kestrelpy.state import ServerState
 
@@ -354,4 +354,4 @@ def test_rate_limits_validate_their_grace_period() -> None:
 
 
 def test_rate_beats_are_the_heartbeats_interval() -> None:
-    assert http11.TICK == heartbeat.INTERVAL
+    assert timeouts.TICK == heartbeat.INTERVAL

@@ -1,0 +1,239 @@
+"""Http1Output: the HTTP/1.1 framing of a response, the connection's side of the cycle's Stream interface.
+
+An HTTP/1.1 connection answers one request at a time, so, as in Kestrel (where Http1Connection is the
+request's HttpProtocol), the connection itself is the stream of its current response and this class
+holds that response's framing state; it is reset by `start_response`. What it decides (RFC 9112 section 6,
+RFC 9110 section 6.4.1):
+- Content-Length when the app declared one, or when the whole body came in one message; otherwise
+  chunked on HTTP/1.1 and until-close on HTTP/1.0; no body bytes for HEAD, 1xx, 204 and 304;
+- `connection: close` when the request or the app asked for it, when the request body was left unread,
+  when the server is shutting down, or after a 500 the server made for a failed app;
+- trailers as the chunked body's trailer section.
+The head is held back until the first body message so that head and body leave in one write, and so that
+an app failing before then still gets a clean 500 instead of a half-sent response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from kestrelpy.protocols.writer import (
+    CONTINUE_100,
+    LAST_CHUNK,
+    Framing,
+    HeaderError,
+    body_framing,
+    chunk,
+    encode_headers,
+    header_line,
+    validate_header,
+)
+
+if TYPE_CHECKING:
+    from kestrelpy.protocols.cycle import RequestCycle
+    from kestrelpy.state import ServerState
+
+# Response headers the framing looks at; every other header is passed through as it is.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE = range(5)
+_SPECIAL_HEADERS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"server": _SERVER,
+    b"date": _DATE,
+}
+_PLAIN_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+_LENGTHS: dict[bytes, int] = {}  # parsed response Content-Length values: most responses repeat a few
+_LENGTHS_MAX = 1024
+
+
+def _content_length(value: Any) -> int:
+    """A response Content-Length value as a number: digits only (RFC 9110 section 8.6)."""
+    try:
+        length = _LENGTHS.get(value)
+    except TypeError:  # bytearray and other unhashable buffers
+        value = bytes(value)
+        length = None
+    if length is None:
+        if not isinstance(value, bytes) or not value.isdigit():
+            raise HeaderError(f"invalid content-length {value!r}")
+        length = int(value)
+        if len(_LENGTHS) >= _LENGTHS_MAX:
+            _LENGTHS.clear()
+        _LENGTHS[value] = length
+    return length
+
+
+def closing_response(state: ServerState, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A whole response after which the connection closes: refusals and WebSocket handshake answers.
+    The framing headers are ours (the length below, `connection: close`); a body without a type is text."""
+    lines = [state.response_start(status)]
+    has_type = False
+    for name, value in headers:
+        lowered, line = header_line(name, value)
+        if lowered in (b"content-length", b"connection", b"transfer-encoding"):
+            continue
+        has_type = has_type or lowered == b"content-type"
+        lines.append(line)
+    if body and not has_type:
+        lines.append(b"content-type: text/plain; charset=utf-8\r\n")
+    lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+    lines.append(body)
+    return b"".join(lines)
+
+
+class Http1Output(asyncio.Protocol):
+    """Framing for the current response; the connection subclass provides the attributes declared here."""
+
+    __slots__ = (
+        "_bytes_left",
+        "_framing",
+        "_head_request",
+        "_http11",
+        "_pending_head",
+        "_status",
+        "_with_trailers",
+        "keep_alive",
+    )
+
+    # provided by HttpConnection
+    state: ServerState
+    cycle: RequestCycle | None
+    closing: bool
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _init_output(self) -> None:
+        self._framing = Framing.NONE
+        self._bytes_left = 0
+        self._pending_head = b""
+        self._status = 0
+        self._with_trailers = False
+        self._head_request = False
+        self._http11 = True
+        self.keep_alive = True  # whether the connection stays open after the current response
+
+    def _begin_response(self, http11: bool, keep_alive: bool, head_request: bool) -> None:
+        """The request about to be answered: what its framing depends on."""
+        self._http11 = http11
+        self.keep_alive = keep_alive
+        self._head_request = head_request
+        self._pending_head = b""
+
+    # -- the Stream interface (see cycle.py) ------------------------------------------------------
+
+    @property
+    def response_on_wire(self) -> bool:
+        """Whether the response head has been handed to the transport (after the first body message)."""
+        return not self._pending_head
+
+    def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None:
+        lines = [b""]  # the response start goes first, once we know whether the app brings Server or Date
+        own_server = own_date = has_length = False
+        for raw_name, value in headers:
+            name, line = header_line(raw_name, value)
+            special = _SPECIAL_HEADERS.get(name)
+            if special is not None:
+                if special == _CONTENT_LENGTH:
+                    self._bytes_left = _content_length(value)
+                    has_length = True
+                elif special == _TRANSFER_ENCODING:
+                    continue  # framing is ours to choose
+                elif special == _CONNECTION:
+                    if b"close" in bytes(value).lower():
+                        self.keep_alive = False
+                elif special == _SERVER:
+                    own_server = True  # the app's own Server header replaces ours
+                else:
+                    own_date = True  # likewise its Date
+            lines.append(line)
+        lines[0] = self.state.response_start(status, own_server, own_date)
+        self._with_trailers = trailers
+        self._framing = Framing.CONTENT_LENGTH if has_length else Framing.NONE
+        self._pending_head = b"".join(lines)
+        self._status = status
+
+    def send_body(self, body: bytes, more_body: bool) -> None:
+        out = b""
+        if self._pending_head:
+            out = self._finish_head(None if more_body else bytes(body))
+        framing = self._framing
+        send_bytes = not self._head_request and framing is not Framing.NONE
+        if body and send_bytes:
+            if framing is Framing.CONTENT_LENGTH:
+                if len(body) > self._bytes_left:
+                    self._flush(out)
+                    raise RuntimeError("Response content longer than Content-Length.")
+                self._bytes_left -= len(body)
+                out += body
+            elif framing is Framing.CHUNKED:
+                out += chunk(body)
+            else:
+                out += body
+        if not more_body and send_bytes:
+            if framing is Framing.CONTENT_LENGTH and self._bytes_left:
+                self._flush(out)
+                raise RuntimeError("Response content shorter than Content-Length.")
+            if framing is Framing.CHUNKED:
+                # With trailers, the last chunk only: the trailer section and its blank line follow.
+                out += b"0\r\n" if self._with_trailers else LAST_CHUNK
+        self._flush(out)
+
+    def send_trailers(self, headers: Iterable[tuple[bytes, bytes]], more_trailers: bool) -> None:
+        lines = []
+        for name, value in headers:
+            name, value = bytes(name).lower(), bytes(value)
+            validate_header(name, value)
+            lines.append((name, value))
+        if self._framing is Framing.CHUNKED and not self._head_request:
+            self._flush(encode_headers(lines) + (b"" if more_trailers else b"\r\n"))
+
+    def send_continue(self) -> None:
+        self.write(CONTINUE_100)
+
+    def fail_response(self, status: int, body: bytes) -> None:
+        """Answer `status` instead of a response that never reached the wire; the connection closes after
+        it, since the failed app may have left its request body unread."""
+        self.keep_alive = False
+        self.start_response(status, _PLAIN_TEXT, False)
+        self.send_body(body, False)
+
+    # -- framing ---------------------------------------------------------------------------------
+
+    def _finish_head(self, whole_body: bytes | None) -> bytes:
+        """The head's framing lines, once the first body event shows whether the length is known."""
+        status = self._status
+        has_length = self._framing is Framing.CONTENT_LENGTH
+        extra = b""
+        if not has_length and whole_body is not None and not self._with_trailers:
+            has_length = True
+            self._bytes_left = len(whole_body)
+            if status >= 200 and status not in (204, 304):
+                extra = b"content-length: %d\r\n" % len(whole_body)
+        framing = body_framing(
+            status=status, head_request=self._head_request, has_content_length=has_length, http11=self._http11
+        )
+        self._framing = framing
+        if framing is Framing.CHUNKED:
+            extra += b"transfer-encoding: chunked\r\n"
+        elif framing is Framing.UNTIL_CLOSE:
+            self.keep_alive = False
+        cycle = self.cycle
+        if (cycle is not None and not cycle.body_complete) or self.closing:
+            # Unread request body or shutting down: this response ends the connection.
+            self.keep_alive = False
+        if not self.keep_alive:
+            extra += b"connection: close\r\n"
+        elif not self._http11:
+            extra += b"connection: keep-alive\r\n"
+        head = self._pending_head + extra + b"\r\n"
+        self._pending_head = b""
+        return head
+
+    def _flush(self, data: bytes) -> None:
+        if data:
+            self.write(data)
