@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
-from kestrelpy.protocols.websocket import upgrade_handler
 from kestrelpy.protocols.writer import encode_headers
 
 if TYPE_CHECKING:
@@ -69,6 +68,7 @@ class ServerState:
         *,
         access_log: bool,
         clock: Callable[[], float] = time.monotonic,
+        upgrade: WebSocketUpgrade | MissingLibrary | None = None,
     ) -> None:
         self.app = app
         self.base_context = contextvars.copy_context()  # each request runs in a copy of this
@@ -100,9 +100,10 @@ class ServerState:
         self.min_body_grace = limits.min_request_body_grace
         self.min_response_rate = limits.min_response_rate  # bytes/s, 0 = off
         self.min_response_grace = limits.min_response_grace
-        # What takes `Upgrade: websocket` requests (None: --ws none), and how many connections it holds:
-        # those stop counting towards max_connections, as Kestrel's upgraded connections do.
-        self.upgrade: WebSocketUpgrade | MissingLibrary | None = upgrade_handler(config)
+        # What takes `Upgrade: websocket` requests, built by the server for --ws (None: they are plain
+        # HTTP), and how many connections it holds: those stop counting towards max_connections, as
+        # Kestrel's upgraded connections do.
+        self.upgrade = upgrade
         self.upgraded = 0
         self.server_line = b"server: %s\r\n" % SERVER_NAME if config.server_header else b""
         self.date_header = config.date_header
