@@ -18,8 +18,8 @@ def run(app: Any, **options: Any) -> None:
     Keyword arguments are Config fields; `log_level` and `access_log` also set up logging.
     """
     from kestrelpy import logs
-    from kestrelpy.server import run_server
+    from kestrelpy.cli import serve
 
     config = Config(app=app, **options)
     logs.configure(config.log_level, access_log=config.access_log)
-    run_server(config)
+    serve(config)

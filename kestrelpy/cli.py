@@ -118,6 +118,20 @@ def take_systemd_sockets(environ: MutableMapping[str, str]) -> tuple[FdEndpoint,
     return found
 
 
+def serve(config: Config) -> None:
+    """Run `config` to completion: one server in this process, or, for several workers, --reload or a
+    recycling limit, a supervisor whose worker processes each run `worker.run_worker`."""
+    if config.multiprocess:
+        from kestrelpy.supervisor import run_supervisor
+        from kestrelpy.worker import run_worker
+
+        run_supervisor(config, run_worker)
+    else:
+        from kestrelpy.server import run_server
+
+        run_server(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["check"]:
@@ -132,9 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kestrelpy import logs
 
         logs.configure(config.log_level, access_log=config.access_log)
-        from kestrelpy.server import run_server
-
-        run_server(config)
+        serve(config)
     except KestrelpyError as exc:
         print(f"kestrelpy: error: {exc}", file=sys.stderr)
         return exc.exit_code

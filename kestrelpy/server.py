@@ -25,12 +25,14 @@ from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
 from kestrelpy.protocols.http11 import HttpConnection
-from kestrelpy.protocols.websocket import upgrade_handler
+from kestrelpy.protocols.websocket import MissingLibrary, WebSocketUpgrade, upgrade_handler
 from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
 from kestrelpy.sockets import bind_endpoints, close_sockets, listen_url, socket_address
 from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
+
+UpgradeHandler = WebSocketUpgrade | MissingLibrary | None  # what takes `Upgrade: websocket` (None: --ws none)
 
 
 def connection_class(http: str) -> type[HttpConnection]:
@@ -94,19 +96,19 @@ class Server:
         # A parser or WebSocket library asked for but not installed is refused here, before any bind
         # or lifespan startup, with one message rather than a traceback from inside the task group.
         connection_class(config.http)
-        upgrade_handler(config)
+        upgrade = upgrade_handler(config)  # built here once; ServerState is handed it
         if sockets is not None:
-            await self._serve_sockets(app, sockets)
+            await self._serve_sockets(app, upgrade, sockets)
             return
         endpoints = self.endpoints()
         _warn_predicted_failures(endpoints)
         sockets = bind_endpoints(endpoints, config.backlog)
         try:
-            await self._serve_sockets(app, sockets)
+            await self._serve_sockets(app, upgrade, sockets)
         finally:
             close_sockets(sockets)
 
-    async def _serve_sockets(self, app: ASGIApp, sockets: list[socket.socket]) -> None:
+    async def _serve_sockets(self, app: ASGIApp, upgrade: UpgradeHandler, sockets: list[socket.socket]) -> None:
         config = self.config
         if config.proxy_headers:
             app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
@@ -121,7 +123,7 @@ class Server:
                 except KestrelpyError as exc:
                     startup_error = exc
             if startup_error is None:
-                await self._run_until_shutdown(app, sockets, lifespan, loop)
+                await self._run_until_shutdown(app, upgrade, sockets, lifespan, loop)
                 if lifespan.enabled:
                     await lifespan.shutdown()
             tasks.cancel_scope.cancel()
@@ -131,12 +133,13 @@ class Server:
     async def _run_until_shutdown(
         self,
         app: ASGIApp,
+        upgrade: UpgradeHandler,
         sockets: list[socket.socket],
         lifespan: Lifespan,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         config = self.config
-        state = ServerState(config, app, loop, access_log=config.access_log)
+        state = ServerState(config, app, loop, access_log=config.access_log, upgrade=upgrade)
         state.lifespan_state = lifespan.state
         state.linger_on_shutdown = self.linger_on_shutdown
         self._state = state
@@ -235,13 +238,8 @@ def _warn_predicted_failures(endpoints: list[Endpoint]) -> None:
 
 
 def run_server(config: Config, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
-    """Run a server to completion on a new event loop of the configured kind; with several workers,
-    --reload or a recycling limit, run the supervisor instead (it starts its workers' loops itself)."""
-    if config.multiprocess:
-        from kestrelpy.supervisor import run_supervisor
-
-        run_supervisor(config)
-        return
+    """Run one server in this process to completion, on a new event loop of the configured kind.
+    (Several workers, --reload or a recycling limit need the supervisor instead: see cli.serve.)"""
     factory = loop_factory or platform.loop_factory(config.loop)
     server = Server(config)
     runner_cls = getattr(asyncio, "Runner", None)

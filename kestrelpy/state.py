@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
 from kestrelpy.protocols.timeouts import DataRates, timeout_durations
-from kestrelpy.protocols.websocket import upgrade_handler
 from kestrelpy.protocols.writer import encode_headers, status_line
 
 if TYPE_CHECKING:
@@ -67,6 +66,7 @@ class ServerState:
         *,
         access_log: bool,
         clock: Callable[[], float] = time.monotonic,
+        upgrade: WebSocketUpgrade | MissingLibrary | None = None,
     ) -> None:
         self.app = app
         self.base_context = contextvars.copy_context()  # each request runs in a copy of this
@@ -102,9 +102,10 @@ class ServerState:
         self.timeout_durations = timeout_durations(
             limits.keep_alive_timeout, limits.request_headers_timeout, config.ws_ping_timeout
         )
-        # What takes `Upgrade: websocket` requests (None: --ws none), and how many connections it holds:
-        # those stop counting towards max_connections, as Kestrel's upgraded connections do.
-        self.upgrade: WebSocketUpgrade | MissingLibrary | None = upgrade_handler(config)
+        # What takes `Upgrade: websocket` requests, built by the server for --ws (None: they are plain
+        # HTTP), and how many connections it holds: those stop counting towards max_connections, as
+        # Kestrel's upgraded connections do.
+        self.upgrade = upgrade
         self.upgraded = 0
         self.server_line = b"server: %s\r\n" % SERVER_NAME if config.server_header else b""
         self.date_header = config.date_header

@@ -14,7 +14,8 @@ Each worker has one end of a socketpair, its *channel*, and writes one line per 
     fatal CODE MSG     startup failed in a way that another attempt will not fix (MSG is JSON)
 
 The supervisor writes `stop` (drain, as SIGTERM does) or `force` (close everything now). End of file
-on the channel tells a worker its supervisor is gone, and it drains and exits.
+on the channel tells a worker its supervisor is gone, and it drains and exits. The worker's side of
+all this is worker.py, which the supervisor is handed as a `WorkerMain`: it never imports the server.
 
 A worker's life, as the supervisor sees it:
 
@@ -36,7 +37,6 @@ Five unexpected exits within ten seconds is a crash loop and stops the server (e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -49,20 +49,16 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from kestrelpy import platform
 from kestrelpy.config import Config
 from kestrelpy.errors import BindError, ConfigError, KestrelpyError
 from kestrelpy.sockets import bind_endpoints, bind_reuse_port, close_sockets
-
-if TYPE_CHECKING:
-    from kestrelpy.server import Server
 
 logger = logging.getLogger("kestrelpy.error")
 
@@ -71,7 +67,6 @@ CRASH_WINDOW = 10.0  # ... within this many seconds stop the server
 BACKOFF_FIRST = 0.1  # seconds before replacing a crashed worker, doubled per recent crash
 BACKOFF_MAX = 5.0
 STOP_MARGIN = 5.0  # seconds past --timeout-graceful-shutdown before a stopping worker is killed
-MIB = 1024 * 1024
 
 
 class WorkerStartupError(KestrelpyError):
@@ -86,10 +81,14 @@ class CrashLoopError(KestrelpyError):
     exit_code = 1
 
 
-# -- the worker side ------------------------------------------------------------------------------
+# -- what a worker is given ----------------------------------------------------------------------
 
 
 ReuseGroup = tuple[int, tuple[Any, ...], "bool | None"]  # family, address, IPV6_V6ONLY
+
+# A worker's whole life: serve `sockets` as `spec` says, report over `channel`; returns the exit code.
+# The supervisor is handed one (worker.run_worker) rather than importing the server itself.
+WorkerMain = Callable[["WorkerSpec", list[socket.socket], socket.socket], int]
 
 
 @dataclass(frozen=True)
@@ -97,139 +96,10 @@ class WorkerSpec:
     """What one worker needs besides its sockets; built by the supervisor, so jitter differs per worker."""
 
     config: Config
+    main: WorkerMain  # what the worker runs (worker.run_worker); travels with the spec to a spawned worker
     max_requests: int = 0  # 0: no limit
     ping_interval: float = 1.0
     reuse_groups: tuple[ReuseGroup, ...] = ()  # --reuse-port: the worker binds its own listener in each
-
-
-def _send_line(channel: socket.socket, line: str) -> None:
-    try:
-        channel.send(line.encode("utf-8") + b"\n")
-    except OSError:  # the supervisor is gone or not reading; nothing useful to do
-        pass
-
-
-class WorkerRun:
-    """Runs a Server on inherited sockets inside a worker and reports to the supervisor over the channel."""
-
-    def __init__(self, spec: WorkerSpec, sockets: list[socket.socket], channel: socket.socket) -> None:
-        self.spec = spec
-        self.sockets = sockets
-        self.channel = channel
-
-    async def run(self) -> int:
-        from kestrelpy.server import Server
-
-        self.channel.setblocking(False)
-        sockets = list(self.sockets)
-        try:
-            for family, address, v6only in self.spec.reuse_groups:
-                sockets.append(bind_reuse_port(family, address, self.spec.config.backlog, v6only=v6only, listen=True))
-        except OSError as exc:
-            message = f"Worker [{os.getpid()}] cannot listen on its own SO_REUSEPORT socket: {exc}"
-            _send_line(self.channel, f"fatal {BindError.exit_code} {json.dumps(message)}")
-            return BindError.exit_code
-        server = Server(self.spec.config)
-        server.handle_signals = False
-        server.linger_on_shutdown = True  # a rolling replacement must not drop a keep-alive client's request
-
-        serve = asyncio.ensure_future(server.serve(sockets))
-
-        def on_terminate() -> None:
-            if not server.started.is_set():
-                serve.cancel()  # nothing in flight yet, and startup may never finish
-            elif not server.shutdown_requested:
-                logger.info("Worker [%d] received SIGTERM; draining", os.getpid())
-                server.request_shutdown()
-
-        restore_signals = platform.install_worker_signal_handlers(asyncio.get_running_loop(), on_terminate)
-        started = asyncio.ensure_future(server.started.wait())
-        listen = asyncio.ensure_future(self._listen(server, serve))
-        ping: asyncio.Future[None] | None = None
-        try:
-            await asyncio.wait({serve, started}, return_when=asyncio.FIRST_COMPLETED)
-            if not serve.done():
-                _send_line(self.channel, "ready")
-                ping = asyncio.ensure_future(self._ping(server))
-            try:
-                await serve
-            except asyncio.CancelledError:
-                if not serve.cancelled() or started.done():
-                    raise
-                return 1  # stopped while starting: SIGTERM, or the supervisor vanished (see _listen)
-            except KestrelpyError as exc:
-                if started.done():
-                    raise
-                _send_line(self.channel, f"fatal {exc.exit_code} {json.dumps(str(exc))}")
-                return exc.exit_code
-            return 0
-        finally:
-            restore_signals()
-            for task in (started, listen, ping):
-                if task is not None:
-                    task.cancel()
-
-    async def _listen(self, server: Server, serve: asyncio.Future[None]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = await loop.sock_recv(self.channel, 256)
-            except OSError:
-                data = b""
-            if not server.started.is_set() and (not data or b"stop" in data or b"force" in data):
-                # Nothing is in flight yet, and an import or lifespan startup may never finish: leave now.
-                gone = "lost its supervisor" if not data else "was asked to stop"
-                logger.warning("Worker [%d] %s while starting; leaving", os.getpid(), gone)
-                serve.cancel()
-                return
-            if not data:  # the supervisor died: drain and leave rather than serve unsupervised
-                if not server.shutdown_requested:
-                    logger.warning("Worker [%d] lost its supervisor; shutting down", os.getpid())
-                    server.request_shutdown()
-                return
-            if b"force" in data:
-                server.request_shutdown()
-                server.request_shutdown()
-            elif b"stop" in data and not server.shutdown_requested:
-                server.request_shutdown()
-
-    async def _ping(self, server: Server) -> None:
-        spec = self.spec
-        memory_limit = int(spec.config.limit_worker_memory * MIB)
-        asked = False
-        while True:
-            _send_line(self.channel, "ping")
-            if not asked:
-                reason = None
-                served = server.requests_served
-                if spec.max_requests and served >= spec.max_requests:
-                    reason = f"served {served} requests (limit {spec.max_requests})"
-                elif memory_limit:
-                    rss = platform.resident_memory()
-                    if rss is not None and rss > memory_limit:
-                        reason = f"uses {rss / MIB:.0f} MiB (limit {spec.config.limit_worker_memory:g} MiB)"
-                if reason is not None:
-                    logger.info("Worker [%d] %s; asking to be replaced", os.getpid(), reason)
-                    _send_line(self.channel, f"recycle {reason}")
-                    asked = True
-            await asyncio.sleep(spec.ping_interval)
-
-
-def run_worker(spec: WorkerSpec, sockets: list[socket.socket], channel: socket.socket) -> int:
-    """A worker's whole life on a fresh event loop; returns its exit code."""
-    factory = platform.loop_factory(spec.config.loop)
-    loop = factory()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(WorkerRun(spec, sockets, channel).run())
-    except KeyboardInterrupt:
-        return 130
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def spawned_worker_main() -> None:
@@ -241,7 +111,7 @@ def spawned_worker_main() -> None:
     logs.configure(spec.config.log_level, access_log=spec.config.access_log)
     sockets = [platform.import_socket(item) for item in payload["sockets"]]
     channel = platform.import_socket(payload["channel"])
-    sys.exit(run_worker(spec, sockets, channel))
+    sys.exit(spec.main(spec, sockets, channel))
 
 
 # -- starting a worker ----------------------------------------------------------------------------
@@ -309,7 +179,7 @@ def fork_worker(
                     os.close(fd)
                 except OSError:
                     pass
-            code = run_worker(spec, sockets, theirs)
+            code = spec.main(spec, sockets, theirs)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -384,11 +254,13 @@ class Supervisor:
     def __init__(
         self,
         config: Config,
+        worker_main: WorkerMain,
         *,
         starter: Starter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.worker_main = worker_main
         self.target = config.workers
         self._start = starter or default_starter()
         self._clock = clock
@@ -414,13 +286,12 @@ class Supervisor:
 
     def run(self) -> int:
         from kestrelpy import guard
-        from kestrelpy.server import Server
 
         config = self.config
         if config.reuse_port and not platform.REUSE_PORT_BALANCES:
             raise ConfigError("--reuse-port needs Linux, where the kernel balances SO_REUSEPORT listeners")
         watcher = self._watcher() if config.reload else None
-        endpoints = Server(config).endpoints()
+        endpoints = config.endpoints()
         for finding in guard.predict(endpoints, reuse_port=config.reuse_port):
             logger.warning("%s", finding.render())
         self.sockets = bind_endpoints(endpoints, config.backlog)
@@ -726,6 +597,7 @@ class Supervisor:
             max_requests += random.randint(0, config.limit_max_requests_jitter)
         spec = WorkerSpec(
             config,
+            self.worker_main,
             max_requests,
             ping_interval=min(1.0, config.timeout_worker_healthcheck / 4),
             reuse_groups=self._reuse_groups,
@@ -793,5 +665,5 @@ class Supervisor:
         return threading.Thread(target=watch, args=(on_changes, self._watch_stop), name="kestrelpy-reload", daemon=True)
 
 
-def run_supervisor(config: Config) -> int:
-    return Supervisor(config).run()
+def run_supervisor(config: Config, worker_main: WorkerMain) -> int:
+    return Supervisor(config, worker_main).run()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import kestrelpy.guard.linux as linux
 from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint
-from kestrelpy.guard import linux
 from kestrelpy.guard.facts import SYSTEM_PID, HostFacts, PortFacts
 from kestrelpy.guard.runner import HostIO
 from kestrelpy.guard.screen import addresses_to_try, needs_resolving
@@ -60,7 +60,7 @@ def gather(
         windows_side: tuple[PortFacts, ...] = ()
         if wsl is not None and wsl.interop and (thorough or kind is FailureKind.IN_USE):
             result = io.run(WSL_NETSTAT)
-            from kestrelpy.guard import windows
+            import kestrelpy.guard.windows as windows
 
             if result is None:
                 notes.append("WSL interop: netstat.exe did not run")
@@ -86,7 +86,7 @@ def gather(
         )
 
     if platform == "darwin":
-        from kestrelpy.guard import darwin  # per-OS probes load only on their OS (and in tests)
+        import kestrelpy.guard.darwin as darwin  # per-OS probes load only on their OS (and in tests)
 
         wanted = thorough or kind is FailureKind.IN_USE
         return HostFacts(
@@ -100,7 +100,7 @@ def gather(
         )
 
     if platform == "win32":
-        from kestrelpy.guard import windows
+        import kestrelpy.guard.windows as windows
 
         denied = kind is FailureKind.DENIED
         full = thorough or kind is not None

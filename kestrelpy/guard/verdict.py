@@ -45,8 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import kestrelpy.guard.messages as m
 from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint, UnixEndpoint
-from kestrelpy.guard import messages as m
 from kestrelpy.guard.facts import (
     SYSTEM_PID,
     HostFacts,

@@ -277,10 +277,10 @@ def test_spawned_workers_take_the_sockets_over_a_hand_over(servers: list[Supervi
     POSIX hand-over of descriptors: the same code path apart from socket.share/fromshare."""
     script = (
         "import sys; from kestrelpy import logs; from kestrelpy.config import Config;"
-        "from kestrelpy.supervisor import Supervisor, spawn_worker;"
+        "from kestrelpy.supervisor import Supervisor, spawn_worker; from kestrelpy.worker import run_worker;"
         "logs.configure('info', access_log=False);"
         f"sys.exit(Supervisor(Config(app='sv_apps:pid', port=0, workers=2, app_dir={str(HERE)!r}),"
-        " starter=spawn_worker).run())"
+        " run_worker, starter=spawn_worker).run())"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = Supervised(proc)

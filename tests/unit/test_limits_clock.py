@@ -12,7 +12,7 @@ from memory_transport import MemoryTransport
 from kestrelpy import heartbeat
 from kestrelpy.config import Config, Limits
 from kestrelpy.errors import ConfigError
-from kestrelpy.protocols import http11, timeouts
+from kestrelpy.protocols import timeouts
 from kestrelpy.server import connection_class
 from kestrelpy.state import ServerState
 

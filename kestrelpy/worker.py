@@ -1,0 +1,154 @@
+"""A supervised worker: runs a Server on the sockets its supervisor hands it and reports over its channel.
+
+The supervisor (supervisor.py, where the channel's lines are described) starts worker processes but
+never imports the server: the CLI gives it `run_worker` as the code each worker runs. This module is
+the one place where the two meet, so the imports point one way: cli -> worker -> server, supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import traceback
+
+from kestrelpy import platform
+from kestrelpy.errors import BindError, KestrelpyError
+from kestrelpy.server import Server
+from kestrelpy.sockets import bind_reuse_port
+from kestrelpy.supervisor import WorkerSpec
+
+logger = logging.getLogger("kestrelpy.error")
+
+MIB = 1024 * 1024
+
+
+def _send_line(channel: socket.socket, line: str) -> None:
+    try:
+        channel.send(line.encode("utf-8") + b"\n")
+    except OSError:  # the supervisor is gone or not reading; nothing useful to do
+        pass
+
+
+class WorkerRun:
+    """Runs a Server on inherited sockets inside a worker and reports to the supervisor over the channel."""
+
+    def __init__(self, spec: WorkerSpec, sockets: list[socket.socket], channel: socket.socket) -> None:
+        self.spec = spec
+        self.sockets = sockets
+        self.channel = channel
+
+    async def run(self) -> int:
+        self.channel.setblocking(False)
+        sockets = list(self.sockets)
+        try:
+            for family, address, v6only in self.spec.reuse_groups:
+                sockets.append(bind_reuse_port(family, address, self.spec.config.backlog, v6only=v6only, listen=True))
+        except OSError as exc:
+            message = f"Worker [{os.getpid()}] cannot listen on its own SO_REUSEPORT socket: {exc}"
+            _send_line(self.channel, f"fatal {BindError.exit_code} {json.dumps(message)}")
+            return BindError.exit_code
+        server = Server(self.spec.config)
+        server.handle_signals = False
+        server.linger_on_shutdown = True  # a rolling replacement must not drop a keep-alive client's request
+
+        serve = asyncio.ensure_future(server.serve(sockets))
+
+        def on_terminate() -> None:
+            if not server.started.is_set():
+                serve.cancel()  # nothing in flight yet, and startup may never finish
+            elif not server.shutdown_requested:
+                logger.info("Worker [%d] received SIGTERM; draining", os.getpid())
+                server.request_shutdown()
+
+        restore_signals = platform.install_worker_signal_handlers(asyncio.get_running_loop(), on_terminate)
+        started = asyncio.ensure_future(server.started.wait())
+        listen = asyncio.ensure_future(self._listen(server, serve))
+        ping: asyncio.Future[None] | None = None
+        try:
+            await asyncio.wait({serve, started}, return_when=asyncio.FIRST_COMPLETED)
+            if not serve.done():
+                _send_line(self.channel, "ready")
+                ping = asyncio.ensure_future(self._ping(server))
+            try:
+                await serve
+            except asyncio.CancelledError:
+                if not serve.cancelled() or started.done():
+                    raise
+                return 1  # stopped while starting: SIGTERM, or the supervisor vanished (see _listen)
+            except KestrelpyError as exc:
+                if started.done():
+                    raise
+                _send_line(self.channel, f"fatal {exc.exit_code} {json.dumps(str(exc))}")
+                return exc.exit_code
+            return 0
+        finally:
+            restore_signals()
+            for task in (started, listen, ping):
+                if task is not None:
+                    task.cancel()
+
+    async def _listen(self, server: Server, serve: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await loop.sock_recv(self.channel, 256)
+            except OSError:
+                data = b""
+            if not server.started.is_set() and (not data or b"stop" in data or b"force" in data):
+                # Nothing is in flight yet, and an import or lifespan startup may never finish: leave now.
+                gone = "lost its supervisor" if not data else "was asked to stop"
+                logger.warning("Worker [%d] %s while starting; leaving", os.getpid(), gone)
+                serve.cancel()
+                return
+            if not data:  # the supervisor died: drain and leave rather than serve unsupervised
+                if not server.shutdown_requested:
+                    logger.warning("Worker [%d] lost its supervisor; shutting down", os.getpid())
+                    server.request_shutdown()
+                return
+            if b"force" in data:
+                server.request_shutdown()
+                server.request_shutdown()
+            elif b"stop" in data and not server.shutdown_requested:
+                server.request_shutdown()
+
+    async def _ping(self, server: Server) -> None:
+        spec = self.spec
+        memory_limit = int(spec.config.limit_worker_memory * MIB)
+        asked = False
+        while True:
+            _send_line(self.channel, "ping")
+            if not asked:
+                reason = None
+                served = server.requests_served
+                if spec.max_requests and served >= spec.max_requests:
+                    reason = f"served {served} requests (limit {spec.max_requests})"
+                elif memory_limit:
+                    rss = platform.resident_memory()
+                    if rss is not None and rss > memory_limit:
+                        reason = f"uses {rss / MIB:.0f} MiB (limit {spec.config.limit_worker_memory:g} MiB)"
+                if reason is not None:
+                    logger.info("Worker [%d] %s; asking to be replaced", os.getpid(), reason)
+                    _send_line(self.channel, f"recycle {reason}")
+                    asked = True
+            await asyncio.sleep(spec.ping_interval)
+
+
+def run_worker(spec: WorkerSpec, sockets: list[socket.socket], channel: socket.socket) -> int:
+    """A worker's whole life on a fresh event loop; returns its exit code. This is the `WorkerMain` the
+    CLI hands the supervisor (a module-level function, so that it pickles for a spawned worker)."""
+    factory = platform.loop_factory(spec.config.loop)
+    loop = factory()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(WorkerRun(spec, sockets, channel).run())
+    except KeyboardInterrupt:
+        return 130
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
