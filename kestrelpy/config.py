@@ -50,11 +50,13 @@ def option(
     negatable: bool = False,
     repeatable: bool = False,
     metavar: str | None = None,
+    group: str | None = None,
 ) -> Any:
     """Declare a config field once: its default, its help text and how the CLI and environment spell it.
 
     `flag=None` derives `--field-name` from the field name; `parse` turns a CLI/env string into the value
-    (for a `repeatable` option, one item: the environment gives several items one per line).
+    (for a `repeatable` option, one item: the environment gives several items one per line). `group` is the
+    section of the flag reference (docs/flags.md) the option is listed under; the server never reads it.
     """
     metadata = {
         "help": help,
@@ -64,6 +66,7 @@ def option(
         "negatable": negatable,
         "repeatable": repeatable,
         "metavar": metavar,
+        "group": group,
     }
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not allowed in a frozen config")
@@ -85,6 +88,7 @@ class Limits:
         flag="--timeout-keep-alive",
         parse=float,
         metavar="SECONDS",
+        group="timeouts",
     )
     request_headers_timeout: float = option(
         10.0,
@@ -93,6 +97,7 @@ class Limits:
         flag="--timeout-request-headers",
         parse=float,
         metavar="SECONDS",
+        group="timeouts",
     )
     max_request_line_size: int = option(
         8 * 1024,
@@ -100,6 +105,7 @@ class Limits:
         flag="--limit-request-line",
         parse=int,
         metavar="BYTES",
+        group="limits",
     )
     max_request_headers_size: int = option(
         32 * 1024,
@@ -107,6 +113,7 @@ class Limits:
         flag="--limit-request-headers",
         parse=int,
         metavar="BYTES",
+        group="limits",
     )
     max_request_header_count: int = option(
         100,
@@ -115,6 +122,7 @@ class Limits:
         flag="--limit-request-header-count",
         parse=int,
         metavar="N",
+        group="limits",
     )
     max_request_body_size: int = option(
         30_000_000,
@@ -123,6 +131,7 @@ class Limits:
         flag="--limit-request-body",
         parse=int,
         metavar="BYTES",
+        group="limits",
     )
     max_requests_per_connection: int = option(
         0,
@@ -131,6 +140,7 @@ class Limits:
         flag="--limit-keep-alive-requests",
         parse=int,
         metavar="N",
+        group="limits",
     )
     max_concurrent_connections: int = option(
         0,
@@ -139,6 +149,7 @@ class Limits:
         flag="--limit-concurrency",
         parse=int,
         metavar="N",
+        group="limits",
     )
     min_request_body_rate: float = option(
         240.0,
@@ -148,6 +159,7 @@ class Limits:
         flag="--limit-min-request-body-rate",
         parse=float,
         metavar="BYTES_PER_S",
+        group="limits",
     )
     min_request_body_grace: float = option(
         5.0,
@@ -156,6 +168,7 @@ class Limits:
         flag="--limit-min-request-body-grace",
         parse=float,
         metavar="SECONDS",
+        group="limits",
     )
     min_response_rate: float = option(
         240.0,
@@ -164,6 +177,7 @@ class Limits:
         flag="--limit-min-response-rate",
         parse=float,
         metavar="BYTES_PER_S",
+        group="limits",
     )
     min_response_grace: float = option(
         5.0,
@@ -172,6 +186,7 @@ class Limits:
         flag="--limit-min-response-grace",
         parse=float,
         metavar="SECONDS",
+        group="limits",
     )
     max_upgraded_connections: int = option(
         0,
@@ -181,6 +196,7 @@ class Limits:
         flag="--limit-upgraded-connections",
         parse=int,
         metavar="N",
+        group="limits",
     )
 
     def __post_init__(self) -> None:
@@ -217,8 +233,8 @@ class Config:
     """Everything the server needs to run, validated at construction."""
 
     app: Any = option(None, "The ASGI application as module:attribute (or the callable itself).")
-    host: str = option("127.0.0.1", "Address to listen on (IPv4, IPv6 or a host name).", parse=str)
-    port: int = option(8000, "TCP port to listen on; 0 picks a free port.", parse=int)
+    host: str = option("127.0.0.1", "Address to listen on (IPv4, IPv6 or a host name).", parse=str, group="listening")
+    port: int = option(8000, "TCP port to listen on; 0 picks a free port.", parse=int, group="listening")
     binds: tuple[str, ...] = option(
         (),
         "Another endpoint: HOST:PORT, [IPV6]:PORT, localhost:PORT (both loopbacks), *:PORT (every address), "
@@ -227,46 +243,67 @@ class Config:
         parse=str,
         repeatable=True,
         metavar="ENDPOINT",
+        group="listening",
     )
     urls: str = option(
         "",
         "Kestrel-style endpoint URLs separated by ';', e.g. 'http://+:8080;http://localhost:5000'.",
         parse=str,
         metavar="URLS",
+        group="listening",
     )
-    uds: str = option("", "Listen on this Unix domain socket path (the same as --bind unix:PATH).", parse=str)
+    uds: str = option(
+        "",
+        "Listen on this Unix domain socket path (the same as --bind unix:PATH).",
+        parse=str,
+        group="listening",
+    )
     uds_mode: int | None = option(
         None,
         "Octal permissions for Unix socket files, e.g. 660 (default: what the umask gives).",
         parse=parse_octal_mode,
         metavar="MODE",
+        group="listening",
     )
     inherited: tuple[FdEndpoint, ...] = field(default=())  # systemd socket activation, filled in by the CLI
-    backlog: int = option(2048, "Maximum number of connections waiting to be accepted.", parse=int)
-    http: str = option("auto", "HTTP/1.1 parser (auto = httptools).", choices=HTTP_CHOICES)
-    loop: str = option("auto", "Event loop (auto = uvloop where installed).", choices=LOOP_CHOICES)
+    backlog: int = option(2048, "Maximum number of connections waiting to be accepted.", parse=int, group="listening")
+    http: str = option("auto", "HTTP/1.1 parser (auto = httptools).", choices=HTTP_CHOICES, group="http")
+    loop: str = option("auto", "Event loop (auto = uvloop where installed).", choices=LOOP_CHOICES, group="application")
     lifespan: str = option(
-        "auto", "ASGI lifespan protocol (auto tolerates apps without it).", choices=LIFESPAN_CHOICES
+        "auto",
+        "ASGI lifespan protocol (auto tolerates apps without it).",
+        choices=LIFESPAN_CHOICES,
+        group="application",
     )
-    log_level: str = option("info", "Log level.", choices=LOG_LEVEL_CHOICES)
-    access_log: bool = option(True, "Log one line per request.", parse=_parse_bool, negatable=True)
-    root_path: str = option("", "ASGI root_path for an app mounted below a URL prefix.", parse=str)
+    log_level: str = option("info", "Log level.", choices=LOG_LEVEL_CHOICES, group="logging")
+    access_log: bool = option(True, "Log one line per request.", parse=_parse_bool, negatable=True, group="logging")
+    root_path: str = option("", "ASGI root_path for an app mounted below a URL prefix.", parse=str, group="proxy")
     proxy_headers: bool = option(
         True,
         "Trust X-Forwarded-For/-Proto/-Host and Forwarded from peers in --forwarded-allow-ips.",
         parse=_parse_bool,
         negatable=True,
+        group="proxy",
     )
     forwarded_allow_ips: str = option(
         DEFAULT_TRUSTED,
         "Comma-separated IPs, CIDR networks, 'unix' (Unix-socket peers) or '*' allowed to set forwarded headers.",
         parse=str,
         metavar="LIST",
+        group="proxy",
     )
     factory: bool = option(
-        False, "Treat APP as a factory: call it with no arguments to get the app.", parse=_parse_bool
+        False,
+        "Treat APP as a factory: call it with no arguments to get the app.",
+        parse=_parse_bool,
+        group="application",
     )
-    app_dir: str = option(".", "Directory put first on sys.path before importing the app.", parse=str)
+    app_dir: str = option(
+        ".",
+        "Directory put first on sys.path before importing the app.",
+        parse=str,
+        group="application",
+    )
     headers: tuple[tuple[str, str], ...] = option(
         (),
         "Extra response header NAME:VALUE sent with every response; repeat for more.",
@@ -274,14 +311,16 @@ class Config:
         parse=parse_header,
         repeatable=True,
         metavar="NAME:VALUE",
+        group="http",
     )
-    server_header: bool = option(True, "Send `Server: kestrelpy`.", parse=_parse_bool, negatable=True)
-    date_header: bool = option(True, "Send a Date header.", parse=_parse_bool, negatable=True)
+    server_header: bool = option(True, "Send `Server: kestrelpy`.", parse=_parse_bool, negatable=True, group="http")
+    date_header: bool = option(True, "Send a Date header.", parse=_parse_bool, negatable=True, group="http")
     timeout_graceful_shutdown: float = option(
         30.0,
         "On SIGINT/SIGTERM, wait this many seconds for in-flight requests before closing them.",
         parse=float,
         metavar="SECONDS",
+        group="timeouts",
     )
     shutdown_delay: float = option(
         0.0,
@@ -289,24 +328,28 @@ class Config:
         "listeners, so a load balancer can take the instance out of rotation first.",
         parse=float,
         metavar="SECONDS",
+        group="timeouts",
     )
     workers: int = option(
         1,
         "Number of worker processes sharing the listening sockets (WEB_CONCURRENCY when not given).",
         parse=int,
         metavar="N",
+        group="processes",
     )
     reuse_port: bool = option(
         False,
         "Linux: each worker listens on its own SO_REUSEPORT socket and the kernel spreads connections "
         "across them (a stopping worker's queued connections are reset unless net.ipv4.tcp_migrate_req=1).",
         parse=_parse_bool,
+        group="processes",
     )
     timeout_worker_healthcheck: float = option(
         10.0,
         "Replace a worker whose event loop has not reported for this many seconds (multi-process mode).",
         parse=float,
         metavar="SECONDS",
+        group="processes",
     )
     timeout_worker_startup: float = option(
         60.0,
@@ -314,23 +357,35 @@ class Config:
         "seconds (multi-process mode; 0 = wait indefinitely).",
         parse=float,
         metavar="SECONDS",
+        group="processes",
     )
     limit_max_requests: int = option(
-        0, "Gracefully replace a worker after it has served this many requests (0 = never).", parse=int, metavar="N"
+        0,
+        "Gracefully replace a worker after it has served this many requests (0 = never).",
+        parse=int,
+        metavar="N",
+        group="processes",
     )
     limit_max_requests_jitter: int = option(
         0,
         "Add a random 0..N to --limit-max-requests per worker so workers do not all recycle at once.",
         parse=int,
         metavar="N",
+        group="processes",
     )
     limit_worker_memory: float = option(
         0.0,
         "Gracefully replace a worker whose resident memory exceeds this many MiB (0 = never).",
         parse=float,
         metavar="MIB",
+        group="processes",
     )
-    reload: bool = option(False, "Restart the workers when a source file changes (development).", parse=_parse_bool)
+    reload: bool = option(
+        False,
+        "Restart the workers when a source file changes (development).",
+        parse=_parse_bool,
+        group="processes",
+    )
     reload_dirs: tuple[str, ...] = option(
         (),
         "Directory to watch with --reload (default: --app-dir); repeat for more.",
@@ -338,6 +393,7 @@ class Config:
         parse=str,
         repeatable=True,
         metavar="DIR",
+        group="processes",
     )
     reload_includes: tuple[str, ...] = option(
         (),
@@ -346,20 +402,24 @@ class Config:
         parse=str,
         repeatable=True,
         metavar="GLOB",
+        group="processes",
     )
     reload_excludes: tuple[str, ...] = option(
         (),
-        "Glob of file or directory names never watched (default: .*, *.py[cod], *~, __pycache__); repeat for more.",
+        "Glob of file or directory names never watched, besides .*, *.py[cod], *~, __pycache__ and "
+        "node_modules; repeat for more.",
         flag="--reload-exclude",
         parse=str,
         repeatable=True,
         metavar="GLOB",
+        group="processes",
     )
     ws: str = option(
         "auto",
         "WebSocket support: websockets (the kestrelpy[websockets] extra), auto (it when installed, else "
         "Upgrade requests are plain HTTP) or none.",
         choices=WS_CHOICES,
+        group="websocket",
     )
     ws_max_size: int = option(
         16 * 1024 * 1024,
@@ -367,12 +427,14 @@ class Config:
         "0 = unlimited).",
         parse=int,
         metavar="BYTES",
+        group="websocket",
     )
     ws_ping_interval: float = option(
         20.0,
         "Ping an open WebSocket every this many seconds (uvicorn's default; 0 = never).",
         parse=float,
         metavar="SECONDS",
+        group="websocket",
     )
     ws_ping_timeout: float = option(
         20.0,
@@ -380,9 +442,14 @@ class Config:
         "0 = wait forever).",
         parse=float,
         metavar="SECONDS",
+        group="websocket",
     )
     ws_per_message_deflate: bool = option(
-        True, "Offer WebSocket permessage-deflate compression.", parse=_parse_bool, negatable=True
+        True,
+        "Offer WebSocket permessage-deflate compression.",
+        parse=_parse_bool,
+        negatable=True,
+        group="websocket",
     )
     limits: Limits = field(default_factory=Limits)
 
