@@ -38,6 +38,18 @@ def test_shared_code_never_imports_a_parser() -> None:
     assert not imported_modules(PACKAGE / "asgi.py") & {"httptools", "h11"}
 
 
+def test_the_request_cycle_knows_no_wire_protocol() -> None:
+    # It talks to its Stream; HTTP/1.1 framing (and later HTTP/2 frames) stay on the other side of it.
+    imports = imported_modules(PACKAGE / "protocols" / "cycle.py")
+    wire = {m for m in imports if m.startswith(("kestrelpy.protocols.http11", "kestrelpy.protocols.websocket"))}
+    assert not wire | (imports & {"kestrelpy.protocols.writer", "httptools", "h11"})
+
+
+def test_every_listed_type_only_import_is_still_there() -> None:
+    edges = {(e.source, e.target) for e in import_graph() if e.type_only}
+    assert set(TYPE_ONLY_UPWARD) <= edges, set(TYPE_ONLY_UPWARD) - edges
+
+
 def test_only_the_cli_reads_argv_or_environment() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.name in ("cli.py", "__main__.py") or "guard" in path.parts:
@@ -72,7 +84,6 @@ ROOT = PACKAGE.name
 TYPE_ONLY_UPWARD = {
     ("kestrelpy.state", "kestrelpy.protocols.http11"): "ServerState.connections holds connections",
     ("kestrelpy.state", "kestrelpy.protocols.websocket"): "ServerState.upgrade is the handler the server built",
-    ("kestrelpy.protocols.cycle", "kestrelpy.protocols.http11"): "a request cycle belongs to its connection",
     ("kestrelpy.guard.screen", "kestrelpy.guard.runner"): "the screen reads the host through a HostIO",
 }
 
