@@ -80,6 +80,24 @@ def kestrelpy_args(http: str | None) -> Callable[[str, int], list[str]]:
     return build
 
 
+def kestrelpy_from_tree(tree: Path, http: str | None) -> Callable[[str, int], list[str]]:
+    """kestrelpy imported from another checkout (the apps still come from this one's bench/)."""
+    start = f"import sys; sys.path.insert(0, {str(tree.resolve())!r}); from kestrelpy.cli import main; sys.exit(main())"
+
+    def build(app: str, port: int) -> list[str]:
+        return ["-c", start, *kestrelpy_args(http)(app, port)[2:]]
+
+    return build
+
+
+def add_baseline_tree(tree: Path) -> None:
+    """Register kestrelpy-base and kestrelpy-base-h11, served from `tree`, for a before/after in one run."""
+    if not (tree / "kestrelpy" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-tree: no kestrelpy package in {tree}")
+    for name, parser in (("kestrelpy-base", None), ("kestrelpy-base-h11", "h11")):
+        SERVERS[name] = Server(name, "kestrelpy", kestrelpy_from_tree(tree, parser))
+
+
 def uvicorn_args(http: str) -> Callable[[str, int], list[str]]:
     def build(app: str, port: int) -> list[str]:
         return [
@@ -855,6 +873,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help=f"repeat a run when other processes took >={DISTURBED_LOAD * 100:.0f}%% of a pinned CPU (default 1)",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run kestrelpy from this checkout, as kestrelpy-base(-h11): before/after in one run",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report, with a machine header, here")
     parser.add_argument("--raw-json", action="store_true", help="save every run's numbers under bench/out/")
     parser.add_argument("--time-limit", type=float, help="overall limit in seconds (default: 2x estimate)")
@@ -879,6 +902,11 @@ def save_raw(results: list[Measurement]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--baseline-tree", type=Path)
+    known, _ = early.parse_known_args(argv)
+    if known.baseline_tree is not None:
+        add_baseline_tree(known.baseline_tree)  # before --servers is checked against SERVERS
     args = build_parser().parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")

@@ -243,9 +243,9 @@ class RequestCycle:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected 'http.response.start' first, got {kind!r}.")
             status = int(message["status"])
-            trailers = bool(message.get("trailers", False)) and "http.response.trailers" in self.scope.get(
-                "extensions", ()
-            )
+            trailers = message.get("trailers", False)
+            if trailers:  # only for a request that said it accepts them (te: trailers)
+                trailers = "http.response.trailers" in self.scope.get("extensions", ())
             stream.start_response(status, message.get("headers", ()), trailers)
             self.status = status
             self.response_started = True
