@@ -130,17 +130,22 @@ class RequestCycle:
         self.body_received += len(data)
         if len(self._body) > BODY_BUFFER_HIGH_WATER:
             self._stream.pause_reading()
-        self._wake()
+        if self._body_waiter is not None:
+            self._wake()
 
     def finish_body(self) -> None:
         self.body_complete = True
-        self._wake()
+        if self._body_waiter is not None:
+            self._wake()
 
     def on_disconnect(self) -> None:
         self.disconnected = True
-        self._wake()
+        if self._body_waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
+        """Wake the app waiting in receive(). Callers test `_body_waiter` first: most of the time
+        nobody waits, and the test costs less than the call."""
         waiter = self._body_waiter
         if waiter is not None:
             self._body_waiter = None
@@ -269,7 +274,8 @@ class RequestCycle:
 
     def _complete(self) -> None:
         self.response_complete = True
-        self._wake()
+        if self._body_waiter is not None:
+            self._wake()
         self._stream.complete_response(self)
 
     def _log_access(self) -> None:

@@ -433,8 +433,10 @@ class HttpConnection(Http1Output):
 
     def on_request_complete(self) -> None:
         self._head_bytes = 0  # the next head may begin in what is left of this read
-        if self._reading is not None and not self.ignore_input:
-            self._reading.finish_body()
+        reading = self._reading
+        if reading is not None and not self.ignore_input:
+            if not reading.body_complete:  # (a request without a body was marked complete at its head)
+                reading.finish_body()
             self._reading = None
 
     def on_reject(self, reason: RequestRejection) -> None:
@@ -570,9 +572,11 @@ class HttpConnection(Http1Output):
             self._send_rejection()
         else:
             self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, self.state.clock())
-            reading = self._reading
-            if reading is None or len(reading._body) <= BODY_BUFFER_HIGH_WATER:
-                self.flow.resume_reading()
+            flow = self.flow
+            if flow.read_paused:
+                reading = self._reading
+                if reading is None or len(reading._body) <= BODY_BUFFER_HIGH_WATER:
+                    flow.resume_reading()
 
     # -- lifecycle -------------------------------------------------------------------------------
 

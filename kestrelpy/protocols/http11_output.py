@@ -139,7 +139,11 @@ class Http1Output(asyncio.Protocol):
             special = _SPECIAL_HEADERS.get(name)
             if special is not None:
                 if special == _CONTENT_LENGTH:
-                    self._bytes_left = _content_length(value)
+                    try:
+                        length = _LENGTHS.get(value)  # the cache first: most responses repeat a few
+                    except TypeError:  # a bytearray
+                        length = None
+                    self._bytes_left = _content_length(value) if length is None else length
                     has_length = True
                 elif special == _TRANSFER_ENCODING:
                     continue  # framing is ours to choose
@@ -181,7 +185,8 @@ class Http1Output(asyncio.Protocol):
             if framing is Framing.CHUNKED:
                 # With trailers, the last chunk only: the trailer section and its blank line follow.
                 out += b"0\r\n" if self._with_trailers else LAST_CHUNK
-        self._flush(out)
+        if out:
+            self.write(out)
 
     def send_trailers(self, headers: Iterable[tuple[bytes, bytes]], more_trailers: bool) -> None:
         lines = []
