@@ -32,7 +32,18 @@ def test_parser_adapters_import_only_the_shared_connection() -> None:
 
 
 def test_shared_code_never_imports_a_parser() -> None:
-    for name in ("http11.py", "cycle.py", "writer.py", "flow.py", "rejection.py", "screen.py", "websocket.py"):
+    for name in (
+        "http11.py",
+        "http11_output.py",
+        "request_head.py",
+        "timeouts.py",
+        "cycle.py",
+        "writer.py",
+        "flow.py",
+        "rejection.py",
+        "screen.py",
+        "websocket.py",
+    ):
         imports = imported_modules(PACKAGE / "protocols" / name)
         assert not imports & {"httptools", "h11"}, name
     assert not imported_modules(PACKAGE / "asgi.py") & {"httptools", "h11"}

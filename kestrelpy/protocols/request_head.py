@@ -1,0 +1,136 @@
+"""What the HTTP/1.1 connection checks in a request head, as pure functions of the parsed head.
+
+Both parser adapters hand the shared connection the same (method, target, version, header list); these
+functions read it the same way whichever parser produced it, so a head is refused with the same answer
+on both paths. Nothing here touches a transport.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from kestrelpy.protocols.rejection import RequestRejection
+
+if TYPE_CHECKING:
+    from kestrelpy.state import ServerState
+
+# Request headers the connection itself looks at; the rest go to the app untouched.
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _TE = range(6)
+_REQUEST_HEADERS = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"expect": _EXPECT,
+    b"te": _TE,
+}
+
+
+# RFC 9110 section 7.2: Host is uri-host [":" port]; uri-host is an IP-literal in brackets or a reg-name
+# (RFC 3986 section 3.2.2: unreserved, pct-encoded and sub-delims characters). No userinfo, path or space.
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+(?:%25[0-9A-Za-z._~%-]+)?\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+KNOWN_HOSTS_MAX = 256  # valid Host values remembered per server, so the check runs once per value
+_INVALID_HOST = 1 << 16  # what an invalid Host value adds to the count of Host fields
+
+
+def _host_weight(known_hosts: set[bytes], value: bytes) -> int:
+    """1 for a valid Host value (remembered, so the next check is a set lookup), _INVALID_HOST otherwise."""
+    if _VALID_HOST.fullmatch(value.rstrip(b" \t")) is None:  # llhttp leaves trailing OWS in values
+        return _INVALID_HOST
+    if len(known_hosts) < KNOWN_HOSTS_MAX:
+        known_hosts.add(value)
+    return 1
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {token.strip().lower() for token in value.split(b",")}
+
+
+def is_http11(version: bytes) -> bool | None:
+    """Whether a request is answered as HTTP/1.1 (True) or 1.0 (False); None for a version we refuse.
+    A later HTTP/1 minor version is answered as 1.1, the highest we speak (RFC 9110 section 2.5)."""
+    if version == b"1.0":
+        return False
+    return True if version[:2] == b"1." else None
+
+
+def version_rejection(version: bytes) -> RequestRejection:
+    # llhttp reports a request line without a version as 0.9, which h11 refuses as malformed.
+    return RequestRejection.MALFORMED_REQUEST if version == b"0.9" else RequestRejection.UNSUPPORTED_HTTP_VERSION
+
+
+def scan_headers(
+    known_hosts: set[bytes], headers: list[tuple[bytes, bytes]], http11: bool
+) -> tuple[bool, bool, bool, bool, int, int, bool, bool]:
+    """One pass over the header fields the connection itself looks at. Returns (keep_alive,
+    expect_continue, trailers accepted, upgrade asked, Host weight, Transfer-Encoding weight, has
+    Content-Length, body declared empty); the weights count fields, with a large step for a bad value."""
+    keep_alive = http11
+    expect_continue = trailers = upgrade = False
+    hosts = codings = 0
+    has_length = False
+    empty_body = True
+    for name, value in headers:
+        kind = _REQUEST_HEADERS.get(name)
+        if kind is None:
+            continue
+        if kind == _HOST:
+            hosts += 1 if value in known_hosts else _host_weight(known_hosts, value)
+        elif kind == _CONTENT_LENGTH:
+            has_length = True
+            empty_body = empty_body and value.strip() == b"0"
+        elif kind == _TRANSFER_ENCODING:
+            # Only `chunked` is implemented; llhttp accepts "gzip, chunked", which h11 refuses.
+            codings += 1 if value.strip().lower() == b"chunked" else 2
+        elif kind == _CONNECTION:
+            tokens = _connection_tokens(value)
+            upgrade = upgrade or b"upgrade" in tokens
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens and not http11:
+                keep_alive = True
+        elif kind == _EXPECT:
+            expect_continue = http11 and value.lower() == b"100-continue"
+        else:
+            trailers = b"trailers" in _connection_tokens(value)
+    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body
+
+
+def framing_or_host_refusal(http11: bool, hosts: int, codings: int, has_length: bool) -> RequestRejection | None:
+    """The refusal a head with Transfer-Encoding, or without exactly one valid Host, earns, if any."""
+    if codings > 1 or (codings and has_length):
+        # RFC 9112 section 6.1 allows refusing Content-Length with Transfer-Encoding (a smuggling
+        # vector); h11 would read such a body as chunked and keep the connection open.
+        return RequestRejection.MALFORMED_REQUEST
+    if hosts != 1 and (hosts or http11):
+        # RFC 9112 section 3.2: 400 for a 1.1 request without Host and for any request with several;
+        # RFC 9110 section 7.2: and for a Host value that is not uri-host [":" port].
+        if hosts == 0:
+            return RequestRejection.MISSING_HOST
+        return RequestRejection.INVALID_HOST if hosts == _INVALID_HOST else RequestRejection.MULTIPLE_HOST
+    return None
+
+
+def over_head_limits(
+    state: ServerState, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+) -> RequestRejection | None:
+    """The head limit a complete head breaks, if any; sizes are counted the same whichever parser read it."""
+    if len(method) + len(target) + 10 > state.max_line_size:  # METHOD SP target SP HTTP/x.y
+        return RequestRejection.REQUEST_LINE_TOO_LONG
+    if len(headers) > state.max_header_count:
+        return RequestRejection.TOO_MANY_HEADERS
+    if sum(len(name) + len(value) + 4 for name, value in headers) > state.max_headers_size:
+        return RequestRejection.HEADERS_TOO_LARGE
+    return None
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The Content-Length value (the parsers have already refused malformed or conflicting ones)."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value.split(b",")[0])
+            except ValueError:
+                return 0
+    return 0
