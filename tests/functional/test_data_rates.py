@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from kestrelpy.config import Limits
+from tests.support.waiting import WAIT, wait_until
 
 Start = Callable[..., Any]
 
-WAIT = 10.0
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -64,15 +64,6 @@ def streamer(progress: dict[str, Any], parts: int) -> Any:
         progress["done"].set()
 
     return app
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # -- request body --------------------------------------------------------------------------------------
@@ -155,7 +146,7 @@ def test_body_too_slow_after_the_response_started_aborts(running_server: Start, 
     response = client.read_response()
     assert response.status == 200
     assert not response.complete and response.body == b"early"  # cut short: no 408 inside the body
-    assert wait_for(lambda: messages[-1:] == [{"type": "http.disconnect"}])
+    assert wait_until(lambda: messages[-1:] == [{"type": "http.disconnect"}])
 
 
 # -- response ------------------------------------------------------------------------------------------
@@ -175,7 +166,7 @@ def test_client_that_stops_reading_is_cut_off(running_server: Start, raw_client:
     assert progress["sent"] < 16 * MiB  # it was held back by the unread socket meanwhile
     response = client.read_response()
     assert response.status == 200 and not response.complete  # the client can tell it was cut short
-    assert wait_for(lambda: not live.connections())
+    assert wait_until(lambda: not live.connections())
 
 
 def test_client_reading_faster_than_the_minimum_gets_everything(running_server: Start, raw_client: Start) -> None:

@@ -22,12 +22,13 @@ import pytest
 
 pytest.importorskip("websockets")
 
-from conftest import WAIT, RawClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kestrelpy.config import Limits
 from kestrelpy.errors import ConfigError
+from tests.support.raw_client import RawClient
+from tests.support.waiting import WAIT, wait_until
 
 Start = Callable[..., Any]
 Message = dict[str, Any]
@@ -45,15 +46,6 @@ def ws_connect(live: Any, path: str = "/", **kwargs: Any) -> Any:
     kwargs.setdefault("open_timeout", WAIT)
     kwargs.setdefault("close_timeout", WAIT)
     return connect(f"ws://127.0.0.1:{live.port}{path}", **kwargs)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 class Recorder:
@@ -221,7 +213,7 @@ def test_lifespan_state_is_copied_into_the_scope(serve_app: Start) -> None:
                 await ws.recv()
 
     run(twice())
-    assert wait_for(lambda: len(seen.scopes) == 2)
+    assert wait_until(lambda: len(seen.scopes) == 2)
     assert seen.scopes[1]["state"] == {"pool": "ready", "mutated": True}
     assert seen.scopes[0]["state"] is not seen.scopes[1]["state"]
 
@@ -231,7 +223,7 @@ def test_subprotocol_and_accept_headers(running_server: Start) -> None:
     live = running_server(echo_app(seen, subprotocol="v2", headers=[(b"x-room", b"lobby")]))
 
     async def talk() -> tuple[Any, Any]:
-        async with ws_connect(live, subprotocols=["v1", "v2"]) as ws:  # type: ignore[list-item]
+        async with ws_connect(live, subprotocols=["v1", "v2"]) as ws:
             return ws.subprotocol, ws.response.headers.get("x-room")
 
     assert run(talk()) == ("v2", "lobby")
@@ -523,7 +515,7 @@ def test_upgraded_connections_limit(running_server: Start, raw_client: Start) ->
     # ... and a closed WebSocket frees its place.
     first.send(frame(CLOSE, struct.pack("!H", 1000)))
     assert first.wait_closed()
-    assert wait_for(lambda: live.call(lambda: live.server._state.upgraded) == 1)
+    assert wait_until(lambda: live.call(lambda: live.server._state.upgraded) == 1)
     fourth = raw_open(raw_client, live)
     fourth.send(frame(TEXT, b"still here"))
     assert read_frame(fourth) == (TEXT, b"still here")
@@ -620,7 +612,7 @@ def test_slow_app_pauses_reading(running_server: Start, raw_client: Start) -> No
     def read_paused() -> bool:
         return any(getattr(c, "flow", None) and c.flow.read_paused for c in live.connections())
 
-    assert wait_for(read_paused)  # the app is behind: the server stopped reading
+    assert wait_until(read_paused)  # the app is behind: the server stopped reading
     release.set()
     assert read_frame(client) == (TEXT, b"got all")
     assert received == [str(i) for i in range(100)]
@@ -651,7 +643,7 @@ def test_send_waits_while_the_client_does_not_read(running_server: Start, raw_cl
         opcode, payload = read_frame(client)
         assert (opcode, len(payload)) == (BINARY, len(chunk))
         total += 1
-    assert wait_for(lambda: len(sent) == 64)
+    assert wait_until(lambda: len(sent) == 64)
 
 
 def test_vanishing_client_is_a_disconnect_and_leaves_nothing_behind(running_server: Start, raw_client: Start) -> None:
@@ -667,10 +659,10 @@ def test_vanishing_client_is_a_disconnect_and_leaves_nothing_behind(running_serv
 
     def leftovers() -> tuple[int, int, list[str]]:
         state = live.server._state
-        tasks = [t.get_coro().__qualname__ for t in asyncio.all_tasks() if "WebSocket" in repr(t.get_coro())]
+        tasks = [repr(t.get_coro()) for t in asyncio.all_tasks() if "WebSocket" in repr(t.get_coro())]
         return len(state.connections), state.upgraded, tasks
 
-    assert wait_for(lambda: live.call(leftovers) == (0, 0, []))
+    assert wait_until(lambda: live.call(leftovers) == (0, 0, []))
 
 
 def test_graceful_shutdown_closes_with_1012_and_lets_the_app_finish(serve_app: Start, parser: str) -> None:
@@ -793,7 +785,7 @@ def test_starlette_websocket_endpoint(running_server: Start) -> None:
 
     async def talk() -> tuple[Any, Any]:
         ws: ClientConnection
-        async with ws_connect(live, "/rooms/blue?who=ann", subprotocols=["json.v1"]) as ws:  # type: ignore[list-item]
+        async with ws_connect(live, "/rooms/blue?who=ann", subprotocols=["json.v1"]) as ws:
             await ws.send('{"n": 1}')
             reply = await ws.recv()
             return ws.subprotocol, reply
@@ -801,4 +793,4 @@ def test_starlette_websocket_endpoint(running_server: Start) -> None:
     subprotocol, reply = run(talk())
     assert subprotocol == "json.v1"
     assert reply == '{"room":"blue","echo":{"n":1},"q":"ann"}'
-    assert wait_for(lambda: closed == [1000])
+    assert wait_until(lambda: closed == [1000])
