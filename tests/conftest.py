@@ -2,7 +2,9 @@
 
 `running_server(app, **config)` starts a real Server (tests/support/live_server.py) on 127.0.0.1 port 0
 and stops it (graceful shutdown, then a forced one if that hangs) when the test ends. `raw_client(port)`
-opens a RawClient (tests/support/raw_client.py) that is closed when the test ends.
+opens a RawClient (tests/support/raw_client.py) that is closed when the test ends. With `manual_clock`,
+the servers a test starts keep time by a ManualClock (tests/support/manual_clock.py) and sweep their
+connections only on `manual_clock.beat()`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from typing import Any
 
 import pytest
 
+import kestrelpy.server
 from kestrelpy.config import Config, Limits
 from kestrelpy.platform import uvloop_available
 from tests.support.live_server import LiveServer
+from tests.support.manual_clock import ManualClock
 from tests.support.raw_client import RawClient
 
 PARSERS = ["httptools", "h11"]
@@ -84,6 +88,15 @@ def running_server(serve_app: Callable[..., LiveServer], parser: str, loop_kind:
 
     return start
 
+
+
+@pytest.fixture
+def manual_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """Servers started from now on in this test read this clock, and beat only on `manual_clock.beat()`."""
+    clock = ManualClock()
+    monkeypatch.setattr(kestrelpy.server, "ServerState", clock.server_state)
+    monkeypatch.setattr(kestrelpy.server, "Heartbeat", clock.heartbeat)
+    return clock
 
 
 # -- a raw HTTP/1.1 client -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ kind; the test thread starts it, waits on its `started` event, reaches into its 
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -112,6 +113,21 @@ class LiveServer:
         server = self.server
         assert server is not None
         return self.call(lambda: list(server._state.connections) if server._state is not None else [])
+
+    def has_read_everything(self) -> bool:
+        """True when no connection's socket holds bytes the server has not read yet. Checked on the
+        server's loop, so whatever runs there afterwards (a heartbeat the test beats) sees what those
+        bytes did. A connection that has paused reading, or whose peer has closed, stays unread."""
+        server = self.server
+        assert server is not None
+
+        def check() -> bool:
+            state = server._state
+            socks = [] if state is None else [conn.transport.get_extra_info("socket") for conn in state.connections]
+            readable, _, _ = select.select([sock for sock in socks if sock is not None], [], [], 0)
+            return not readable
+
+        return self.call(check)
 
     def request_shutdown(self) -> None:
         if self.loop is None or self.server is None:
