@@ -27,6 +27,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kestrelpy.config import Limits
 from kestrelpy.errors import ConfigError
+from tests.support.gate import Gate
+from tests.support.manual_clock import ManualClock
 from tests.support.raw_client import RawClient
 from tests.support.waiting import WAIT, wait_until
 
@@ -536,15 +538,22 @@ def test_upgraded_connections_leave_the_concurrency_count(running_server: Start,
 # -- keep-alive pings, flow control, the client going away, shutdown ------------------------------------
 
 
-def test_pings_keep_a_live_peer_and_close_a_silent_one(serve_app: Start, raw_client: Start, parser: str) -> None:
+def test_pings_keep_a_live_peer_and_close_a_silent_one(
+    serve_app: Start, raw_client: Start, parser: str, manual_clock: ManualClock
+) -> None:
     seen = Recorder()
     live = serve_app(echo_app(seen), http=parser, ws_ping_interval=1.0, ws_ping_timeout=1.0)
     client = raw_open(raw_client, live)
+    manual_clock.beat()  # an interval since the handshake
     opcode, payload = read_frame(client)
     assert opcode == PING
     client.send(frame(PONG, payload))  # answered: the connection stays open
+    client.send(frame(TEXT, b"after the pong"))
+    assert read_frame(client) == (TEXT, b"after the pong")  # so the pong has been read too
+    manual_clock.beat()
     opcode, payload = read_frame(client)
     assert opcode == PING  # the next interval's ping; this one goes unanswered
+    manual_clock.beat()
     opcode, payload = read_frame(client)
     assert (opcode, close_code(payload)) == (CLOSE, 1011)
     assert client.wait_closed()
@@ -552,26 +561,35 @@ def test_pings_keep_a_live_peer_and_close_a_silent_one(serve_app: Start, raw_cli
     assert seen.disconnect() is not None and seen.disconnect()["code"] == 1011  # type: ignore[index]
 
 
-def test_websockets_client_answers_pings_and_stays_open(serve_app: Start) -> None:
+def test_websockets_client_answers_pings_and_stays_open(serve_app: Start, manual_clock: ManualClock) -> None:
     seen = Recorder()
     live = serve_app(echo_app(seen), ws_ping_interval=1.0, ws_ping_timeout=1.0)
 
     async def talk() -> Any:
         async with ws_connect(live, ping_interval=None) as ws:
-            await asyncio.sleep(3.5)  # several ping intervals and timeouts
+            for beat in range(4):  # several ping intervals and timeouts
+                await asyncio.to_thread(manual_clock.beat)  # the server pings
+                # The first echo comes after the ping, which the client has answered by then; the second
+                # comes after the server has read that pong.
+                for sync in ("read the ping", "sent the pong"):
+                    await ws.send(f"{sync} {beat}")
+                    assert await ws.recv() == f"{sync} {beat}"
             await ws.send("still open")
             return await ws.recv()
 
     assert run(talk()) == "still open"
+    assert [m["text"] for m in seen.messages if m["type"] == "websocket.receive"][-1] == "still open"
 
 
-def test_a_lagging_app_does_not_time_out_a_live_peer(serve_app: Start) -> None:
+def test_a_lagging_app_does_not_time_out_a_live_peer(serve_app: Start, manual_clock: ManualClock) -> None:
+    gate = Gate()
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return
         await receive()
         await send({"type": "websocket.accept"})
-        await asyncio.sleep(3.5)  # behind for several ping timeouts: reading pauses, the pongs wait unread
+        await gate.wait()  # behind for several ping timeouts: reading pauses, the pongs wait unread
         count = 0
         while count < 100:
             message = await receive()
@@ -580,10 +598,22 @@ def test_a_lagging_app_does_not_time_out_a_live_peer(serve_app: Start) -> None:
 
     live = serve_app(app, ws_ping_interval=1.0, ws_ping_timeout=1.0)
 
+    def read_paused() -> bool:
+        return any(getattr(c, "flow", None) and c.flow.read_paused for c in live.connections())
+
     async def talk() -> Any:
         async with ws_connect(live, ping_interval=None, compression=None) as ws:
-            for i in range(100):
-                await ws.send("x" * 100_000 + str(i))
+
+            async def flood() -> None:
+                for i in range(100):
+                    await ws.send("x" * 100_000 + str(i))
+
+            sending = asyncio.ensure_future(flood())
+            assert await asyncio.to_thread(wait_until, read_paused)
+            for _ in range(4):
+                await asyncio.to_thread(manual_clock.beat)  # a ping, then three of its timeouts
+            gate.open()
+            await sending
             return await ws.recv()
 
     assert run(talk()) == "caught up"
