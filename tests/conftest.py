@@ -9,6 +9,7 @@ connections only on `manual_clock.beat()`.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +25,13 @@ from tests.support.raw_client import RawClient
 
 PARSERS = ["httptools", "h11"]
 LOOPS = ["uvloop", "asyncio"]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker more than there are CPUs. Most tests spend their time waiting on sockets,
+    timers and child processes, so a spare worker keeps the CPUs busy; more would only slow the tests
+    that measure latency."""
+    return (os.cpu_count() or 1) + 1
 
 
 @pytest.fixture(params=PARSERS)

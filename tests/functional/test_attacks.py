@@ -7,8 +7,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from kestrelpy.config import Limits
 from tests.support.attackers import OrdinaryClient, drip_attack
+
+# Each attack loads the machine and measures an ordinary client's latency meanwhile: one at a time.
+pytestmark = pytest.mark.xdist_group("attacks")
 
 Start = Callable[..., Any]
 

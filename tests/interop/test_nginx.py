@@ -32,6 +32,9 @@ import pytest
 from tests.support.interop import ROOT, Process, free_port, kestrelpy, listening_urls, require_tool
 from tests.support.waiting import wait_until
 
+# One worker runs them all, so each nginx + kestrelpy stack (a module-scoped fixture) starts once.
+pytestmark = pytest.mark.xdist_group("nginx")
+
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 CLIENT_IP = "127.0.0.2"  # a loopback address kestrelpy is told not to trust
 TRUSTED = "127.0.0.1,unix"  # nginx reaches kestrelpy from 127.0.0.1 or over the Unix socket
