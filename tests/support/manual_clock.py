@@ -10,8 +10,6 @@ instead of sleeping through it, and knows exactly which beat must have acted.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,6 +20,10 @@ from tests.support.waiting import WAIT
 
 class ManualHeartbeat(Heartbeat):
     """A Heartbeat without its timer: every beat after the first is one the test asks for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.server_loop = asyncio.get_running_loop()  # the server builds its heartbeat on its own loop
 
     def tick(self) -> None:
         super().tick()
@@ -34,7 +36,7 @@ class ManualClock:
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
         self.beats = 0
-        self._heartbeats: list[tuple[asyncio.AbstractEventLoop, ManualHeartbeat]] = []
+        self._heartbeats: list[ManualHeartbeat] = []
 
     def __call__(self) -> float:
         return self.now
@@ -43,12 +45,10 @@ class ManualClock:
         """Builds the ServerState a server asks for, reading this clock."""
         return ServerState(*args, **kwargs, clock=self)
 
-    def heartbeat(
-        self, state: ServerState, loop: asyncio.AbstractEventLoop, wallclock: Callable[[], float] = time.time
-    ) -> Heartbeat:
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Heartbeat:
         """Builds the Heartbeat a server asks for: one that beats on `beat()` only."""
-        heartbeat = ManualHeartbeat(state, loop, wallclock)
-        self._heartbeats.append((loop, heartbeat))
+        heartbeat = ManualHeartbeat(*args, **kwargs)
+        self._heartbeats.append(heartbeat)
         return heartbeat
 
     def beat(self, seconds: float = 1.0) -> None:
@@ -57,9 +57,9 @@ class ManualClock:
 
         Time moves on the loop, not in the test thread, so nothing the server is doing at that moment
         (a write, then reading the clock) can straddle it."""
-        running = [(loop, heartbeat) for loop, heartbeat in self._heartbeats if not loop.is_closed()]
+        running = [heartbeat for heartbeat in self._heartbeats if not heartbeat.server_loop.is_closed()]
         assert len(running) == 1, f"{len(running)} servers are running on this clock, not one"
-        [(loop, heartbeat)] = running
+        [heartbeat] = running
         done: Future[None] = Future()
 
         def run() -> None:
@@ -72,5 +72,5 @@ class ManualClock:
             else:
                 done.set_result(None)
 
-        loop.call_soon_threadsafe(run)
+        heartbeat.server_loop.call_soon_threadsafe(run)
         done.result(WAIT)
