@@ -27,6 +27,7 @@ PARSERS = ["httptools", "h11"]
 LOOPS = ["uvloop", "asyncio"]
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, known only when it is loaded
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker more than there are CPUs. Most tests spend their time waiting on sockets,
     timers and child processes, so a spare worker keeps the CPUs busy; more would only slow the tests
