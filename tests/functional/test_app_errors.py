@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-WAIT = 10.0
+from tests.support.waiting import WAIT
 
 Start = Callable[..., Any]
 
@@ -46,7 +46,8 @@ def test_exception_before_start_gives_a_500_and_logs_the_traceback(
     assert_is_500(client.request())
     assert client.wait_closed()
     errors = [r for r in caplog.records if r.name == "kestrelpy.error" and r.exc_info]
-    assert errors and "boom before start" in str(errors[0].exc_info[1])
+    exc_info = errors[0].exc_info if errors else None
+    assert exc_info and "boom before start" in str(exc_info[1])
 
 
 @pytest.mark.parametrize(

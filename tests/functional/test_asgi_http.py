@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-WAIT = 10.0
+from tests.support.waiting import WAIT
 
 Start = Callable[..., Any]
 

@@ -17,16 +17,16 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WAIT, LiveServer
-from test_attacks import OrdinaryClient
 
 from kestrelpy.platform import uvloop_available
+from tests.support.attackers import OrdinaryClient
+from tests.support.live_server import LiveServer
+from tests.support.waiting import WAIT, wait_until
 
 Start = Callable[..., Any]
 
@@ -64,15 +64,6 @@ def task_count(live: LiveServer) -> int:
 
     assert live.loop is not None
     return asyncio.run_coroutine_threadsafe(count(), live.loop).result(WAIT)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def connect_all(port: int, requests: list[bytes], rcvbuf: int | None = None) -> dict[int, socket.socket]:

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-WAIT = 10.0
+from tests.support.waiting import WAIT
+
 MiB = 1024 * 1024
 
 Start = Callable[..., Any]

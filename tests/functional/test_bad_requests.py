@@ -259,7 +259,7 @@ ACCEPTED_CHUNKS = {
 @pytest.mark.parametrize("chunks", ACCEPTED_CHUNKS.values(), ids=ACCEPTED_CHUNKS.keys())
 def test_valid_chunk_lines_are_read_alike(serve_app: Start, raw_client: Start, loop_kind: str, chunks: bytes) -> None:
     calls: list[str] = []
-    out = {}
+    out: dict[str, tuple[object, ...]] = {}
     for http in ("httptools", "h11"):
         live = serve_app(make_app(calls, read_body=True), loop_kind=loop_kind, http=http)
         client = raw_client(live.port)

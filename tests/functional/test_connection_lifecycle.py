@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-WAIT = 10.0
+from tests.support.gate import Gate
+from tests.support.manual_clock import ManualClock
+from tests.support.waiting import WAIT
 
 Start = Callable[..., Any]
 
@@ -82,34 +84,39 @@ def test_extra_headers_go_on_every_response(running_server: Start, raw_client: S
 # -- keep-alive idle timeout ---------------------------------------------------------------------------
 
 
-def test_idle_keep_alive_connection_is_closed_after_the_timeout(running_server: Start, raw_client: Start) -> None:
-    live = running_server(hello_app, keep_alive_timeout=0.5)
+def test_idle_keep_alive_connection_is_closed_after_the_timeout(
+    running_server: Start, raw_client: Start, manual_clock: ManualClock
+) -> None:
+    live = running_server(hello_app, keep_alive_timeout=1.5)
     client = raw_client(live.port)
     assert client.request().status == 200
-    idle_from = time.monotonic()
+    manual_clock.beat()
+    assert client.nothing_within(0.1)  # idle for 1 s: within the timeout
+    manual_clock.beat()  # 2 s: the first beat past the timeout closes it
     assert client.wait_closed(WAIT), "the idle connection was never closed"
-    waited = time.monotonic() - idle_from
-    # The heartbeat sweeps once a second: closed after the timeout, within one more beat.
-    assert 0.4 <= waited <= 3.0, waited
     assert client.buffer == b""  # closed without sending anything
 
 
-@pytest.mark.parametrize("parser", ["httptools"])  # parser-independent, and slow by nature: one parser suffices
-def test_connection_in_use_is_not_closed_by_the_idle_timeout(running_server: Start, raw_client: Start) -> None:
-    gate = threading.Event()
+@pytest.mark.parametrize("parser", ["httptools"])  # parser-independent: one parser suffices
+def test_connection_in_use_is_not_closed_by_the_idle_timeout(
+    running_server: Start, raw_client: Start, manual_clock: ManualClock
+) -> None:
+    gate = Gate()
 
     async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        await asyncio.to_thread(gate.wait, WAIT)
+        await gate.wait()
         await hello_app(scope, receive, send)
 
     live = running_server(slow, keep_alive_timeout=0.5)
     client = raw_client(live.port)
     client.send(client.request_bytes())
-    # The app takes longer than the idle timeout: the connection is busy, not idle.
-    assert client.nothing_within(1.6)
-    gate.set()
+    assert gate.reached.wait(WAIT)
+    for _ in range(3):
+        manual_clock.beat()  # the app takes longer than the idle timeout: the connection is busy, not idle
+    assert client.nothing_within(0.1)
+    gate.open()
     assert client.read_response().body == b"hello"
 
 

@@ -70,7 +70,7 @@ class BrokenAbort(BrokenTick):
         raise RuntimeError("abort bug")
 
 
-async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-WAIT = 10.0
+from tests.support.waiting import WAIT
 
 Start = Callable[..., Any]
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from kestrelpy.errors import KestrelpyError, LifespanStartupError
-
-WAIT = 10.0
+from tests.support.waiting import WAIT
 
 Start = Callable[..., Any]
 

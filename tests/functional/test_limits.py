@@ -4,13 +4,14 @@ connection closed, and a request sent after the refused one never reaching the a
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from kestrelpy.config import Limits
+from tests.support.manual_clock import ManualClock
+from tests.support.waiting import wait_until
 
 Start = Callable[..., Any]
 
@@ -153,26 +154,37 @@ def test_default_limits_refuse_a_huge_head(running_server: Start, raw_client: St
     assert calls == []
 
 
-def test_request_headers_timeout_gets_408(running_server: Start, raw_client: Start) -> None:
+def test_request_headers_timeout_gets_408(
+    running_server: Start, raw_client: Start, manual_clock: ManualClock
+) -> None:
     calls: list[str] = []
     # The keep-alive timeout is longer, so it is the head's own timeout that answers.
-    limits = Limits(request_headers_timeout=0.5, keep_alive_timeout=30)
+    limits = Limits(request_headers_timeout=1.5, keep_alive_timeout=30)
     live = running_server(recording_app(calls), limits=limits)
     client = raw_client(live.port)
-    assert client.request().status == 200  # the timeout counts from the head's first byte, not the connect
-    started = time.monotonic()
+    assert client.request().status == 200
+    manual_clock.beat()
+    manual_clock.beat()  # idle for longer than the head's timeout: it counts from the head's first byte
     client.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+    assert wait_until(live.has_read_everything)
+    manual_clock.beat()  # the first beat to see the head starts its clock
+    manual_clock.beat()
+    assert client.nothing_within(0.1)  # 1 s: within the 1.5 s
+    manual_clock.beat()  # 2 s: over
     refused(client, 408)
-    assert time.monotonic() - started < 5
     assert calls == ["/"]
 
 
-def test_head_arriving_within_the_timeout_is_served(running_server: Start, raw_client: Start) -> None:
+def test_head_arriving_within_the_timeout_is_served(
+    running_server: Start, raw_client: Start, manual_clock: ManualClock
+) -> None:
     calls: list[str] = []
     live = running_server(recording_app(calls), limits=Limits(request_headers_timeout=3, keep_alive_timeout=30))
     client = raw_client(live.port)
     client.send(b"GET / HTTP/1.1\r\n")
-    time.sleep(1.2)  # at least one heartbeat sees the incomplete head
+    assert wait_until(live.has_read_everything)
+    for _ in range(3):  # seen by the first beat, 2 s old at the third: within the 3 s
+        manual_clock.beat()
     client.send(b"Host: t\r\n\r\n")
     assert client.read_response().status == 200
     assert calls == ["/"]
@@ -312,7 +324,9 @@ def test_request_pipelined_behind_connection_close_never_reaches_the_app(
     assert calls == ["/last"]
 
 
-def test_connection_over_the_limit_gets_503(running_server: Start, raw_client: Start) -> None:
+def test_connection_over_the_limit_gets_503(
+    running_server: Start, raw_client: Start, manual_clock: ManualClock
+) -> None:
     calls: list[str] = []
     live = running_server(recording_app(calls), limits=Limits(max_concurrent_connections=2))
     first, second = raw_client(live.port), raw_client(live.port)
@@ -324,9 +338,9 @@ def test_connection_over_the_limit_gets_503(running_server: Start, raw_client: S
     assert calls == ["/first", "/second"]
     assert first.request("GET", "/again").status == 200  # the open ones are unaffected
     first.close()
-    deadline = time.monotonic() + 5
-    while len(live.connections()) > 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    manual_clock.beat()
+    manual_clock.beat()  # the refused connection lingers no more than a second (it never closes its end)
+    assert wait_until(lambda: len(live.connections()) == 1)
     fourth = raw_client(live.port)
     assert fourth.request("GET", "/fourth").status == 200  # a slot is free again
     assert calls == ["/first", "/second", "/again", "/fourth"]

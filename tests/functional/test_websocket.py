@@ -22,12 +22,15 @@ import pytest
 
 pytest.importorskip("websockets")
 
-from conftest import WAIT, RawClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kestrelpy.config import Limits
 from kestrelpy.errors import ConfigError
+from tests.support.gate import Gate
+from tests.support.manual_clock import ManualClock
+from tests.support.raw_client import RawClient
+from tests.support.waiting import WAIT, wait_until
 
 Start = Callable[..., Any]
 Message = dict[str, Any]
@@ -45,15 +48,6 @@ def ws_connect(live: Any, path: str = "/", **kwargs: Any) -> Any:
     kwargs.setdefault("open_timeout", WAIT)
     kwargs.setdefault("close_timeout", WAIT)
     return connect(f"ws://127.0.0.1:{live.port}{path}", **kwargs)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 class Recorder:
@@ -221,7 +215,7 @@ def test_lifespan_state_is_copied_into_the_scope(serve_app: Start) -> None:
                 await ws.recv()
 
     run(twice())
-    assert wait_for(lambda: len(seen.scopes) == 2)
+    assert wait_until(lambda: len(seen.scopes) == 2)
     assert seen.scopes[1]["state"] == {"pool": "ready", "mutated": True}
     assert seen.scopes[0]["state"] is not seen.scopes[1]["state"]
 
@@ -231,7 +225,7 @@ def test_subprotocol_and_accept_headers(running_server: Start) -> None:
     live = running_server(echo_app(seen, subprotocol="v2", headers=[(b"x-room", b"lobby")]))
 
     async def talk() -> tuple[Any, Any]:
-        async with ws_connect(live, subprotocols=["v1", "v2"]) as ws:  # type: ignore[list-item]
+        async with ws_connect(live, subprotocols=["v1", "v2"]) as ws:
             return ws.subprotocol, ws.response.headers.get("x-room")
 
     assert run(talk()) == ("v2", "lobby")
@@ -523,7 +517,7 @@ def test_upgraded_connections_limit(running_server: Start, raw_client: Start) ->
     # ... and a closed WebSocket frees its place.
     first.send(frame(CLOSE, struct.pack("!H", 1000)))
     assert first.wait_closed()
-    assert wait_for(lambda: live.call(lambda: live.server._state.upgraded) == 1)
+    assert wait_until(lambda: live.call(lambda: live.server._state.upgraded) == 1)
     fourth = raw_open(raw_client, live)
     fourth.send(frame(TEXT, b"still here"))
     assert read_frame(fourth) == (TEXT, b"still here")
@@ -544,15 +538,22 @@ def test_upgraded_connections_leave_the_concurrency_count(running_server: Start,
 # -- keep-alive pings, flow control, the client going away, shutdown ------------------------------------
 
 
-def test_pings_keep_a_live_peer_and_close_a_silent_one(serve_app: Start, raw_client: Start, parser: str) -> None:
+def test_pings_keep_a_live_peer_and_close_a_silent_one(
+    serve_app: Start, raw_client: Start, parser: str, manual_clock: ManualClock
+) -> None:
     seen = Recorder()
     live = serve_app(echo_app(seen), http=parser, ws_ping_interval=1.0, ws_ping_timeout=1.0)
     client = raw_open(raw_client, live)
+    manual_clock.beat()  # an interval since the handshake
     opcode, payload = read_frame(client)
     assert opcode == PING
     client.send(frame(PONG, payload))  # answered: the connection stays open
+    client.send(frame(TEXT, b"after the pong"))
+    assert read_frame(client) == (TEXT, b"after the pong")  # so the pong has been read too
+    manual_clock.beat()
     opcode, payload = read_frame(client)
     assert opcode == PING  # the next interval's ping; this one goes unanswered
+    manual_clock.beat()
     opcode, payload = read_frame(client)
     assert (opcode, close_code(payload)) == (CLOSE, 1011)
     assert client.wait_closed()
@@ -560,26 +561,35 @@ def test_pings_keep_a_live_peer_and_close_a_silent_one(serve_app: Start, raw_cli
     assert seen.disconnect() is not None and seen.disconnect()["code"] == 1011  # type: ignore[index]
 
 
-def test_websockets_client_answers_pings_and_stays_open(serve_app: Start) -> None:
+def test_websockets_client_answers_pings_and_stays_open(serve_app: Start, manual_clock: ManualClock) -> None:
     seen = Recorder()
     live = serve_app(echo_app(seen), ws_ping_interval=1.0, ws_ping_timeout=1.0)
 
     async def talk() -> Any:
         async with ws_connect(live, ping_interval=None) as ws:
-            await asyncio.sleep(3.5)  # several ping intervals and timeouts
+            for beat in range(4):  # several ping intervals and timeouts
+                await asyncio.to_thread(manual_clock.beat)  # the server pings
+                # The first echo comes after the ping, which the client has answered by then; the second
+                # comes after the server has read that pong.
+                for sync in ("read the ping", "sent the pong"):
+                    await ws.send(f"{sync} {beat}")
+                    assert await ws.recv() == f"{sync} {beat}"
             await ws.send("still open")
             return await ws.recv()
 
     assert run(talk()) == "still open"
+    assert [m["text"] for m in seen.messages if m["type"] == "websocket.receive"][-1] == "still open"
 
 
-def test_a_lagging_app_does_not_time_out_a_live_peer(serve_app: Start) -> None:
+def test_a_lagging_app_does_not_time_out_a_live_peer(serve_app: Start, manual_clock: ManualClock) -> None:
+    gate = Gate()
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return
         await receive()
         await send({"type": "websocket.accept"})
-        await asyncio.sleep(3.5)  # behind for several ping timeouts: reading pauses, the pongs wait unread
+        await gate.wait()  # behind for several ping timeouts: reading pauses, the pongs wait unread
         count = 0
         while count < 100:
             message = await receive()
@@ -588,10 +598,22 @@ def test_a_lagging_app_does_not_time_out_a_live_peer(serve_app: Start) -> None:
 
     live = serve_app(app, ws_ping_interval=1.0, ws_ping_timeout=1.0)
 
+    def read_paused() -> bool:
+        return any(getattr(c, "flow", None) and c.flow.read_paused for c in live.connections())
+
     async def talk() -> Any:
         async with ws_connect(live, ping_interval=None, compression=None) as ws:
-            for i in range(100):
-                await ws.send("x" * 100_000 + str(i))
+
+            async def flood() -> None:
+                for i in range(100):
+                    await ws.send("x" * 100_000 + str(i))
+
+            sending = asyncio.ensure_future(flood())
+            assert await asyncio.to_thread(wait_until, read_paused)
+            for _ in range(4):
+                await asyncio.to_thread(manual_clock.beat)  # a ping, then three of its timeouts
+            gate.open()
+            await sending
             return await ws.recv()
 
     assert run(talk()) == "caught up"
@@ -620,7 +642,7 @@ def test_slow_app_pauses_reading(running_server: Start, raw_client: Start) -> No
     def read_paused() -> bool:
         return any(getattr(c, "flow", None) and c.flow.read_paused for c in live.connections())
 
-    assert wait_for(read_paused)  # the app is behind: the server stopped reading
+    assert wait_until(read_paused)  # the app is behind: the server stopped reading
     release.set()
     assert read_frame(client) == (TEXT, b"got all")
     assert received == [str(i) for i in range(100)]
@@ -651,7 +673,7 @@ def test_send_waits_while_the_client_does_not_read(running_server: Start, raw_cl
         opcode, payload = read_frame(client)
         assert (opcode, len(payload)) == (BINARY, len(chunk))
         total += 1
-    assert wait_for(lambda: len(sent) == 64)
+    assert wait_until(lambda: len(sent) == 64)
 
 
 def test_vanishing_client_is_a_disconnect_and_leaves_nothing_behind(running_server: Start, raw_client: Start) -> None:
@@ -667,10 +689,10 @@ def test_vanishing_client_is_a_disconnect_and_leaves_nothing_behind(running_serv
 
     def leftovers() -> tuple[int, int, list[str]]:
         state = live.server._state
-        tasks = [t.get_coro().__qualname__ for t in asyncio.all_tasks() if "WebSocket" in repr(t.get_coro())]
+        tasks = [repr(t.get_coro()) for t in asyncio.all_tasks() if "WebSocket" in repr(t.get_coro())]
         return len(state.connections), state.upgraded, tasks
 
-    assert wait_for(lambda: live.call(leftovers) == (0, 0, []))
+    assert wait_until(lambda: live.call(leftovers) == (0, 0, []))
 
 
 def test_graceful_shutdown_closes_with_1012_and_lets_the_app_finish(serve_app: Start, parser: str) -> None:
@@ -793,7 +815,7 @@ def test_starlette_websocket_endpoint(running_server: Start) -> None:
 
     async def talk() -> tuple[Any, Any]:
         ws: ClientConnection
-        async with ws_connect(live, "/rooms/blue?who=ann", subprotocols=["json.v1"]) as ws:  # type: ignore[list-item]
+        async with ws_connect(live, "/rooms/blue?who=ann", subprotocols=["json.v1"]) as ws:
             await ws.send('{"n": 1}')
             reply = await ws.recv()
             return ws.subprotocol, reply
@@ -801,4 +823,4 @@ def test_starlette_websocket_endpoint(running_server: Start) -> None:
     subprotocol, reply = run(talk())
     assert subprotocol == "json.v1"
     assert reply == '{"room":"blue","echo":{"n":1},"q":"ann"}'
-    assert wait_for(lambda: closed == [1000])
+    assert wait_until(lambda: closed == [1000])

@@ -10,9 +10,9 @@ import re
 from typing import Any
 
 import pytest
-from interop_support import ROOT
 
 from kestrelpy.cli import build_parser, config_from
+from tests.support.interop import ROOT
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is in the test extra: pip install -e '.[test]'")
 
@@ -26,7 +26,7 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 def container() -> dict[str, Any]:
     [only] = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
-    return only  # type: ignore[no-any-return]
+    return only
 
 
 def port_number(c: dict[str, Any], ref: int | str) -> int:
@@ -110,6 +110,7 @@ def asgi_get(app: Any, path: str) -> tuple[int, bytes]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "path": path, "method": "GET", "headers": [], "scheme": "http", "client": None}
+    scope: dict[str, Any] = {"type": "http", "path": path, "method": "GET", "headers": [], "scheme": "http"}
+    scope["client"] = None
     asyncio.run(app(scope, receive, send))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from interop_support import free_port, http_get, kestrelpy, listening_urls
 
 from kestrelpy.endpoints import FdEndpoint, TcpEndpoint, UnixEndpoint
 from kestrelpy.errors import BindError
 from kestrelpy.sockets import adopt_fd, bind_endpoints, close_sockets, listen_url
+from tests.support.interop import free_port, http_get, kestrelpy, listening_urls
 
 HAS_IPV6 = socket.has_ipv6
 try:
@@ -293,7 +293,7 @@ def test_localhost_in_a_network_without_ipv6_loopback() -> None:
     )
     setup = "ip link set lo up && echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6"
     run = subprocess.run(
-        [UNSHARE, "--net", "sh", "-c", f'{setup} && exec "$0" -c "$1"', sys.executable, script],
+        [str(UNSHARE), "--net", "sh", "-c", f'{setup} && exec "$0" -c "$1"', sys.executable, script],
         capture_output=True,
         text=True,
         timeout=60,

@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from interop_support import ROOT, Process, free_port, kestrelpy, listening_urls, require_tool
+
+from tests.support.interop import ROOT, Process, free_port, kestrelpy, listening_urls, require_tool
+from tests.support.waiting import wait_until
+
+# One worker runs them all, so each nginx + kestrelpy stack (a module-scoped fixture) starts once.
+pytestmark = pytest.mark.xdist_group("nginx")
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 CLIENT_IP = "127.0.0.2"  # a loopback address kestrelpy is told not to trust
@@ -197,7 +202,7 @@ def get_json(conn: http.client.HTTPConnection, path: str, headers: dict[str, str
     response = conn.getresponse()
     body = response.read()
     assert response.status == 200, (response.status, body)
-    return json.loads(body)  # type: ignore[no-any-return]
+    return json.loads(body)
 
 
 def test_client_address_and_scheme_as_the_app_sees_them(stack: Stack) -> None:
@@ -292,22 +297,18 @@ def test_restart_behind_nginx_without_a_single_502(stack: Stack) -> None:
                 conn = stack.connection()
         conn.close()
 
-    def wait_for(condition: object, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():  # type: ignore[operator]
-            assert time.monotonic() < deadline, f"timed out: {what}"
-            time.sleep(0.05)
-
     old = stack.server
     threads = [threading.Thread(target=hammer) for _ in range(2)]
     for t in threads:
         t.start()
     try:
-        wait_for(lambda: sum(1 for _, pid in results if pid == old.pid) >= 20, "requests served before the restart")
+        served_before = wait_until(lambda: sum(1 for _, pid in results if pid == old.pid) >= 20, 30)
+        assert served_before, "timed out: requests served before the restart"
         assert old.stop() == 0  # like `systemctl restart`: the old process is gone before the new one starts
         new = stack.start_kestrelpy()
         stack.server = new
-        wait_for(lambda: sum(1 for _, pid in results if pid == new.pid) >= 20, "requests served after the restart")
+        served_after = wait_until(lambda: sum(1 for _, pid in results if pid == new.pid) >= 20, 30)
+        assert served_after, "timed out: requests served after the restart"
     finally:
         stop.set()
         for t in threads:

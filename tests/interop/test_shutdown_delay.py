@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from interop_support import kestrelpy, listening_urls
+
+from tests.support.interop import kestrelpy, listening_urls
 
 DELAY = 3.0
 HAMMER_AFTER_DRAIN_STARTS = 1.0  # then the "load balancer" stops sending, well inside the delay

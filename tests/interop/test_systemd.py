@@ -12,7 +12,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from interop_support import APP, APP_DIR, ROOT, Process, http_get, require_tool
+
+from tests.support.interop import APP, APP_DIR, ROOT, Process, http_get, require_tool
 
 NOBODY = 65534
 

@@ -14,7 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sv_support import HERE, LISTENING, SteadyClient, Supervised, get, launch, pids_answering, start, stop
+
+from tests.support.supervised import (
+    APP_DIR,
+    LISTENING,
+    SteadyClient,
+    Supervised,
+    get,
+    launch,
+    pids_answering,
+    start,
+    stop,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals drive these tests")
 
@@ -44,7 +55,7 @@ def test_workers_share_the_socket_and_sigterm_exits_zero(servers: list[Supervise
 
 def test_web_concurrency_sets_the_worker_count(servers: list[Supervised]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kestrelpy", "sv_apps:pid", "--port", "0", "--app-dir", str(HERE)],
+        [sys.executable, "-m", "kestrelpy", "sv_apps:pid", "--port", "0", "--app-dir", str(APP_DIR)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "WEB_CONCURRENCY": "3"},
@@ -134,7 +145,7 @@ def test_stopping_lets_slow_requests_on_every_worker_finish(servers: list[Superv
 
 
 def test_failing_lifespan_stops_the_server_with_exit_code_3() -> None:
-    server = Supervised(launch("sv_apps:failing_startup", "--workers", "2", "--port", "0", "--app-dir", str(HERE)))
+    server = Supervised(launch("sv_apps:failing_startup", "--workers", "2", "--port", "0", "--app-dir", str(APP_DIR)))
     try:
         code, log = server.finish(timeout=30)
     finally:
@@ -146,7 +157,7 @@ def test_failing_lifespan_stops_the_server_with_exit_code_3() -> None:
 
 
 def test_an_app_that_cannot_load_stops_the_server_with_exit_code_2() -> None:
-    server = Supervised(launch("sv_apps:missing", "--workers", "2", "--port", "0", "--app-dir", str(HERE)))
+    server = Supervised(launch("sv_apps:missing", "--workers", "2", "--port", "0", "--app-dir", str(APP_DIR)))
     try:
         code, log = server.finish(timeout=30)
     finally:
@@ -157,7 +168,7 @@ def test_an_app_that_cannot_load_stops_the_server_with_exit_code_2() -> None:
 
 
 def test_a_crash_loop_stops_the_server_with_a_clear_message() -> None:
-    server = Supervised(launch("sv_apps:crashing_startup", "--workers", "2", "--port", "0", "--app-dir", str(HERE)))
+    server = Supervised(launch("sv_apps:crashing_startup", "--workers", "2", "--port", "0", "--app-dir", str(APP_DIR)))
     try:
         code, log = server.finish(timeout=40)
     finally:
@@ -183,7 +194,7 @@ def test_a_hung_worker_is_killed_and_replaced(servers: list[Supervised]) -> None
 
 
 def test_a_worker_stuck_in_startup_is_killed_and_replaced(servers: list[Supervised]) -> None:
-    args = ("--port", "0", "--app-dir", str(HERE), "--workers", "2", "--timeout-worker-startup", "1")
+    args = ("--port", "0", "--app-dir", str(APP_DIR), "--workers", "2", "--timeout-worker-startup", "1")
     server = Supervised(launch("sv_apps:stuck_startup", *args))
     servers.append(server)
     stuck = int(server.expect(r"worker (\d+) stuck in startup").group(1))
@@ -196,7 +207,7 @@ def test_a_worker_stuck_in_startup_is_killed_and_replaced(servers: list[Supervis
 
 
 def test_sigterm_stops_workers_still_starting_at_once() -> None:
-    server = Supervised(launch("sv_apps:stuck_startup", "--port", "0", "--app-dir", str(HERE), "--workers", "2"))
+    server = Supervised(launch("sv_apps:stuck_startup", "--port", "0", "--app-dir", str(APP_DIR), "--workers", "2"))
     try:
         first = server.expect(r"worker (\d+) stuck in startup").group(1)
         server.expect(rf"worker ((?!{first})\d+) stuck in startup")
@@ -209,7 +220,7 @@ def test_sigterm_stops_workers_still_starting_at_once() -> None:
 
 
 def test_workers_still_starting_leave_when_their_supervisor_is_killed(servers: list[Supervised]) -> None:
-    server = Supervised(launch("sv_apps:stuck_startup", "--port", "0", "--app-dir", str(HERE), "--workers", "2"))
+    server = Supervised(launch("sv_apps:stuck_startup", "--port", "0", "--app-dir", str(APP_DIR), "--workers", "2"))
     servers.append(server)
     workers = [int(server.expect(r"worker (\d+) stuck in startup").group(1))]
     workers.append(int(server.expect(rf"worker ((?!{workers[0]})\d+) stuck in startup").group(1)))
@@ -279,7 +290,7 @@ def test_spawned_workers_take_the_sockets_over_a_hand_over(servers: list[Supervi
         "import sys; from kestrelpy import logs; from kestrelpy.config import Config;"
         "from kestrelpy.supervisor import Supervisor, spawn_worker; from kestrelpy.worker import run_worker;"
         "logs.configure('info', access_log=False);"
-        f"sys.exit(Supervisor(Config(app='sv_apps:pid', port=0, workers=2, app_dir={str(HERE)!r}),"
+        f"sys.exit(Supervisor(Config(app='sv_apps:pid', port=0, workers=2, app_dir={str(APP_DIR)!r}),"
         " run_worker, starter=spawn_worker).run())"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from sv_support import get, start, stop
+
+from tests.support.supervised import get, start, stop
 
 pytest.importorskip("watchfiles")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from kestrelpy.importer import is_asgi3, load_app
 
 
 @pytest.fixture
-def app_dir(tmp_path: Path) -> Path:
+def app_dir(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "good_app.py").write_text(
         "class Nested:\n"
         "    async def app(self, scope, receive, send):\n"

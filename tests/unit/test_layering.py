@@ -158,8 +158,8 @@ def import_edges(module: str, path: Path, modules: dict[str, Path]) -> list[Edge
                 add(submodule if submodule in modules else known(source), node, type_only)
             if source in modules and modules[source].name == "__init__.py" and source != ROOT:
                 add(source, node, type_only)
-        for child in ast.iter_child_nodes(node):
-            visit(child, type_only)
+        for inner in ast.iter_child_nodes(node):
+            visit(inner, type_only)
 
     visit(ast.parse(path.read_text()), False)
     return edges

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from memory_transport import MemoryTransport
 
+from kestrelpy.asgi import Receive, Scope, Send
 from kestrelpy.config import Config, Limits
 from kestrelpy.server import connection_class
 from kestrelpy.state import ServerState
+from tests.support.memory_transport import MemoryTransport
 
 LIMITS = Limits(
     max_request_line_size=256, max_request_headers_size=512, max_request_header_count=8, max_request_body_size=64
@@ -35,7 +35,7 @@ def exchange(http: str, pieces: list[bytes]) -> tuple[bytes, list[Seen], bool]:
     app saw and whether the connection closed."""
     seen: list[Seen] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         body = b""
         while True:
             message = await receive()

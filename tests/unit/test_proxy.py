@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kestrelpy.asgi import Scope
 from kestrelpy.proxy import (
     Forwarded,
     ProxyHeadersMiddleware,
@@ -29,7 +30,7 @@ def scope(client: tuple[str, int] | None, *headers: tuple[str, str], kind: str =
     }
 
 
-def host_of(s: dict[str, Any]) -> bytes:
+def host_of(s: Scope) -> bytes:
     return next(v for n, v in s["headers"] if n == b"host")
 
 

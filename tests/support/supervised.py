@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = ROOT / "tests" / "supervisor"  # where sv_apps.py is
 LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -88,7 +88,7 @@ def launch(*args: str, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     )
 
 
-def start(app: str, *args: str, app_dir: Path = HERE) -> Supervised:
+def start(app: str, *args: str, app_dir: Path = APP_DIR) -> Supervised:
     """Start kestrelpy on a free port; wait until the supervisor says every worker is serving."""
     proc = launch(app, "--host", "127.0.0.1", "--port", "0", "--app-dir", str(app_dir), "--no-access-log", *args)
     server = Supervised(proc)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
-class MemoryTransport:
+class MemoryTransport(asyncio.Transport):
     """Just enough of a transport: collects what is written and whether it was closed."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.out = bytearray()
         self.closed = False
         self.reading = True
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
         assert not self.closed, "wrote after close"
         self.out += data
 

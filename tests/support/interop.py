@@ -1,4 +1,4 @@
-"""Helpers for tests that run kestrelpy (and nginx, systemd-socket-activate) as real processes."""
+"""Running kestrelpy (and nginx, systemd-socket-activate) as real child processes for the interop tests."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_DIR = str(Path(__file__).resolve().parent)
+APP_DIR = str(ROOT / "tests" / "interop")  # where interop_apps.py is
 APP = "interop_apps:app"
 LISTENING = re.compile(r"Listening on (\S+)")
 

@@ -1,0 +1,1 @@
+"""What the tests share: the in-process server, the raw client, attackers, child processes and waits."""
