@@ -116,12 +116,16 @@ class TimeoutControl:
     def cancel_timeout(self) -> None:
         self.reason = None
 
-    def expired(self, now: float) -> TimeoutReason | None:
-        """The reason whose time has run out (it is cancelled), or None."""
+    def expired(self, now: float, *, at_limit: bool = False) -> TimeoutReason | None:
+        """The reason whose time has run out (it is cancelled), or None. A timeout runs out once its
+        length has passed (Kestrel's rule); with `at_limit`, already when it is reached (the WebSocket
+        ping and close-handshake timeouts have always been read that way)."""
         reason = self.reason
-        if reason is not None and now - self.since > self._durations[reason]:
-            self.reason = None
-            return reason
+        if reason is not None:
+            elapsed, limit = now - self.since, self._durations[reason]
+            if elapsed > limit or (at_limit and elapsed == limit):
+                self.reason = None
+                return reason
         return None
 
     # -- data rates ------------------------------------------------------------------------------

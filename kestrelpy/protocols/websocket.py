@@ -633,7 +633,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         timeouts = self.timeouts
         if timeouts.reason is TimeoutReason.CLOSE_HANDSHAKE:
-            if timeouts.expired(now) is not None:
+            if timeouts.expired(now, at_limit=True) is not None:
                 self.transport.abort()
             return
         settings = self.settings
@@ -651,7 +651,7 @@ class WebSocketConnection(asyncio.Protocol):
             # The app is behind and the pong may be waiting unread: only time spent reading counts.
             if timeouts.reason is TimeoutReason.PING:
                 timeouts.set_timeout(TimeoutReason.PING, now)
-        elif timeouts.expired(now) is TimeoutReason.PING:
+        elif timeouts.expired(now, at_limit=True) is TimeoutReason.PING:
             logger.debug("WebSocket keep-alive ping to %s timed out", self.scope.get("client"))
             self.protocol.fail(1011, "keepalive ping timeout")
             self._push_final(1011, "keepalive ping timeout")

@@ -98,3 +98,10 @@ def test_response_rate_does_not_hold_a_starved_server_against_the_peer() -> None
     assert timeouts.check_rates(150.0, 0, 0, True) is None  # a 49 s beat moves it by 48 s, to 151
     assert timeouts.check_rates(151.0, 0, 0, True) is None
     assert timeouts.check_rates(152.0, 0, 0, True) is TimeoutReason.WRITE_DATA_RATE
+
+
+def test_at_limit_expires_when_the_length_is_reached() -> None:
+    timeouts = control()
+    timeouts.set_timeout(TimeoutReason.PING, 100.0)
+    assert timeouts.expired(102.0) is None
+    assert timeouts.expired(102.0, at_limit=True) is TimeoutReason.PING
