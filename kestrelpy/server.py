@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -58,8 +59,17 @@ def display_url(address: tuple[str, int]) -> str:
 class Server:
     """One server process. `await serve()` runs until `request_shutdown()` or a shutdown signal."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        heartbeat: Callable[[ServerState, asyncio.AbstractEventLoop], Heartbeat] = Heartbeat,
+    ) -> None:
         self.config = config
+        # Time seams: the monotonic clock every timeout reads, and what builds the heartbeat that beats them.
+        self._clock = clock
+        self._heartbeat = heartbeat
         self.started = asyncio.Event()
         self.addresses: list[tuple[str, int]] = []
         self._shutdown_requested = asyncio.Event()
@@ -139,11 +149,11 @@ class Server:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         config = self.config
-        state = ServerState(config, app, loop, access_log=config.access_log, upgrade=upgrade)
+        state = ServerState(config, app, loop, access_log=config.access_log, upgrade=upgrade, clock=self._clock)
         state.lifespan_state = lifespan.state
         state.linger_on_shutdown = self.linger_on_shutdown
         self._state = state
-        heartbeat = Heartbeat(state, loop)
+        heartbeat = self._heartbeat(state, loop)
         heartbeat.start()
         protocol = connection_class(config.http)
 

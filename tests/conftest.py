@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-import kestrelpy.server
 from kestrelpy.config import Config, Limits
 from kestrelpy.platform import uvloop_available
 from tests.support.live_server import LiveServer
@@ -52,13 +51,15 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def serve_app() -> Iterator[Callable[..., LiveServer]]:
+def serve_app(request: pytest.FixtureRequest) -> Iterator[Callable[..., LiveServer]]:
     """`serve_app(app, loop_kind="asyncio", **config)`: a started LiveServer, stopped at teardown.
 
     Config overrides may include `keep_alive_timeout`, which goes to Limits. `sockets=[...]` serves
     already-listening sockets; `wait=False` returns before startup completes (see `wait_started`).
     """
     started: list[LiveServer] = []
+    # A test that asks for `manual_clock` gets servers that keep time by it (see that fixture).
+    clock = request.getfixturevalue("manual_clock") if "manual_clock" in request.fixturenames else None
 
     def start(
         app: Any,
@@ -73,7 +74,7 @@ def serve_app() -> Iterator[Callable[..., LiveServer]]:
         if "keep_alive_timeout" in overrides:
             overrides["limits"] = Limits(keep_alive_timeout=overrides.pop("keep_alive_timeout"))
         config = Config(app=app, host="127.0.0.1", port=0, loop=loop_kind, **overrides)
-        live = LiveServer(config, loop_kind, sockets)
+        live = LiveServer(config, loop_kind, sockets, clock)
         started.append(live)
         return live.start(wait)
 
@@ -100,12 +101,10 @@ def running_server(serve_app: Callable[..., LiveServer], parser: str, loop_kind:
 
 
 @pytest.fixture
-def manual_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
-    """Servers started from now on in this test read this clock, and beat only on `manual_clock.beat()`."""
-    clock = ManualClock()
-    monkeypatch.setattr(kestrelpy.server, "ServerState", clock.server_state)
-    monkeypatch.setattr(kestrelpy.server, "Heartbeat", clock.heartbeat)
-    return clock
+def manual_clock() -> ManualClock:
+    """Servers this test starts (serve_app, running_server) read this clock, and beat only on
+    `manual_clock.beat()`: Server's clock and heartbeat seams."""
+    return ManualClock()
 
 
 # -- a raw HTTP/1.1 client -----------------------------------------------------------------------------

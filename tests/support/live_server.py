@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from kestrelpy.config import Config
 from kestrelpy.platform import loop_factory
 from kestrelpy.server import Server
+from tests.support.manual_clock import ManualClock
 from tests.support.waiting import WAIT
 
 T = TypeVar("T")
@@ -22,8 +23,15 @@ T = TypeVar("T")
 class LiveServer:
     """A Server running in its own thread and event loop. Methods here are called from the test thread."""
 
-    def __init__(self, config: Config, loop_kind: str, sockets: list[socket.socket] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop_kind: str,
+        sockets: list[socket.socket] | None = None,
+        clock: ManualClock | None = None,
+    ) -> None:
         self.config = config
+        self.clock = clock  # the server keeps time by it and beats only when the test says, if given
         self.sockets = sockets  # pre-bound listening sockets, handed to serve() (the caller closes them)
         self.loop_kind = loop_kind
         self.server: Server | None = None
@@ -52,7 +60,8 @@ class LiveServer:
                 self._ready.set()  # a failed start is reported once the thread has cleaned up
 
     async def _main(self) -> None:
-        server = Server(self.config)
+        clock = self.clock
+        server = Server(self.config) if clock is None else Server(self.config, clock=clock, heartbeat=clock.heartbeat)
         self.server = server
         serving = asyncio.ensure_future(server.serve(self.sockets))
         started = asyncio.ensure_future(server.started.wait())

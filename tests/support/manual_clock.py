@@ -14,7 +14,6 @@ from concurrent.futures import Future
 from typing import Any
 
 from kestrelpy.heartbeat import Heartbeat
-from kestrelpy.state import ServerState
 from tests.support.waiting import WAIT
 
 
@@ -40,10 +39,6 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
-
-    def server_state(self, *args: Any, **kwargs: Any) -> ServerState:
-        """Builds the ServerState a server asks for, reading this clock."""
-        return ServerState(*args, **kwargs, clock=self)
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> Heartbeat:
         """Builds the Heartbeat a server asks for: one that beats on `beat()` only."""
