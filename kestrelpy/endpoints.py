@@ -342,4 +342,6 @@ def display_url(endpoint: Endpoint, address: object = None) -> str:
         return f"{scheme}://unix:{endpoint.path}"
     if isinstance(address, str) and address:
         return f"{scheme}://unix:{address}"
+    if isinstance(endpoint, TcpEndpoint):
+        return f"{scheme}://{endpoint.display()}"
     return endpoint.display()

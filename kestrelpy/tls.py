@@ -22,6 +22,7 @@ The extension is computed once per connection, when its handshake is complete, f
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -123,12 +124,19 @@ def _load_certificate(context: ssl.SSLContext, options: TlsOptions) -> None:
         raise ConfigError(f"{flag} {exc.filename or certfile}: no such file") from None
     except (OSError, ssl.SSLError) as exc:
         files = f"--ssl-certfile {certfile}" + (f" with --ssl-keyfile {keyfile}" if keyfile else "")
-        raise ConfigError(f"{files}: cannot load the certificate and its key ({_reason(exc)})") from None
+        raise ConfigError(
+            f"{files}: cannot load the certificate and its key ({_reason(exc)}); both must be PEM, the key must "
+            "belong to the certificate, and an encrypted key needs its right password"
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:
+    """OpenSSL's reason, as short as it gives it (often only "PEM lib", hence the hints around it)."""
     if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
+        if exc.reason:
+            return str(exc.reason).lower().replace("_", " ")
+        text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+        return re.sub(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)$", "", text)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc)
