@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from conftest import WAIT, LiveServer
 from cryptography import x509
 
 from kestrelpy.config import TlsOptions
-from tests.conftest import WAIT, LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
