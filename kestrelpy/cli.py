@@ -13,7 +13,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from kestrelpy import __version__
-from kestrelpy.config import Config, Limits, env_name, flag_name, options
+from kestrelpy.config import NESTED, Config, env_name, flag_name, options
 from kestrelpy.endpoints import SYSTEMD_VARIABLES, FdEndpoint, systemd_endpoints
 from kestrelpy.errors import ConfigError, KestrelpyError
 
@@ -68,7 +68,7 @@ def _show_default(value: Any) -> str:
 
 def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     """Merge CLI arguments over KESTRELPY_* variables over the declared defaults."""
-    values: dict[type, dict[str, Any]] = {Config: {}, Limits: {}}
+    values: dict[type, dict[str, Any]] = {owner: {} for owner in (Config, *NESTED.values())}
     for owner, f in options():
         meta = f.metadata
         parse = meta["parse"] or str
@@ -104,8 +104,8 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
             values[Config]["workers"] = int(environ["WEB_CONCURRENCY"])
         except ValueError:
             raise ConfigError(f"WEB_CONCURRENCY: expected a number, got {environ['WEB_CONCURRENCY']!r}") from None
-    limits = Limits(**values[Limits])
-    return Config(app=args.app, limits=limits, **values[Config])
+    nested = {name: owner(**values[owner]) for name, owner in NESTED.items()}
+    return Config(app=args.app, **nested, **values[Config])
 
 
 def take_systemd_sockets(environ: MutableMapping[str, str]) -> tuple[FdEndpoint, ...]:

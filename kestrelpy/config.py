@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kestrelpy.endpoints import Endpoint, FdEndpoint, configured_endpoints, parse_octal_mode
+from kestrelpy.endpoints import (
+    Endpoint,
+    FdEndpoint,
+    ambiguous_tls,
+    configured_endpoints,
+    display_url,
+    parse_octal_mode,
+)
 from kestrelpy.errors import ConfigError
 from kestrelpy.proxy import DEFAULT_TRUSTED, parse_trusted
 
@@ -21,6 +28,8 @@ LOOP_CHOICES = ("auto", "uvloop", "asyncio")
 LIFESPAN_CHOICES = ("auto", "on", "off")
 WS_CHOICES = ("auto", "websockets", "none")
 LOG_LEVEL_CHOICES = ("critical", "error", "warning", "info", "debug", "trace")
+CERT_REQS_CHOICES = ("none", "optional", "required")  # Kestrel's ClientCertificateMode
+TLS_MIN_VERSION_CHOICES = ("1.2", "1.3")
 
 
 def _parse_bool(text: str) -> bool:
@@ -229,6 +238,99 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """The certificate and settings of the TLS endpoints (`https://` URLs, or every endpoint given without
+    a scheme once --ssl-certfile is set). kestrelpy/tls.py turns them into an ssl.SSLContext."""
+
+    ssl_certfile: str = option(
+        "",
+        "PEM file with the server certificate (and its chain, leaf first); it turns the endpoints given without "
+        "a scheme (--host/--port, --bind, --uds) into TLS endpoints, as https:// URLs are.",
+        parse=str,
+        metavar="PATH",
+        group="tls",
+    )
+    ssl_keyfile: str = option(
+        "",
+        "PEM file with the certificate's private key (default: the key is in --ssl-certfile).",
+        parse=str,
+        metavar="PATH",
+        group="tls",
+    )
+    ssl_keyfile_password: str = option(
+        "",
+        "Password of an encrypted --ssl-keyfile. Prefer the environment variable KESTRELPY_SSL_KEYFILE_PASSWORD, "
+        "which no other user can read in the process list.",
+        parse=str,
+        metavar="PASSWORD",
+        group="tls",
+    )
+    ssl_ca_certs: str = option(
+        "",
+        "PEM file of the CA certificates client certificates are verified against (for --ssl-cert-reqs).",
+        parse=str,
+        metavar="PATH",
+        group="tls",
+    )
+    ssl_cert_reqs: str = option(
+        "none",
+        "Client certificates (Kestrel's ClientCertificateMode): none (not asked for), optional (asked for and "
+        "verified when sent) or required (a connection without a valid one is refused).",
+        choices=CERT_REQS_CHOICES,
+        group="tls",
+    )
+    ssl_min_version: str = option(
+        "1.2",
+        "Oldest TLS version accepted: 1.2 or 1.3.",
+        choices=TLS_MIN_VERSION_CHOICES,
+        group="tls",
+    )
+    ssl_ciphers: str = option(
+        "",
+        "OpenSSL cipher list for TLS 1.2 (default: the Python ssl module's secure default; TLS 1.3 suites are "
+        "not affected).",
+        parse=str,
+        metavar="CIPHERS",
+        group="tls",
+    )
+    tls_handshake_timeout: float = option(
+        10.0,
+        "Close a connection whose TLS handshake is not complete after this many seconds (Kestrel's default).",
+        flag="--timeout-tls-handshake",
+        parse=float,
+        metavar="SECONDS",
+        group="tls",
+    )
+
+    def __post_init__(self) -> None:
+        if self.ssl_cert_reqs not in CERT_REQS_CHOICES:
+            raise ConfigError(f"--ssl-cert-reqs must be one of {', '.join(CERT_REQS_CHOICES)}")
+        if self.ssl_min_version not in TLS_MIN_VERSION_CHOICES:
+            raise ConfigError(f"--ssl-min-version must be one of {', '.join(TLS_MIN_VERSION_CHOICES)}")
+        if self.tls_handshake_timeout <= 0:
+            raise ConfigError("--timeout-tls-handshake must be greater than 0")
+        if not self.ssl_certfile:
+            for flag, given in (
+                ("--ssl-keyfile", self.ssl_keyfile),
+                ("--ssl-keyfile-password", self.ssl_keyfile_password),
+                ("--ssl-ca-certs", self.ssl_ca_certs),
+                ("--ssl-ciphers", self.ssl_ciphers),
+            ):
+                if given:
+                    raise ConfigError(f"{flag} needs --ssl-certfile (the server certificate)")
+        if self.ssl_cert_reqs != "none" and not self.ssl_ca_certs:
+            raise ConfigError(
+                f"--ssl-cert-reqs {self.ssl_cert_reqs} needs --ssl-ca-certs (the CAs client certificates are "
+                "verified against)"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a certificate is configured."""
+        return bool(self.ssl_certfile)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the server needs to run, validated at construction."""
 
@@ -423,8 +525,7 @@ class Config:
     )
     ws_max_size: int = option(
         16 * 1024 * 1024,
-        "Close a WebSocket with 1009 when a message is larger than this many bytes (uvicorn's default; "
-        "0 = unlimited).",
+        "Close a WebSocket with 1009 when a message is larger than this many bytes (uvicorn's default; 0 = unlimited).",
         parse=int,
         metavar="BYTES",
         group="websocket",
@@ -452,6 +553,7 @@ class Config:
         group="websocket",
     )
     limits: Limits = field(default_factory=Limits)
+    tls: TlsOptions = field(default_factory=TlsOptions)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -490,7 +592,8 @@ class Config:
             parse_trusted(self.forwarded_allow_ips)
         except ValueError as exc:
             raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
-        self.endpoints()  # every endpoint spelling is checked here, before anything is bound
+        endpoints = self.endpoints()  # every endpoint spelling is checked here, before anything is bound
+        self._check_tls_endpoints(endpoints)
 
     @property
     def multiprocess(self) -> bool:
@@ -502,6 +605,20 @@ class Config:
             or self.limit_max_requests > 0
             or self.limit_worker_memory > 0
         )
+
+    def _check_tls_endpoints(self, endpoints: list[Endpoint]) -> None:
+        for endpoint in endpoints:
+            if endpoint.tls and not self.tls.enabled:
+                raise ConfigError(
+                    f"{display_url(endpoint)} is a TLS endpoint but no certificate is configured: give "
+                    "--ssl-certfile (and --ssl-keyfile unless the key is in the same file)"
+                )
+        pair = ambiguous_tls(endpoints)
+        if pair is not None:
+            raise ConfigError(
+                f"{display_url(pair[0])} and {display_url(pair[1])} both ask for a free port on the same "
+                "address, one with TLS and one without; give one of them a fixed port or another address"
+            )
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -516,12 +633,17 @@ class Config:
             uds=self.uds,
             uds_mode=self.uds_mode,
             inherited=self.inherited,
+            tls=self.tls.enabled,
         )
 
 
+# The nested option groups, by the Config field that holds each.
+NESTED: dict[str, type] = {"limits": Limits, "tls": TlsOptions}
+
+
 def options() -> Iterator[tuple[type, dataclasses.Field[Any]]]:
-    """Every declared option, with the dataclass that owns it (Config first, then Limits)."""
-    for owner in (Config, Limits):
+    """Every declared option, with the dataclass that owns it (Config first, then the nested ones)."""
+    for owner in (Config, *NESTED.values()):
         for f in dataclasses.fields(owner):
             if "help" in f.metadata and f.name != "app":
                 yield owner, f

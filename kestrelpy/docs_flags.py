@@ -36,6 +36,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "What a client may send, and how slowly; see [Limits and rejections](limits.md) for what each refusal "
         "looks like on the wire.",
     ),
+    "tls": ("TLS", "HTTPS endpoints: the certificate, client certificates, versions; see [HTTPS](tls.md)."),
     "timeouts": ("Timeouts", "Idle connections, slow request heads and shutdown."),
     "processes": (
         "Processes",

@@ -6,16 +6,23 @@ Spellings accepted, after Kestrel's binding model:
     --bind 127.0.0.1:8080             repeatable; also [::1]:8080, [fe80::1%eth0]:8080, :8080, *:8080,
     --bind unix:/run/app.sock           localhost:8080, unix:PATH and fd://N
     --bind fd://3
-    --urls "http://+:8080;http://localhost:5000"   Kestrel-style URLs, `;`-separated (also http://unix:PATH)
+    --urls "http://+:8080;https://localhost:5001"  Kestrel-style URLs, `;`-separated (also http://unix:PATH)
     --uds /run/app.sock               the same as --bind unix:/run/app.sock
     LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES      systemd socket activation (read by the CLI)
 
 Host meanings: `localhost` is both loopbacks (127.0.0.1 and ::1), `*`, `+` and `::` are every address
 (dual-stack where the OS allows), anything else is one IP literal or one resolved name.
+
+TLS is a property of an endpoint (`tls=True`): an `https://` URL says so itself, an `http://` URL says
+not; an endpoint given without a scheme (--host/--port, --bind HOST:PORT, unix:PATH, fd://N, systemd
+sockets) is TLS when a certificate is configured (--ssl-certfile), as in uvicorn. Every TLS endpoint uses
+the one context built from the --ssl-* options (kestrelpy/tls.py) for now.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ class TcpEndpoint:
 
     host: str
     port: int
+    tls: bool = False
 
     def display(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -56,6 +64,7 @@ class UnixEndpoint:
 
     path: str
     mode: int | None = None
+    tls: bool = False
 
     def display(self) -> str:
         return f"unix:{self.path}"
@@ -67,6 +76,7 @@ class FdEndpoint:
 
     fd: int
     name: str = ""
+    tls: bool = False
 
     def display(self) -> str:
         return f"fd://{self.fd}" + (f" ({self.name})" if self.name else "")
@@ -75,7 +85,7 @@ class FdEndpoint:
 Endpoint = TcpEndpoint | UnixEndpoint | FdEndpoint
 
 
-def tcp_endpoint(host: str, port: int) -> TcpEndpoint:
+def tcp_endpoint(host: str, port: int, tls: bool = False) -> TcpEndpoint:
     """The endpoint for `--host/--port`, validated."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {port}")
@@ -84,7 +94,7 @@ def tcp_endpoint(host: str, port: int) -> TcpEndpoint:
         host = host[1:-1]
     if not host:
         raise ConfigError("--host must not be empty")
-    return TcpEndpoint(_normal_host(host), port)
+    return TcpEndpoint(_normal_host(host), port, tls)
 
 
 def _normal_host(host: str) -> str:
@@ -119,43 +129,45 @@ def _split_host_port(text: str, source: str) -> tuple[str, str]:
     return host, port
 
 
-def parse_bind(text: str, *, uds_mode: int | None = None) -> Endpoint:
-    """One `--bind` value: `HOST:PORT`, `[IPV6]:PORT`, `:PORT`, `unix:PATH`, `fd://N` or an http:// URL."""
+def parse_bind(text: str, *, uds_mode: int | None = None, tls: bool = False) -> Endpoint:
+    """One `--bind` value: `HOST:PORT`, `[IPV6]:PORT`, `:PORT`, `unix:PATH`, `fd://N` or an http(s):// URL.
+    `tls` is what an endpoint without a scheme gets (whether a certificate is configured)."""
     value = text.strip()
     source = f"--bind {text!r}"
     if value.startswith("unix:"):
-        return unix_endpoint(value[5:], source, uds_mode)
+        return unix_endpoint(value[5:], source, uds_mode, tls)
     if value.startswith("fd://"):
-        return fd_endpoint(value[5:], source)
+        return fd_endpoint(value[5:], source, tls=tls)
     if "://" in value:
         return parse_url(value, uds_mode=uds_mode)
     host, port = _split_host_port(value, source)
-    return TcpEndpoint(_normal_host(host) if host else "0.0.0.0", _port(port, source))
+    return TcpEndpoint(_normal_host(host) if host else "0.0.0.0", _port(port, source), tls)
 
 
-def unix_endpoint(path: str, source: str = "--uds", mode: int | None = None) -> UnixEndpoint:
+def unix_endpoint(path: str, source: str = "--uds", mode: int | None = None, tls: bool = False) -> UnixEndpoint:
     if not path:
         raise ConfigError(f"{source}: the socket path is empty")
     if "\0" in path:
         raise ConfigError(f"{source}: the socket path contains NUL")
-    return UnixEndpoint(path, mode)
+    return UnixEndpoint(path, mode, tls)
 
 
-def fd_endpoint(text: str, source: str, name: str = "") -> FdEndpoint:
+def fd_endpoint(text: str, source: str, name: str = "", *, tls: bool = False) -> FdEndpoint:
     if not text.isdigit():
         raise ConfigError(f"{source}: expected fd://N with N a file descriptor number")
     fd = int(text)
     if fd < 3:
         raise ConfigError(f"{source}: file descriptor {fd} is stdin, stdout or stderr, not a socket")
-    return FdEndpoint(fd, name)
+    return FdEndpoint(fd, name, tls)
 
 
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 
 
 def parse_url(text: str, *, uds_mode: int | None = None) -> Endpoint:
-    """One Kestrel-style URL: `http://HOST[:PORT][/]`, HOST one of `*`, `+`, `localhost`, an IP literal
-    (IPv6 in brackets; a zone id as `%25eth0` or `%eth0`) or a name; or `http://unix:/PATH`."""
+    """One Kestrel-style URL: `http://HOST[:PORT][/]` or `https://...` (a TLS endpoint, port 443 unless
+    given), HOST one of `*`, `+`, `localhost`, an IP literal (IPv6 in brackets; a zone id as `%25eth0` or
+    `%eth0`) or a name; or `http://unix:/PATH` (`https://unix:/PATH`)."""
     value = text.strip()
     source = f"--urls {text!r}"
     match = _URL.match(value)
@@ -163,12 +175,11 @@ def parse_url(text: str, *, uds_mode: int | None = None) -> Endpoint:
         raise ConfigError(f"{source}: expected a URL such as http://localhost:8000")
     scheme = match["scheme"].lower()
     rest = match["rest"]
-    if scheme == "https":
-        raise ConfigError(f"{source}: kestrelpy does not terminate TLS; put a TLS proxy in front and use http://")
-    if scheme != "http":
-        raise ConfigError(f"{source}: the scheme must be http, not {scheme}")
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"{source}: the scheme must be http or https, not {scheme}")
+    tls = scheme == "https"
     if rest.startswith("unix:"):
-        return unix_endpoint(rest[5:], source, uds_mode)
+        return unix_endpoint(rest[5:], source, uds_mode, tls)
     authority, _, path = rest.partition("/")
     if path:
         raise ConfigError(f"{source}: a path is not part of an endpoint; use --root-path for a URL prefix")
@@ -186,8 +197,8 @@ def parse_url(text: str, *, uds_mode: int | None = None) -> Endpoint:
             raise ConfigError(f"{source}: the port is empty")
         if not host:
             raise ConfigError(f"{source}: the host is empty; use * or + for every address")
-    port = _port(port_text, source) if port_text else 80
-    return TcpEndpoint(_normal_host(host), port)
+    port = _port(port_text, source) if port_text else (443 if tls else 80)
+    return TcpEndpoint(_normal_host(host), port, tls)
 
 
 def parse_urls(text: str, *, uds_mode: int | None = None) -> list[Endpoint]:
@@ -234,22 +245,24 @@ def configured_endpoints(
     uds: str = "",
     uds_mode: int | None = None,
     inherited: Iterable[FdEndpoint] = (),
+    tls: bool = False,
 ) -> list[Endpoint]:
     """Every endpoint a configuration names, in order: --host/--port, --uds, --bind, --urls, inherited.
 
-    --host/--port count when either differs from its default or when nothing else names an endpoint
+    `tls` (a certificate is configured) makes every endpoint given without a scheme a TLS endpoint;
+    URLs say their own. --host/--port count when either differs from its default or when nothing else names an endpoint
     (so `--bind unix:/run/app.sock` alone does not also open 127.0.0.1:8000). Duplicates are dropped,
     except port 0, which asks for another free port each time.
     """
     found: list[Endpoint] = []
     if uds:
-        found.append(unix_endpoint(uds, "--uds", uds_mode))
-    found.extend(parse_bind(b, uds_mode=uds_mode) for b in binds)
+        found.append(unix_endpoint(uds, "--uds", uds_mode, tls))
+    found.extend(parse_bind(b, uds_mode=uds_mode, tls=tls) for b in binds)
     if urls.strip():
         found.extend(parse_urls(urls, uds_mode=uds_mode))
-    found.extend(inherited)
+    found.extend(dataclasses.replace(fd, tls=tls) for fd in inherited)
     if not found or host != DEFAULT_HOST or port != DEFAULT_PORT:
-        found.insert(0, tcp_endpoint(host, port))
+        found.insert(0, tcp_endpoint(host, port, tls))
     unique: list[Endpoint] = []
     for endpoint in found:
         # port 0 asked twice means two free ports, not one
@@ -258,16 +271,77 @@ def configured_endpoints(
     return unique
 
 
+def listener_endpoint(name: object, endpoints: Sequence[Endpoint]) -> Endpoint | None:
+    """The endpoint a listening socket was bound for, told from the socket's own address (its
+    `getsockname()`), so a worker handed sockets by its supervisor finds the same answer as the process
+    that bound them. An exact port beats a port-0 endpoint; a socket no address matches came from an
+    inherited descriptor (the first fd endpoint); None when nothing fits."""
+    matches: list[Endpoint]
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    if isinstance(name, str):
+        matches = [e for e in endpoints if isinstance(e, UnixEndpoint) and e.path == name]
+    elif isinstance(name, tuple) and len(name) >= 2:
+        host, port = str(name[0]), int(name[1])
+        tcp = [e for e in endpoints if isinstance(e, TcpEndpoint) and _host_matches(e, host)]
+        matches = [e for e in tcp if e.port == port] or [e for e in tcp if e.port == 0]
+    else:
+        matches = []
+    if not matches:
+        matches = [e for e in endpoints if isinstance(e, FdEndpoint)]
+    return matches[0] if matches else None
+
+
+def _host_matches(endpoint: TcpEndpoint, bound: str) -> bool:
+    """Whether a socket bound to the address `bound` can belong to `endpoint` (a name matches anything:
+    it resolved to whatever address it was bound to)."""
+    if endpoint.is_localhost:
+        return bound in ("127.0.0.1", "::1")
+    if endpoint.any_address:
+        return bound in ("::", "0.0.0.0")
+    try:
+        wanted = ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        return True
+    try:
+        return ipaddress.ip_address(bound) == wanted
+    except ValueError:
+        return bound == endpoint.host
+
+
+def ambiguous_tls(endpoints: Sequence[Endpoint]) -> tuple[TcpEndpoint, TcpEndpoint] | None:
+    """Two port-0 endpoints, one TLS and one not, whose sockets could not be told apart by address
+    (see listener_endpoint): a TLS endpoint asking for a free port needs an address of its own."""
+    free = [e for e in endpoints if isinstance(e, TcpEndpoint) and e.port == 0]
+    for i, first in enumerate(free):
+        for second in free[i + 1 :]:
+            if first.tls != second.tls and (_hosts_overlap(first, second) or _hosts_overlap(second, first)):
+                return first, second
+    return None
+
+
+def _hosts_overlap(a: TcpEndpoint, b: TcpEndpoint) -> bool:
+    if b.is_localhost:
+        return _host_matches(a, "127.0.0.1") or _host_matches(a, "::1")
+    if b.any_address:
+        return _host_matches(a, "::") or _host_matches(a, "0.0.0.0")
+    return _host_matches(a, b.host)
+
+
 def display_url(endpoint: Endpoint, address: object = None) -> str:
-    """How a log line names a listening endpoint: `http://127.0.0.1:8000`, `http://unix:/run/app.sock`,
-    `fd://3`. `address` is the bound socket's name, which carries the real port when 0 was asked for."""
+    """How a log line names a listening endpoint: `http://127.0.0.1:8000`, `https://[::1]:8443`,
+    `http://unix:/run/app.sock`, `fd://3`. `address` is the bound socket's name, which carries the real
+    port when 0 was asked for."""
+    scheme = "https" if endpoint.tls else "http"
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = str(address[0]), int(address[1])
         if len(address) >= 4 and address[3]:
             host = f"{host}%{address[3]}" if "%" not in host else host
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
     if isinstance(endpoint, UnixEndpoint):
-        return f"http://unix:{endpoint.path}"
+        return f"{scheme}://unix:{endpoint.path}"
     if isinstance(address, str) and address:
-        return f"http://unix:{address}"
+        return f"{scheme}://unix:{address}"
+    if isinstance(endpoint, TcpEndpoint):
+        return f"{scheme}://{endpoint.display()}"
     return endpoint.display()

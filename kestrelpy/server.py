@@ -20,16 +20,17 @@ import anyio
 from kestrelpy import platform
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
-from kestrelpy.endpoints import Endpoint
+from kestrelpy.endpoints import Endpoint, listener_endpoint
 from kestrelpy.errors import KestrelpyError
 from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
-from kestrelpy.protocols.http11 import HttpConnection
+from kestrelpy.protocols.http11 import HttpConnection, tls_connection_class
 from kestrelpy.protocols.websocket import MissingLibrary, WebSocketUpgrade, upgrade_handler
 from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
 from kestrelpy.sockets import bind_endpoints, close_sockets, listen_url, socket_address
 from kestrelpy.state import ServerState
+from kestrelpy.tls import ServerTls, build_tls
 
 logger = logging.getLogger("kestrelpy.error")
 
@@ -107,18 +108,23 @@ class Server:
         # or lifespan startup, with one message rather than a traceback from inside the task group.
         connection_class(config.http)
         upgrade = upgrade_handler(config)  # built here once; ServerState is handed it
-        if sockets is not None:
-            await self._serve_sockets(app, upgrade, sockets)
-            return
         endpoints = self.endpoints()
+        # Built in every process that serves (each worker too), and before any bind: a certificate that
+        # cannot be loaded is one message, not a half-started server.
+        tls = build_tls(config.tls) if any(e.tls for e in endpoints) else None
+        if sockets is not None:
+            await self._serve_sockets(app, upgrade, sockets, tls)
+            return
         _warn_predicted_failures(endpoints)
         sockets = bind_endpoints(endpoints, config.backlog)
         try:
-            await self._serve_sockets(app, upgrade, sockets)
+            await self._serve_sockets(app, upgrade, sockets, tls)
         finally:
             close_sockets(sockets)
 
-    async def _serve_sockets(self, app: ASGIApp, upgrade: UpgradeHandler, sockets: list[socket.socket]) -> None:
+    async def _serve_sockets(
+        self, app: ASGIApp, upgrade: UpgradeHandler, sockets: list[socket.socket], tls: ServerTls | None
+    ) -> None:
         config = self.config
         if config.proxy_headers:
             app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
@@ -133,7 +139,7 @@ class Server:
                 except KestrelpyError as exc:
                     startup_error = exc
             if startup_error is None:
-                await self._run_until_shutdown(app, upgrade, sockets, lifespan, loop)
+                await self._run_until_shutdown(app, upgrade, sockets, lifespan, loop, tls)
                 if lifespan.enabled:
                     await lifespan.shutdown()
             tasks.cancel_scope.cancel()
@@ -147,6 +153,7 @@ class Server:
         sockets: list[socket.socket],
         lifespan: Lifespan,
         loop: asyncio.AbstractEventLoop,
+        tls: ServerTls | None,
     ) -> None:
         config = self.config
         state = ServerState(config, app, loop, access_log=config.access_log, upgrade=upgrade, clock=self._clock)
@@ -160,7 +167,14 @@ class Server:
         def factory() -> HttpConnection:
             return protocol(state)
 
-        listeners = [await loop.create_server(factory, sock=sock, backlog=config.backlog) for sock in sockets]
+        secure = self._tls_sockets(sockets) if tls is not None else [False] * len(sockets)
+        tls_protocol = tls_connection_class(protocol, tls.describe) if tls is not None else protocol
+        listeners = []
+        for sock, is_tls in zip(sockets, secure, strict=True):
+            if is_tls and tls is not None:
+                listeners.append(await _tls_listener(loop, sock, tls, tls_protocol, state, config.backlog))
+            else:
+                listeners.append(await loop.create_server(factory, sock=sock, backlog=config.backlog))
         self.addresses = [socket_address(sock) for sock in sockets]
         logger.info(
             "Started server process [%d] (%s, %s)",
@@ -168,8 +182,9 @@ class Server:
             platform.loop_name(loop),
             protocol.__name__.replace("Connection", "").lower(),
         )
-        for sock in sockets:
-            logger.info("Listening on %s (press CTRL+C to quit)", listen_url(sock))
+        for sock, is_tls in zip(sockets, secure, strict=True):
+            url = listen_url(sock)
+            logger.info("Listening on %s (press CTRL+C to quit)", "https" + url[4:] if is_tls else url)
         restore_signals = (
             platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
         )
@@ -180,6 +195,15 @@ class Server:
         finally:
             restore_signals()
             heartbeat.stop()
+
+    def _tls_sockets(self, sockets: list[socket.socket]) -> list[bool]:
+        """Which sockets belong to TLS endpoints, told from each socket's address (as a worker must)."""
+        endpoints = self.endpoints()
+        found = []
+        for sock in sockets:
+            endpoint = listener_endpoint(sock.getsockname(), endpoints)
+            found.append(endpoint is not None and endpoint.tls)
+        return found
 
     def _on_signal(self, signum: int) -> None:
         forced = self._shutdown_requested.is_set()
@@ -231,6 +255,29 @@ class Server:
         for conn in list(state.connections):
             conn.cancel_app()
             conn.abort()
+
+
+async def _tls_listener(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    tls: ServerTls,
+    protocol: type[HttpConnection],
+    state: ServerState,
+    backlog: int,
+) -> asyncio.AbstractServer:
+    """A listener whose connections are served only once their TLS handshake is complete; a client that
+    does not complete it within --timeout-tls-handshake is closed by the loop."""
+
+    def factory() -> HttpConnection:
+        return protocol(state)
+
+    return await loop.create_server(
+        factory,
+        sock=sock,
+        backlog=backlog,
+        ssl=tls.context,
+        ssl_handshake_timeout=tls.handshake_timeout,
+    )
 
 
 def _warn_predicted_failures(endpoints: list[Endpoint]) -> None:

@@ -49,8 +49,8 @@ import logging
 import socket
 import sys
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
 from kestrelpy.platform import peer_hung_up
@@ -92,6 +92,7 @@ else:
         # (3.10's create_task takes no context: the task copies the one it is created in.)
         return context.run(loop.create_task, coro)
 
+
 # Output held back during one read before it is handed to the transport anyway.
 BATCH_LIMIT = 64 * 1024
 
@@ -125,6 +126,7 @@ class HttpConnection(Http1Output):
         "server",
         "state",
         "timeouts",
+        "tls_extension",  # the ASGI TLS extension; set on TLS connections only (TlsConnection)
         "transport",
     )
 
@@ -624,3 +626,45 @@ def _address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
         return str(info[0]), int(info[1])
     return None
+
+
+class TlsConnection(HttpConnection):
+    """What a TLS listener adds to a parser adapter (see tls_connection_class): scheme `https`, and the
+    ASGI TLS extension, computed once per connection, in every request's scope."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def describe_tls(ssl_object: Any) -> dict[str, Any]:
+        """The extension for one connection; tls_connection_class supplies it."""
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio and uvloop call this once the handshake is complete, so the session is known.
+        self.scheme = "https"
+        self.tls_extension = self.describe_tls(transport.get_extra_info("ssl_object"))
+        super().connection_made(transport)
+
+    def _scope(
+        self,
+        method: bytes,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http11: bool,
+        trailers: bool,
+    ) -> dict[str, Any]:
+        scope = super()._scope(method, raw_path, query, headers, http11, trailers)
+        extensions = scope.get("extensions")
+        if extensions is None:
+            scope["extensions"] = {"tls": self.tls_extension}
+        else:
+            extensions["tls"] = self.tls_extension
+        return scope
+
+
+def tls_connection_class(cls: type[HttpConnection], describe: Callable[[Any], dict[str, Any]]) -> type[HttpConnection]:
+    """`cls` (a parser adapter) for a TLS listener, whose connections `describe(ssl_object)` once. A plain
+    listener keeps `cls` itself, so a plain request's scope costs nothing more than before."""
+    namespace = {"__slots__": (), "describe_tls": staticmethod(describe)}
+    return cast("type[HttpConnection]", type("Tls" + cls.__name__, (TlsConnection, cls), namespace))

@@ -292,8 +292,16 @@ def _scope(conn: HttpConnection, raw_path: bytes, query: bytes, headers: list[tu
         "headers": headers,
         "subprotocols": offered_subprotocols(headers),
         "state": state.lifespan_state.copy(),
-        "extensions": {"websocket.http.response": {}},
+        "extensions": _extensions(conn),
     }
+
+
+def _extensions(conn: HttpConnection) -> dict[str, Any]:
+    extensions: dict[str, Any] = {"websocket.http.response": {}}
+    tls = getattr(conn, "tls_extension", None)  # set on TLS connections only (http11.TlsConnection)
+    if tls is not None:
+        extensions["tls"] = tls
+    return extensions
 
 
 # -- the connection ---------------------------------------------------------------------------------

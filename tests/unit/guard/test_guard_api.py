@@ -243,7 +243,7 @@ def test_check_reads_endpoints_as_the_server_does(argv: list[str], expected: lis
 
 
 @pytest.mark.parametrize(
-    "argv", [["--bind", "::1:80"], ["--bind", "127.0.0.1"], ["--bind", "host:http"], ["--urls", "https://x:1"]]
+    "argv", [["--bind", "::1:80"], ["--bind", "127.0.0.1"], ["--bind", "host:http"], ["--urls", "ftp://x:1"]]
 )
 def test_check_refuses_what_the_server_refuses(argv: list[str]) -> None:
     assert run_check(argv, _io.StringIO(), probe=FixtureIO()) == 2
