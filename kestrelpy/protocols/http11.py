@@ -31,6 +31,7 @@ the same answer:
   after a short grace, so the client reads the answer rather than a reset.
 - trailer fields of a chunked body count against the header count and size limits together with the
   head's fields (as in Kestrel): over them, 431 as for the head. They are counted as each one completes.
+  Fields that must not be trailers (FORBIDDEN_TRAILERS) are refused with 400 first.
 - minimum data rates (Kestrel's MinRequestBodyDataRate and MinResponseDataRate), both checked by the
   heartbeat from byte counters kept on the way:
   - request body: the seconds the app spends waiting in receive() for body bytes are summed, one beat
@@ -97,7 +98,7 @@ TICK = 1.0
 
 
 # Request headers the connection itself looks at; the rest go to the app untouched.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _TE = range(6)
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _TE, _CONTENT_TYPE = range(7)
 _REQUEST_HEADERS = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -105,7 +106,51 @@ _REQUEST_HEADERS = {
     b"connection": _CONNECTION,
     b"expect": _EXPECT,
     b"te": _TE,
+    b"content-type": _CONTENT_TYPE,
 }
+
+
+def _head_refusal(
+    method: bytes, target: bytes, http11: bool, codings: int, content_types: int
+) -> RequestRejection | None:
+    """What a head that both parsers read is refused for on its semantics, if anything."""
+    if codings and not http11:
+        # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated as having
+        # faulty framing (a 1.0 client cannot have sent it: something on the way did), then closed.
+        return RequestRejection.TRANSFER_ENCODING_IN_HTTP10
+    if target == b"*" and method != b"OPTIONS":
+        # RFC 9112 section 3.2.4: the asterisk-form is only for a server-wide OPTIONS request.
+        return RequestRejection.INVALID_TARGET
+    if content_types > 1:
+        # RFC 9110 section 5.3: a field that is not a list must not repeat; two media types leave the
+        # content's format ambiguous (and an app or proxy may pick either one).
+        return RequestRejection.MULTIPLE_CONTENT_TYPE
+    return None
+
+
+# Fields a request's trailer section must not carry: RFC 9110 section 6.5.1 keeps out of trailers what
+# has to be known before the content is processed, in these categories (RFC 7230 section 4.1.2 named
+# the examples):
+# - message framing (RFC 9112 section 6): Content-Length, Transfer-Encoding;
+# - routing: Host (RFC 9110 section 7.2), Max-Forwards (section 7.6.2);
+# - request modifiers, the controls (RFC 9110 sections 10.1.1, 10.1.4, 14.2; RFC 9111 sections 5.2,
+#   5.4) and the conditionals (RFC 9110 section 13.1): Expect, TE, Range, Cache-Control, Pragma, If-*;
+# - authentication (RFC 9110 section 11, RFC 6265): Authorization, Proxy-Authorization, Cookie, and
+#   their response counterparts WWW-Authenticate, Proxy-Authenticate, Set-Cookie;
+# - how to process the content: Content-Type, Content-Encoding, Content-Range, Trailer (section 6.6.2);
+# - connection management (RFC 9110 sections 7.6.1 and 7.8), which acts on this connection before the
+#   next request: Connection, Keep-Alive, Proxy-Connection, Upgrade.
+# Response control data (Age, Expires, Location, Vary...) has no meaning in a request at all, and is left
+# alone like any other field: trailers never reach the app (ASGI has no request trailers).
+FORBIDDEN_TRAILERS = frozenset(
+    (
+        b"content-length", b"transfer-encoding", b"host", b"max-forwards", b"expect", b"te", b"range",
+        b"cache-control", b"pragma", b"if-match", b"if-none-match", b"if-modified-since",
+        b"if-unmodified-since", b"if-range", b"authorization", b"proxy-authorization", b"cookie",
+        b"www-authenticate", b"proxy-authenticate", b"set-cookie", b"content-type", b"content-encoding",
+        b"content-range", b"trailer", b"connection", b"keep-alive", b"proxy-connection", b"upgrade",
+    )
+)
 
 
 # RFC 9110 section 7.2: Host is uri-host [":" port]; uri-host is an IP-literal in brackets or a reg-name
@@ -269,7 +314,7 @@ class HttpConnection(asyncio.Protocol):
                 return
         keep_alive = http11
         expect_continue = trailers = upgrade = False
-        hosts = codings = 0
+        hosts = codings = content_types = 0
         has_length = False
         empty_body = True
         for name, value in headers:
@@ -293,6 +338,8 @@ class HttpConnection(asyncio.Protocol):
                     keep_alive = True
             elif kind == _EXPECT:
                 expect_continue = http11 and value.lower() == b"100-continue"
+            elif kind == _CONTENT_TYPE:
+                content_types += 1
             else:
                 trailers = b"trailers" in _connection_tokens(value)
         if codings > 1 or (codings and has_length):
@@ -310,6 +357,10 @@ class HttpConnection(asyncio.Protocol):
                 if hosts == _INVALID_HOST
                 else RequestRejection.MULTIPLE_HOST
             )
+            return
+        refusal = _head_refusal(method, target, http11, codings, content_types)
+        if refusal is not None:
+            self.on_reject(refusal)
             return
         if codings:
             empty_body = False
@@ -388,9 +439,13 @@ class HttpConnection(asyncio.Protocol):
 
     def on_request_trailer(self, name: bytes, value: bytes) -> None:
         """One trailer field of a chunked body. It is dropped (ASGI has no request trailers), but it
-        counts against the head's limits: Kestrel counts trailers and header fields together."""
+        counts against the head's limits: Kestrel counts trailers and header fields together. A field
+        that must not be a trailer is refused (before the limits, as llhttp refuses two of them itself)."""
         reading = self._reading
         if reading is None or self.rejected:
+            return
+        if name in FORBIDDEN_TRAILERS:
+            self.on_reject(RequestRejection.FORBIDDEN_TRAILER)
             return
         room = self._trailer_room
         if room is None or room[0] is not reading:  # the first trailer field of this request
