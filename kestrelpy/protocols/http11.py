@@ -32,6 +32,7 @@ the same answer:
   after a short grace, so the client reads the answer rather than a reset.
 - trailer fields of a chunked body count against the header count and size limits together with the
   head's fields (as in Kestrel): over them, 431 as for the head. They are counted as each one completes.
+  Fields that must not be trailers (request_head.FORBIDDEN_TRAILERS) are refused with 400 first.
 - minimum data rates (Kestrel's MinRequestBodyDataRate and MinResponseDataRate): counted on the way,
   checked by the heartbeat through the TimeoutControl; too slow a body gets 408 (or an abort once the
   response has started), too slow a reader an abort.
@@ -59,8 +60,9 @@ from kestrelpy.protocols.flow import FlowControl
 from kestrelpy.protocols.http11_output import Http1Output, closing_response
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import (
+    FORBIDDEN_TRAILERS,
     declared_length,
-    framing_or_host_refusal,
+    head_refusal,
     is_http11,
     over_head_limits,
     scan_headers,
@@ -224,11 +226,11 @@ class HttpConnection(Http1Output):
         if http11 is None:
             self.on_reject(version_rejection(http_version))
             return
-        keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body = scan_headers(
-            state.known_hosts, headers, http11
+        keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body, content_types = (
+            scan_headers(state.known_hosts, headers, http11)
         )
-        if codings or hosts != 1:
-            refusal = framing_or_host_refusal(http11, hosts, codings, has_length)
+        if codings or hosts != 1 or content_types > 1 or target == b"*":  # (an ordinary head is none of these)
+            refusal = head_refusal(method, target, http11, hosts, codings, has_length, content_types)
             if refusal is not None:
                 self.on_reject(refusal)
                 return
@@ -323,9 +325,13 @@ class HttpConnection(Http1Output):
 
     def on_request_trailer(self, name: bytes, value: bytes) -> None:
         """One trailer field of a chunked body. It is dropped (ASGI has no request trailers), but it
-        counts against the head's limits: Kestrel counts trailers and header fields together."""
+        counts against the head's limits: Kestrel counts trailers and header fields together. A field
+        that must not be a trailer is refused (before the limits, as llhttp refuses two of them itself)."""
         reading = self._reading
         if reading is None or self.ignore_input:
+            return
+        if name in FORBIDDEN_TRAILERS:
+            self.on_reject(RequestRejection.FORBIDDEN_TRAILER)
             return
         room = self._trailer_room
         if room is None or room[0] is not reading:  # the first trailer field of this request

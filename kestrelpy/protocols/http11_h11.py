@@ -77,7 +77,9 @@ class H11Connection(HttpConnection):
             try:
                 event = reader.next_event()
             except h11.RemoteProtocolError as exc:
-                self.on_reject(_rejection_for(exc))
+                # Trailer fields read before the error count first, as llhttp hands them on before it stops.
+                if self._chunks is None or not self._count_trailers(self._chunks):
+                    self.on_reject(_rejection_for(exc))
                 return
             event_type = type(event)
             chunks = self._chunks
@@ -129,7 +131,8 @@ class H11Connection(HttpConnection):
                 return False  # (counted by the caller)
             if allowed > 0:
                 self.on_request_body(data[:allowed])
-        if not self.ignore_input:
+        # Trailer fields llhttp would have handed on before the bad byte are counted (and maybe refused) first.
+        if not self._count_trailers(chunks):
             self.on_reject(RequestRejection.MALFORMED_REQUEST)
         return True
 

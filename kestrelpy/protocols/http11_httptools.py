@@ -9,11 +9,23 @@ from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.screen import CHUNK_LINE_MAX
 from kestrelpy.state import ServerState
 
+# What llhttp says when a chunked body's trailer section carries Content-Length (at its colon) or
+# Transfer-Encoding (at its value): fields forbidden in trailers, refused as the shared connection
+# refuses the others (RFC 9110 section 6.5.1), and as the h11 path refuses these (screen.ChunkScreen).
+_FRAMING_IN_TRAILERS = (
+    "Content-Length can't be present with Transfer-Encoding",
+    "Invalid `Transfer-Encoding` header value",
+    "Empty Transfer-Encoding",
+)
 
-def _rejection_for(exc: httptools.HttpParserError) -> RequestRejection:
+
+def _rejection_for(exc: httptools.HttpParserError, in_trailers: bool) -> RequestRejection:
+    message = str(exc)
     # Only llhttp's "Invalid HTTP version"; "Expected CRLF after version" is plain malformed input.
-    if str(exc).lower().startswith("invalid http version"):
+    if message.lower().startswith("invalid http version"):
         return RequestRejection.UNSUPPORTED_HTTP_VERSION
+    if in_trailers and message in _FRAMING_IN_TRAILERS:
+        return RequestRejection.FORBIDDEN_TRAILER
     return RequestRejection.MALFORMED_REQUEST
 
 
@@ -86,7 +98,8 @@ class HttptoolsConnection(HttpConnection):
                 if not data:
                     return
             except httptools.HttpParserError as exc:
-                self.on_reject(_rejection_for(exc))
+                # (a zero-size chunk header leaves _after_chunk set through the trailer section)
+                self.on_reject(_rejection_for(exc, self._after_chunk))
                 return
 
     # llhttp callbacks

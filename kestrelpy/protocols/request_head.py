@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from kestrelpy.state import ServerState
 
 # Request headers the connection itself looks at; the rest go to the app untouched.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _TE = range(6)
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _TE, _CONTENT_TYPE = range(7)
 _REQUEST_HEADERS = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -24,6 +24,7 @@ _REQUEST_HEADERS = {
     b"connection": _CONNECTION,
     b"expect": _EXPECT,
     b"te": _TE,
+    b"content-type": _CONTENT_TYPE,
 }
 
 
@@ -62,13 +63,14 @@ def version_rejection(version: bytes) -> RequestRejection:
 
 def scan_headers(
     known_hosts: set[bytes], headers: list[tuple[bytes, bytes]], http11: bool
-) -> tuple[bool, bool, bool, bool, int, int, bool, bool]:
+) -> tuple[bool, bool, bool, bool, int, int, bool, bool, int]:
     """One pass over the header fields the connection itself looks at. Returns (keep_alive,
     expect_continue, trailers accepted, upgrade asked, Host weight, Transfer-Encoding weight, has
-    Content-Length, body declared empty); the weights count fields, with a large step for a bad value."""
+    Content-Length, body declared empty, Content-Type count); the weights count fields, with a large
+    step for a bad value."""
     keep_alive = http11
     expect_continue = trailers = upgrade = False
-    hosts = codings = 0
+    hosts = codings = content_types = 0
     has_length = False
     empty_body = True
     for name, value in headers:
@@ -92,13 +94,18 @@ def scan_headers(
                 keep_alive = True
         elif kind == _EXPECT:
             expect_continue = http11 and value.lower() == b"100-continue"
+        elif kind == _CONTENT_TYPE:
+            content_types += 1
         else:
             trailers = b"trailers" in _connection_tokens(value)
-    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body
+    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body, content_types
 
 
-def framing_or_host_refusal(http11: bool, hosts: int, codings: int, has_length: bool) -> RequestRejection | None:
-    """The refusal a head with Transfer-Encoding, or without exactly one valid Host, earns, if any."""
+def head_refusal(
+    method: bytes, target: bytes, http11: bool, hosts: int, codings: int, has_length: bool, content_types: int
+) -> RequestRejection | None:
+    """What a head is refused for on its framing, its Host or its semantics, if anything (the same
+    answer whichever parser read it)."""
     if codings > 1 or (codings and has_length):
         # RFC 9112 section 6.1 allows refusing Content-Length with Transfer-Encoding (a smuggling
         # vector); h11 would read such a body as chunked and keep the connection open.
@@ -109,7 +116,43 @@ def framing_or_host_refusal(http11: bool, hosts: int, codings: int, has_length: 
         if hosts == 0:
             return RequestRejection.MISSING_HOST
         return RequestRejection.INVALID_HOST if hosts == _INVALID_HOST else RequestRejection.MULTIPLE_HOST
+    if codings and not http11:
+        # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated as having
+        # faulty framing (a 1.0 client cannot have sent it: something on the way did), then closed.
+        return RequestRejection.TRANSFER_ENCODING_IN_HTTP10
+    if target == b"*" and method != b"OPTIONS":
+        # RFC 9112 section 3.2.4: the asterisk-form is only for a server-wide OPTIONS request.
+        return RequestRejection.INVALID_TARGET
+    if content_types > 1:
+        # RFC 9110 section 5.3: a field that is not a list must not repeat; two media types leave the
+        # content's format ambiguous (and an app or proxy may pick either one).
+        return RequestRejection.MULTIPLE_CONTENT_TYPE
     return None
+
+
+# Fields a request's trailer section must not carry: RFC 9110 section 6.5.1 keeps out of trailers what
+# has to be known before the content is processed, in these categories (RFC 7230 section 4.1.2 named
+# the examples):
+# - message framing (RFC 9112 section 6): Content-Length, Transfer-Encoding;
+# - routing: Host (RFC 9110 section 7.2), Max-Forwards (section 7.6.2);
+# - request modifiers, the controls (RFC 9110 sections 10.1.1, 10.1.4, 14.2; RFC 9111 sections 5.2,
+#   5.4) and the conditionals (RFC 9110 section 13.1): Expect, TE, Range, Cache-Control, Pragma, If-*;
+# - authentication (RFC 9110 section 11, RFC 6265): Authorization, Proxy-Authorization, Cookie, and
+#   their response counterparts WWW-Authenticate, Proxy-Authenticate, Set-Cookie;
+# - how to process the content: Content-Type, Content-Encoding, Content-Range, Trailer (section 6.6.2);
+# - connection management (RFC 9110 sections 7.6.1 and 7.8), which acts on this connection before the
+#   next request: Connection, Keep-Alive, Proxy-Connection, Upgrade.
+# Response control data (Age, Expires, Location, Vary...) has no meaning in a request at all, and is left
+# alone like any other field: trailers never reach the app (ASGI has no request trailers).
+FORBIDDEN_TRAILERS = frozenset(
+    (
+        b"content-length", b"transfer-encoding", b"host", b"max-forwards", b"expect", b"te", b"range",
+        b"cache-control", b"pragma", b"if-match", b"if-none-match", b"if-modified-since",
+        b"if-unmodified-since", b"if-range", b"authorization", b"proxy-authorization", b"cookie",
+        b"www-authenticate", b"proxy-authenticate", b"set-cookie", b"content-type", b"content-encoding",
+        b"content-range", b"trailer", b"connection", b"keep-alive", b"proxy-connection", b"upgrade",
+    )
+)  # fmt: skip
 
 
 def over_head_limits(

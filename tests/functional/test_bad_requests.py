@@ -227,6 +227,13 @@ CHUNK_ODDITIES = {
     "quoted-extension-name": b'3;"q"\r\nabc\r\n0\r\n\r\n',
     "obs-fold-in-trailer": b"3\r\nabc\r\n0\r\nX: a\r\n b\r\n\r\n",
     "space-before-trailer-colon": b"3\r\nabc\r\n0\r\nX : a\r\n\r\n",
+    # BWS in chunk extensions (RFC 9112 section 7.1.1 allows it; RFC 9110 section 5.6.3 says a sender
+    # MUST NOT generate it, and llhttp refuses it)
+    "space-after-extension-semicolon": b"3; a\r\nabc\r\n0\r\n\r\n",
+    "space-around-extension-equals": b"3;a = b\r\nabc\r\n0\r\n\r\n",
+    "escaped-closing-quote": b'3;a="b\\"\r\nabc\r\n0\r\n\r\n',
+    "text-after-quoted-extension": b'3;a="b"c\r\nabc\r\n0\r\n\r\n',
+    "delete-in-quoted-extension": b'3;a="\x7f"\r\nabc\r\n0\r\n\r\n',
 }
 
 
@@ -253,6 +260,11 @@ ACCEPTED_CHUNKS = {
     "extension-on-last-chunk": b"3\r\nabc\r\n0;e\r\n\r\n",
     "trailer": b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n",
     "upper-case-hex": b"A\r\n0123456789\r\n0\r\n\r\n",
+    # RFC 9112 section 7.1.1: chunk-ext-name [ "=" chunk-ext-val ], chunk-ext-val = token / quoted-string
+    "extension-name-only": b"5;last\r\nhello\r\n0\r\n\r\n",
+    "quoted-extension-with-semicolon-and-escaped-quote": b'6;a="q;uo\\"ted";b\r\nhello!\r\n0\r\n\r\n',
+    "quoted-extension-with-htab-and-equals": b'3;a="x=\ty"\r\nabc\r\n0\r\n\r\n',
+    "several-extensions": b'3;a;b=c;d="e \\\\ f"\r\nabc\r\n0;x="\\;"\r\n\r\n',
 }
 
 
@@ -270,6 +282,113 @@ def test_valid_chunk_lines_are_read_alike(serve_app: Start, raw_client: Start, l
         out[http] += (client.read_response().status,)
     assert out["httptools"] == out["h11"] == (200, b"ok", 200)
     assert calls == ["/", "/after", "/", "/after"]
+
+
+# Heads both parsers read and the connection refuses on their meaning: 400 and close, the app never called.
+REFUSED_HEADS = {
+    # RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+    "http10-transfer-encoding": (
+        b"POST / HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"An HTTP/1.0 request must not carry Transfer-Encoding.",
+    ),
+    "http10-transfer-encoding-keep-alive": (
+        b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"An HTTP/1.0 request must not carry Transfer-Encoding.",
+    ),
+    # RFC 9112 section 3.2.4: asterisk-form is only for OPTIONS.
+    "asterisk-get": (b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", b"Invalid request target."),
+    "asterisk-head": (b"HEAD * HTTP/1.1\r\nHost: t\r\n\r\n", b"Invalid request target."),
+    "asterisk-post": (b"POST * HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", b"Invalid request target."),
+    # RFC 9110 section 5.3: Content-Type is not a list, so it must not repeat.
+    "two-content-types": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        b"A request must carry only one Content-Type header.",
+    ),
+    "two-equal-content-types": (
+        b"GET / HTTP/1.1\r\nHost: t\r\ncontent-type: a/b\r\nX: y\r\nCONTENT-TYPE: a/b\r\n\r\n",
+        b"A request must carry only one Content-Type header.",
+    ),
+}
+
+
+@pytest.mark.parametrize(("wire", "message"), REFUSED_HEADS.values(), ids=REFUSED_HEADS.keys())
+def test_heads_refused_on_their_meaning_get_400_identically(
+    serve_app: Start, raw_client: Start, loop_kind: str, wire: bytes, message: bytes
+) -> None:
+    out, calls = answers(serve_app, raw_client, loop_kind, wire + AFTER)
+    assert out["httptools"] == out["h11"]
+    assert out["h11"].startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nconnection: close\r\n" in out["h11"]
+    assert out["h11"].endswith(b"\r\n\r\n" + message)
+    assert calls == []
+
+
+def test_options_asterisk_is_served(serve_app: Start, raw_client: Start, loop_kind: str) -> None:
+    calls: list[str] = []
+    for http in ("httptools", "h11"):
+        client = raw_client(serve_app(make_app(calls), loop_kind=loop_kind, http=http).port)
+        client.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert client.read_response().status == 200
+    assert calls == ["*", "*"]
+
+
+# RFC 9110 section 6.5.1: fields that must not be trailers (framing, routing, request modifiers,
+# authentication, content format; see request_head.FORBIDDEN_TRAILERS), one or two of each kind, in any case.
+FORBIDDEN_TRAILER_FIELDS = [
+    b"Content-Length: 0",
+    b"Transfer-Encoding: chunked",
+    b"Host: evil",
+    b"TE: trailers",
+    b"If-Match: *",
+    b"Authorization: Basic eDp5",
+    b"cookie: a=b",
+    b"Content-Type: text/plain",
+    b"Trailer: X",
+    b"Connection: close",
+]
+
+
+@pytest.mark.parametrize(
+    "field", FORBIDDEN_TRAILER_FIELDS, ids=[f.partition(b":")[0].decode() for f in FORBIDDEN_TRAILER_FIELDS]
+)
+def test_forbidden_trailer_fields_are_refused_identically(
+    serve_app: Start, raw_client: Start, loop_kind: str, field: bytes
+) -> None:
+    """400 and close on both parsers; the app, called for the head, sees the client go away instead of
+    the end of the body, and the request behind it never reaches it."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            seen.append({"path": scope["path"], **message})
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        if message["type"] == "http.request":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    out = {}
+    for http in ("httptools", "h11"):
+        client = raw_client(serve_app(app, loop_kind=loop_kind, http=http).port)
+        client.send(
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 1\r\n"
+            + field
+            + b"\r\n\r\n"
+            + AFTER
+        )
+        out[http] = DATE_VALUE.sub(rb"\1<date>", client.read_until_close())
+    assert out["httptools"] == out["h11"]
+    assert out["h11"].startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nconnection: close\r\n" in out["h11"]
+    assert out["h11"].endswith(b"\r\n\r\nA field that is not allowed in a trailer section was sent in one.")
+    # (the body may or may not have come before the disconnect, depending on how the reads fell)
+    assert [message["type"] for message in seen].count("http.disconnect") == 2
+    assert not any(message["type"] == "http.request" and not message.get("more_body") for message in seen)
+    assert all(message["path"] == "/" for message in seen)
 
 
 def test_next_line_byte_stays_inside_its_header_value(running_server: Start, raw_client: Start) -> None:
@@ -342,7 +461,8 @@ def test_bad_chunked_body_mid_request_disconnects_the_app(running_server: Start,
 
 def test_request_trailers_never_reach_the_header_list(running_server: Start, raw_client: Start) -> None:
     """Trailer fields of a chunked request are dropped on both paths: llhttp reports them like header
-    fields, and they must not be appended to the scope the app (and the proxy middleware) already read."""
+    fields, and they must not be appended to the scope the app (and the proxy middleware) already read.
+    (Fields that must not be trailers at all, such as Host, are refused: see above.)"""
     seen: list[list[tuple[bytes, bytes]]] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -357,7 +477,8 @@ def test_request_trailers_never_reach_the_header_list(running_server: Start, raw
     live = running_server(app)
     client = raw_client(live.port)
     client.send(
-        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nHost: evil\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+        b"X-Forwarded-Host: evil\r\n\r\n"
         + client.request_bytes("GET", "/next")
     )
     assert client.read_response().status == 204
