@@ -54,9 +54,7 @@ def configure_listener(sock: socket.socket) -> None:
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM) if not IS_WINDOWS else (signal.SIGINT, signal.SIGBREAK)  # type: ignore[attr-defined]
 
 
-def install_shutdown_handlers(
-    loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], None]
-) -> Callable[[], None]:
+def install_shutdown_handlers(loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], None]) -> Callable[[], None]:
     """Route SIGINT/SIGTERM (SIGBREAK on Windows) to `on_signal`; returns a function that restores them.
 
     Only the main thread may own signals: embedded servers running elsewhere get no handlers.

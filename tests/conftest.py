@@ -46,7 +46,6 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-
 # -- the in-process server ---------------------------------------------------------------------------
 
 
@@ -97,7 +96,6 @@ def running_server(serve_app: Callable[..., LiveServer], parser: str, loop_kind:
         return serve_app(app, loop_kind=loop_kind, **overrides)
 
     return start
-
 
 
 @pytest.fixture

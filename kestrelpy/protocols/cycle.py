@@ -287,6 +287,4 @@ class RequestCycle:
             target += "?" + scope["query_string"].decode("latin-1")
         # Escape control characters so a crafted path cannot forge log lines (CVE-2020-7694 class).
         target = target.encode("unicode_escape").decode("ascii")
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d', who, scope["method"], target, scope["http_version"], self.status
-        )
+        access_logger.info('%s - "%s %s HTTP/%s" %d', who, scope["method"], target, scope["http_version"], self.status)

@@ -135,7 +135,7 @@ def strict_head(head: bytes, complete: bool) -> bool:
 # `;;n`) and a token followed by a quoted-string as one value (`;n=a"b"`), but not a `;` that ends the
 # line. Extensions are otherwise ignored, as section 7.1.1 requires of unknown ones.
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_QUOTED_CHAR = rb'(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])'  # qdtext / quoted-pair
+_QUOTED_CHAR = rb"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])"  # qdtext / quoted-pair
 _CHUNK_EXT = rb";" + _TCHAR + rb"*(?:=" + _TCHAR + rb'*(?:"' + _QUOTED_CHAR + rb'*")?)?'
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:" + _CHUNK_EXT + rb")*(?<!;)")
 # What a chunk line may start with: llhttp refuses a line at its first wrong byte, so this path refuses

@@ -53,9 +53,7 @@ class TimeoutReason(Enum):
     PING = "the pong to a WebSocket keep-alive ping"
 
 
-def timeout_durations(
-    keep_alive: float, request_headers: float, ping: float
-) -> dict[TimeoutReason, float]:
+def timeout_durations(keep_alive: float, request_headers: float, ping: float) -> dict[TimeoutReason, float]:
     """How long each reason waits, for one server (the data rates have their own rule)."""
     return {
         TimeoutReason.KEEP_ALIVE: keep_alive,

@@ -23,9 +23,7 @@ async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
     print("slow request started", file=sys.stderr, flush=True)
     await asyncio.sleep(delay)
     body = b"finished after %.1f" % delay
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
-    )
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -181,9 +181,7 @@ ADVISORIES = {
     "content-length-plus": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc",
     "content-length-space-inside": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1 2\r\n\r\nabc",
     "content-length-hex": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0x3\r\n\r\nabc",
-    "content-length-overflow": (
-        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\nabc"
-    ),
+    "content-length-overflow": (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\nabc"),
     # Chunk terminators other than CRLF after the data (h11 before 0.16 accepted any two bytes).
     "CVE-2025-43859-chunk-terminator": (
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n"
@@ -478,8 +476,7 @@ def test_request_trailers_never_reach_the_header_list(running_server: Start, raw
     client = raw_client(live.port)
     client.send(
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
-        b"X-Forwarded-Host: evil\r\n\r\n"
-        + client.request_bytes("GET", "/next")
+        b"X-Forwarded-Host: evil\r\n\r\n" + client.request_bytes("GET", "/next")
     )
     assert client.read_response().status == 204
     assert client.read_response().status == 204

@@ -154,9 +154,7 @@ def test_default_limits_refuse_a_huge_head(running_server: Start, raw_client: St
     assert calls == []
 
 
-def test_request_headers_timeout_gets_408(
-    running_server: Start, raw_client: Start, manual_clock: ManualClock
-) -> None:
+def test_request_headers_timeout_gets_408(running_server: Start, raw_client: Start, manual_clock: ManualClock) -> None:
     calls: list[str] = []
     # The keep-alive timeout is longer, so it is the head's own timeout that answers.
     limits = Limits(request_headers_timeout=1.5, keep_alive_timeout=30)
