@@ -57,7 +57,12 @@ def _single_length(head: bytes) -> bool:
         return True
     # llhttp refuses a value past 64 bits (h11 would read any number).
     value = lengths[0].strip(b" \t")
-    return len(lengths) == 1 and b"," not in value and not _with_coding(head) and (len(value) < 20 or _fits_64(value))
+    return (
+        len(lengths) == 1
+        and b"," not in value
+        and _TRANSFER_ENCODING.search(head) is None  # (_with_coding, knowing there is a Content-Length)
+        and (len(value) < 20 or _fits_64(value))
+    )
 
 
 def _fits_64(value: bytes) -> bool:
