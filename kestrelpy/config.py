@@ -8,6 +8,7 @@ reader from these fields, so a flag cannot drift from its default or its validat
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,37 @@ def parse_header(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise ValueError(f"expected NAME:VALUE, got {text!r}")
     return name.strip(), value.strip()
+
+
+# A DNS name as SNI carries it (RFC 6066 section 3: no IP literals), lower case: labels of letters, digits,
+# hyphens and underscores.
+_SNI_NAME = re.compile(
+    r"(?:\*\.)?[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*",
+    re.IGNORECASE,
+)
+
+
+def parse_sni(text: str) -> tuple[str, str, str]:
+    """`NAME=CERTFILE[:KEYFILE]` as given to --ssl-sni: (name in lower case, certificate file, key file or "")."""
+    name, sep, files = text.strip().partition("=")
+    certfile, colon, keyfile = files.rpartition(":")
+    if not colon:
+        certfile, keyfile = files, ""
+    if not sep or not certfile.strip():
+        raise ValueError(f"expected NAME=CERTFILE:KEYFILE, got {text!r}")
+    name = name.strip().lower()
+    sni_name_problem(name)
+    return name, certfile.strip(), keyfile.strip()
+
+
+def sni_name_problem(name: str) -> None:
+    """Raise ValueError unless `name` is an --ssl-sni name: a host name, `*.` and a domain, or `*`."""
+    if name == "*" or (len(name) <= 253 and _SNI_NAME.fullmatch(name)):
+        return
+    raise ValueError(
+        f"{name!r} is not a server name: give a host name (app.example.com), a wildcard of one label "
+        "(*.example.com) or * (any other name)"
+    )
 
 
 def option(
@@ -293,6 +325,24 @@ class TlsOptions:
         metavar="CIPHERS",
         group="tls",
     )
+    ssl_sni: tuple[tuple[str, str, str], ...] = option(
+        (),
+        "Serve the certificate in CERTFILE (its key in KEYFILE, or in CERTFILE when left out) to clients asking "
+        "for NAME: a host name, *.example.com (one label under example.com) or * (any name nothing else "
+        "matches); repeat for more. Names that match nothing get --ssl-certfile.",
+        parse=parse_sni,
+        repeatable=True,
+        metavar="NAME=CERTFILE:KEYFILE",
+        group="tls",
+    )
+    ssl_watch_interval: float = option(
+        15.0,
+        "Read the certificate and key files every this many seconds and serve a changed certificate to new "
+        "connections, without a restart (0 = never).",
+        parse=float,
+        metavar="SECONDS",
+        group="tls",
+    )
     tls_handshake_timeout: float = option(
         10.0,
         "Close a connection whose TLS handshake is not complete after this many seconds (Kestrel's default).",
@@ -309,12 +359,16 @@ class TlsOptions:
             raise ConfigError(f"--ssl-min-version must be one of {', '.join(TLS_MIN_VERSION_CHOICES)}")
         if self.tls_handshake_timeout <= 0:
             raise ConfigError("--timeout-tls-handshake must be greater than 0")
+        if self.ssl_watch_interval < 0:
+            raise ConfigError("--ssl-watch-interval must not be negative (0 = never)")
+        self._check_sni()
         if not self.ssl_certfile:
             for flag, given in (
-                ("--ssl-keyfile", self.ssl_keyfile),
-                ("--ssl-keyfile-password", self.ssl_keyfile_password),
-                ("--ssl-ca-certs", self.ssl_ca_certs),
-                ("--ssl-ciphers", self.ssl_ciphers),
+                ("--ssl-sni", bool(self.ssl_sni)),
+                ("--ssl-keyfile", bool(self.ssl_keyfile)),
+                ("--ssl-keyfile-password", bool(self.ssl_keyfile_password)),
+                ("--ssl-ca-certs", bool(self.ssl_ca_certs)),
+                ("--ssl-ciphers", bool(self.ssl_ciphers)),
             ):
                 if given:
                     raise ConfigError(f"{flag} needs --ssl-certfile (the server certificate)")
@@ -323,6 +377,19 @@ class TlsOptions:
                 f"--ssl-cert-reqs {self.ssl_cert_reqs} needs --ssl-ca-certs (the CAs client certificates are "
                 "verified against)"
             )
+
+    def _check_sni(self) -> None:
+        seen: set[str] = set()
+        for name, certfile, _keyfile in self.ssl_sni:
+            try:
+                sni_name_problem(name)
+            except ValueError as exc:
+                raise ConfigError(f"--ssl-sni: {exc}") from None
+            if name.lower() in seen:
+                raise ConfigError(f"--ssl-sni {name.lower()} is given twice")
+            if not certfile:
+                raise ConfigError(f"--ssl-sni {name} names no certificate file")
+            seen.add(name.lower())
 
     @property
     def enabled(self) -> bool:

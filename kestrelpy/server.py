@@ -162,6 +162,8 @@ class Server:
         self._state = state
         heartbeat = self._heartbeat(state, loop)
         heartbeat.start()
+        if tls is not None:
+            tls.start_watching(loop)  # each process watches its certificate files for itself
         protocol = connection_class(config.http)
 
         def factory() -> HttpConnection:
@@ -195,6 +197,8 @@ class Server:
         finally:
             restore_signals()
             heartbeat.stop()
+            if tls is not None:
+                tls.stop_watching()
 
     def _tls_sockets(self, sockets: list[socket.socket]) -> list[bool]:
         """Which sockets belong to TLS endpoints, told from each socket's address (as a worker must)."""

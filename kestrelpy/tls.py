@@ -1,15 +1,31 @@
-"""TLS for the endpoints that ask for it (see endpoints.py): one server-side ssl.SSLContext built from the
---ssl-* options, and what the ASGI TLS extension (asgiref specs/tls.rst, version 0.2) reports about each
-connection.
+"""TLS for the endpoints that ask for it (see endpoints.py): the server-side ssl.SSLContexts built from the
+--ssl-* options, the certificate chosen for each connection by the name it asks for (SNI), the certificate
+files watched for a new certificate, and what the ASGI TLS extension (asgiref specs/tls.rst, version 0.2)
+reports about each connection.
 
 The context: TLS 1.2 or 1.3 at least, the ssl module's secure cipher default unless --ssl-ciphers names
 others, no TLS-level compression (CRIME), no renegotiation where OpenSSL offers the switch, client
 certificates verified against --ssl-ca-certs as --ssl-cert-reqs says. A file that cannot be read or a key
 that does not match ends in one ConfigError line, before anything is bound.
 
+Certificates by name, after Kestrel's SniOptionsSelector: every listener has one context whose
+`sni_callback` switches each connection to the context of the certificate its server name (RFC 6066
+section 3) selects: the exact name (case-insensitive), else the wildcard `*.parent` of its parent domain
+(a wildcard covers one label, as clients accept it: RFC 6125 section 6.4.3), else `*` when given. A name
+that matches nothing, and a client that sends none, get the default certificate (--ssl-certfile). Every
+context is built with the same settings, so only the certificate differs.
+
+Rotation: the certificate and key files (the default and every --ssl-sni one) are read every
+--ssl-watch-interval seconds, through any symlinks (a Kubernetes secret mount swaps its `..data` symlink),
+and compared by content (SHA-256), not by modification time, which a copy can keep and a rewrite within
+the same second need not change. A changed pair
+that loads, belongs together and has not expired replaces the old one for new connections; one that does
+not is logged once and the old one stays. Each process watches for itself.
+
 The extension is computed once per connection, when its handshake is complete, from the transport's
 `ssl_object`:
-- `server_cert`: the first certificate of --ssl-certfile, as PEM (read once with the context);
+- `server_cert`: the first certificate of the file the connection was served from, as PEM (read with its
+  context);
 - `client_cert_chain`: what the client sent, as PEM, its certificate first. Python before 3.13 exposes only
   the client's own certificate, so the list holds that one; from 3.13 on, the whole chain it sent;
 - `client_cert_name`: the client certificate's subject as an RFC 4514 string, or None;
@@ -22,15 +38,23 @@ The extension is computed once per connection, when its handshake is complete, f
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import hashlib
+import logging
 import re
 import ssl
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kestrelpy.errors import ConfigError
 
 if TYPE_CHECKING:
     from kestrelpy.config import TlsOptions
+
+logger = logging.getLogger("kestrelpy.error")
 
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
@@ -53,25 +77,89 @@ _RFC4514_NAMES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class CertSource:
+    """Where one certificate comes from: the default one (`name` None) or the one of an --ssl-sni name."""
+
+    name: str | None
+    certfile: str
+    keyfile: str  # "" when the key is in certfile
+
+    def describe(self) -> str:
+        """The option that gave it, as a user wrote it."""
+        if self.name is None:
+            return f"--ssl-certfile {self.certfile}" + (f" with --ssl-keyfile {self.keyfile}" if self.keyfile else "")
+        return f"--ssl-sni {self.name}={self.certfile}" + (f":{self.keyfile}" if self.keyfile else "")
+
+
+class ServedContext(ssl.SSLContext):
+    """A context serving one certificate, which it carries (as PEM) for the ASGI TLS extension."""
+
+    server_cert: str | None = None
+
+
 class ServerTls:
-    """A server's TLS settings, built once per process: the context every TLS listener uses, the handshake
-    timeout, and what `describe` needs to fill the ASGI TLS extension of a connection."""
+    """A server's TLS settings, built once per process: the context every TLS listener uses, the context of
+    each certificate it switches connections to, the handshake timeout, and what `describe` needs to fill
+    the ASGI TLS extension of a connection."""
 
-    __slots__ = ("_cipher_suites", "context", "handshake_timeout", "server_cert")
+    __slots__ = (
+        "_cipher_suites",
+        "_contexts",
+        "_digests",
+        "_failed",
+        "_options",
+        "_timer",
+        "_wallclock",
+        "context",
+        "handshake_timeout",
+        "watch_interval",
+    )
 
-    def __init__(self, context: ssl.SSLContext, server_cert: str | None, handshake_timeout: float) -> None:
-        self.context = context
-        self.server_cert = server_cert
-        self.handshake_timeout = handshake_timeout
-        self._cipher_suites = cipher_suite_numbers(context.get_ciphers())
+    def __init__(
+        self,
+        options: TlsOptions,
+        contexts: dict[str | None, ServedContext],
+        digests: dict[CertSource, str],
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self._options = options
+        self._contexts = contexts  # by --ssl-sni name; None: the default certificate
+        self._digests = digests  # the content each source was last loaded from
+        self._failed: dict[CertSource, str] = {}  # the content that failed to load, logged once
+        self._wallclock = wallclock
+        self._timer: asyncio.TimerHandle | None = None
+        # The listeners' context: the default certificate as it was at startup, and the switch.
+        self.context = contexts[None]
+        self.context.sni_callback = self._select_context
+        self.handshake_timeout = options.tls_handshake_timeout
+        self.watch_interval = options.ssl_watch_interval
+        self._cipher_suites = cipher_suite_numbers(self.context.get_ciphers())
+
+    @property
+    def server_cert(self) -> str | None:
+        """The default certificate now served, as PEM."""
+        return self._contexts[None].server_cert
+
+    def context_for(self, server_name: str | None) -> ServedContext:
+        """The context whose certificate serves `server_name` (see the module's docstring)."""
+        return self._contexts[select_name(server_name, self._contexts)]
+
+    def _select_context(self, ssl_object: Any, server_name: str | None, _listener: ssl.SSLContext) -> None:
+        # Called by OpenSSL during every handshake, with or without a name; switching the context switches
+        # the certificate (and the CAs client certificates are verified against) for this connection only.
+        chosen = self.context_for(server_name)
+        if ssl_object.context is not chosen:
+            ssl_object.context = chosen
 
     def describe(self, ssl_object: Any) -> dict[str, Any]:
         """The ASGI TLS extension for one connection whose handshake is complete."""
         chain = client_chain(ssl_object)
         cipher = ssl_object.cipher() if ssl_object is not None else None
         peer = ssl_object.getpeercert() if chain else None
+        served = getattr(ssl_object, "context", None) if ssl_object is not None else None
         return {
-            "server_cert": self.server_cert,
+            "server_cert": served.server_cert if isinstance(served, ServedContext) else self.server_cert,
             "client_cert_chain": chain,
             "client_cert_name": rfc4514_name(peer.get("subject", ())) if peer else None,
             "client_cert_error": None,
@@ -79,14 +167,114 @@ class ServerTls:
             "cipher_suite": self._cipher_suites.get(cipher[0]) if cipher else None,
         }
 
+    # -- rotation ---------------------------------------------------------------------------------------
 
-def build_tls(options: TlsOptions) -> ServerTls:
+    def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Poll the certificate files every --ssl-watch-interval seconds on `loop` (0: never)."""
+        if self.watch_interval > 0:
+            self._timer = loop.call_later(self.watch_interval, self._watch_tick, loop)
+
+    def stop_watching(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _watch_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = loop.call_later(self.watch_interval, self._watch_tick, loop)  # first, as the heartbeat
+        # The reads happen on the event loop: a certificate and a key are a few kilobytes, read a few times
+        # a minute, which costs less than handing them to a thread.
+        try:
+            self.poll()
+        except Exception:  # the watch must outlive anything one poll meets
+            logger.exception("Checking the TLS certificate files failed")
+
+    def poll(self) -> list[CertSource]:
+        """Load every certificate whose files' content changed since it was loaded; the sources loaded."""
+        loaded = []
+        for source in list(self._digests):
+            if self._reload(source):
+                loaded.append(source)
+        return loaded
+
+    def _reload(self, source: CertSource) -> bool:
+        try:
+            digest = files_digest(source)
+        except OSError as exc:
+            self._reject(source, f"unreadable:{exc.errno}", f"cannot read it ({_reason(exc)})")
+            return False
+        if digest == self._digests[source]:
+            self._failed.pop(source, None)  # back to what is served: a later bad change is news again
+            return False
+        try:
+            context = build_context(self._options, source)
+            expires = certificate_expiry(context.server_cert)
+        except ConfigError as exc:
+            self._reject(source, digest, str(exc))
+            return False
+        if expires is not None and expires <= self._wallclock():
+            self._reject(source, digest, "the new certificate has expired")
+            return False
+        self._contexts[source.name] = context
+        self._digests[source] = digest
+        self._failed.pop(source, None)
+        logger.info("Serving the new certificate of %s", source.describe())
+        return True
+
+    def _reject(self, source: CertSource, digest: str, why: str) -> None:
+        if self._failed.get(source) == digest:
+            return
+        self._failed[source] = digest
+        logger.error("Not serving the changed certificate of %s, keeping the old one: %s", source.describe(), why)
+
+
+def select_name(server_name: str | None, names: Container[str | None]) -> str | None:
+    """Which of `names` (--ssl-sni names, lower case) serves a client asking for `server_name`; None: the
+    default certificate. Exact name, then the one-label wildcard of its parent domain, then `*`."""
+    if not server_name:
+        return None
+    name = server_name.lower().rstrip(".")
+    if name in names:
+        return name
+    _, dot, parent = name.partition(".")
+    if dot and parent and f"*.{parent}" in names:
+        return f"*.{parent}"
+    return "*" if "*" in names else None
+
+
+def certificate_sources(options: TlsOptions) -> list[CertSource]:
+    """The default certificate, then each --ssl-sni one, in the order given."""
+    default = CertSource(None, options.ssl_certfile, options.ssl_keyfile)
+    return [default, *(CertSource(name.lower(), cert, key) for name, cert, key in options.ssl_sni)]
+
+
+def files_digest(source: CertSource) -> str:
+    """SHA-256 of a certificate file and its key file, read through symlinks."""
+    digest = hashlib.sha256()
+    for path in (source.certfile, source.keyfile):
+        if path:
+            with open(path, "rb") as file:
+                digest.update(file.read())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def build_tls(options: TlsOptions, wallclock: Callable[[], float] = time.time) -> ServerTls:
     """The server's TLS settings from the --ssl-* options; a ConfigError names the file that is wrong."""
-    return ServerTls(build_context(options), first_certificate(options.ssl_certfile), options.tls_handshake_timeout)
+    contexts: dict[str | None, ServedContext] = {}
+    digests: dict[CertSource, str] = {}
+    for source in certificate_sources(options):
+        try:  # read before loading: a change in between shows as a change at the next poll
+            digests[source] = files_digest(source)
+        except OSError:
+            digests[source] = ""  # build_context names the file that cannot be read
+        contexts[source.name] = build_context(options, source)
+    return ServerTls(options, contexts, digests, wallclock)
 
 
-def build_context(options: TlsOptions) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # already carries the ssl module's cipher default
+def build_context(options: TlsOptions, source: CertSource | None = None) -> ServedContext:
+    """A context with the --ssl-* settings serving one certificate (the default one unless `source`)."""
+    source = source or certificate_sources(options)[0]
+    context = ServedContext(ssl.PROTOCOL_TLS_SERVER)  # already carries the ssl module's cipher default
     context.minimum_version = _MIN_VERSIONS[options.ssl_min_version]
     context.options |= ssl.OP_NO_COMPRESSION | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     if options.ssl_ciphers:
@@ -94,7 +282,8 @@ def build_context(options: TlsOptions) -> ssl.SSLContext:
             context.set_ciphers(options.ssl_ciphers)
         except ssl.SSLError:
             raise ConfigError(f"--ssl-ciphers {options.ssl_ciphers!r}: OpenSSL knows none of these ciphers") from None
-    _load_certificate(context, options)
+    _load_certificate(context, source, options.ssl_keyfile_password)
+    context.server_cert = first_certificate(source.certfile)
     if options.ssl_cert_reqs != "none":
         try:
             context.load_verify_locations(cafile=options.ssl_ca_certs)
@@ -104,9 +293,8 @@ def build_context(options: TlsOptions) -> ssl.SSLContext:
     return context
 
 
-def _load_certificate(context: ssl.SSLContext, options: TlsOptions) -> None:
-    certfile, keyfile = options.ssl_certfile, options.ssl_keyfile or None
-    password = options.ssl_keyfile_password
+def _load_certificate(context: ssl.SSLContext, source: CertSource, password: str) -> None:
+    certfile, keyfile = source.certfile, source.keyfile or None
 
     def ask_password() -> str:
         # Without this callback OpenSSL would prompt on the terminal for an encrypted key's password.
@@ -120,13 +308,14 @@ def _load_certificate(context: ssl.SSLContext, options: TlsOptions) -> None:
     try:
         context.load_cert_chain(certfile, keyfile, password=ask_password)
     except FileNotFoundError as exc:
+        if source.name is not None:
+            raise ConfigError(f"{source.describe()}: no such file {exc.filename or certfile}") from None
         flag = "--ssl-keyfile" if keyfile and exc.filename == keyfile else "--ssl-certfile"
         raise ConfigError(f"{flag} {exc.filename or certfile}: no such file") from None
     except (OSError, ssl.SSLError) as exc:
-        files = f"--ssl-certfile {certfile}" + (f" with --ssl-keyfile {keyfile}" if keyfile else "")
         raise ConfigError(
-            f"{files}: cannot load the certificate and its key ({_reason(exc)}); both must be PEM, the key must "
-            "belong to the certificate, and an encrypted key needs its right password"
+            f"{source.describe()}: cannot load the certificate and its key ({_reason(exc)}); both must be PEM, "
+            "the key must belong to the certificate, and an encrypted key needs its right password"
         ) from None
 
 
@@ -197,3 +386,51 @@ def _escape(value: str) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def certificate_expiry(pem: str | None) -> float | None:
+    """When a PEM certificate expires (its notAfter, RFC 5280 section 4.1.2.5) as a Unix time; None when
+    it cannot be told. The ssl module parses no certificate it does not serve, so the DER is walked here:
+    Certificate -> TBSCertificate -> [version], serialNumber, signature, issuer, validity -> notAfter."""
+    if not pem:
+        return None
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem)
+        tbs, _ = _der_inside(der, 0)  # into Certificate
+        pos, _ = _der_inside(der, tbs)  # into TBSCertificate
+        if der[pos] == 0xA0:  # the optional explicit [0] version
+            pos = _der_next(der, pos)
+        for _ in range(3):  # serialNumber, signature, issuer
+            pos = _der_next(der, pos)
+        validity, _ = _der_inside(der, pos)
+        not_after = _der_next(der, validity)
+        start, end = _der_inside(der, not_after)
+        return _der_time(der[not_after], der[start:end].decode("ascii"))
+    except (ValueError, IndexError):
+        return None
+
+
+def _der_inside(der: bytes, pos: int) -> tuple[int, int]:
+    """Where the content of the DER element at `pos` starts and ends (definite lengths, as DER has)."""
+    length = der[pos + 1]
+    start = pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(der[start : start + count], "big")
+        start += count
+    return start, start + length
+
+
+def _der_next(der: bytes, pos: int) -> int:
+    return _der_inside(der, pos)[1]
+
+
+def _der_time(tag: int, text: str) -> float:
+    """A UTCTime (tag 0x17, two-digit year: 50-99 is 19xx) or GeneralizedTime (0x18), in UTC ("Z")."""
+    if tag == 0x17:
+        year = int(text[:2])
+        text = str(1900 + year if year >= 50 else 2000 + year) + text[2:]
+    elif tag != 0x18:
+        raise ValueError(f"not a time: tag {tag:#x}")
+    stamp = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp()

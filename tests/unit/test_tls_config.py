@@ -3,6 +3,9 @@ and the pure parts of the TLS extension (RFC 4514 names, cipher suite numbers, c
 
 from __future__ import annotations
 
+import datetime
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,14 @@ from kestrelpy.cli import build_parser, config_from
 from kestrelpy.config import Config, TlsOptions
 from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint, UnixEndpoint, listener_endpoint, parse_url
 from kestrelpy.errors import ConfigError
-from kestrelpy.tls import build_context, build_tls, cipher_suite_numbers, rfc4514_name
+from kestrelpy.tls import (
+    build_context,
+    build_tls,
+    certificate_expiry,
+    cipher_suite_numbers,
+    rfc4514_name,
+    select_name,
+)
 
 CERT = "/srv/cert.pem"
 
@@ -181,3 +191,108 @@ def test_a_context_is_built_and_its_files_are_checked(files: dict[str, Path]) ->
         with pytest.raises(ConfigError, match=message) as caught:
             build_context(options)
         assert "\n" not in str(caught.value) and "_ssl.c" not in str(caught.value)
+
+
+# -- SNI and rotation ---------------------------------------------------------------------------------
+
+
+def test_sni_flags_and_the_environment_one_per_line() -> None:
+    args = build_parser().parse_args(
+        ["a:b", "--ssl-certfile", CERT, "--ssl-sni", "App.Example.com=/a.crt:/a.key", "--ssl-sni", "*=/any.pem"]
+    )
+    assert config_from(args, {}).tls.ssl_sni == (("app.example.com", "/a.crt", "/a.key"), ("*", "/any.pem", ""))
+    environ = {"KESTRELPY_SSL_CERTFILE": CERT, "KESTRELPY_SSL_SNI": "*.example.com=/w.crt:/w.key\nx.test=/x.pem\n"}
+    config = config_from(build_parser().parse_args(["a:b"]), environ)
+    assert config.tls.ssl_sni == (("*.example.com", "/w.crt", "/w.key"), ("x.test", "/x.pem", ""))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("app.example.com", "--ssl-sni: expected NAME=CERTFILE:KEYFILE"),
+        ("app.example.com=", "--ssl-sni: expected NAME=CERTFILE:KEYFILE"),
+        ("=/a.crt:/a.key", "--ssl-sni: '' is not a server name"),
+        ("a.*.example.com=/a.crt", "--ssl-sni: 'a.\\*.example.com' is not a server name"),
+        ("*example.com=/a.crt", "is not a server name"),
+        ("*.=/a.crt", "is not a server name"),
+        ("app example.com=/a.crt", "is not a server name"),
+        ("-app.example.com=/a.crt", "is not a server name"),
+    ],
+)
+def test_bad_sni_values_name_the_flag(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from(build_parser().parse_args(["a:b", "--ssl-certfile", CERT, f"--ssl-sni={value}"]), {})
+
+
+def test_sni_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="--ssl-sni needs --ssl-certfile"):
+        TlsOptions(ssl_sni=(("a.test", "/a.crt", ""),))
+    with pytest.raises(ConfigError, match=r"--ssl-sni a\.test is given twice"):
+        TlsOptions(ssl_certfile=CERT, ssl_sni=(("a.test", "/a.crt", ""), ("A.test", "/b.crt", "")))
+    with pytest.raises(ConfigError, match="--ssl-sni: 'a b' is not a server name"):
+        TlsOptions(ssl_certfile=CERT, ssl_sni=(("a b", "/a.crt", ""),))
+    with pytest.raises(ConfigError, match="--ssl-watch-interval must not be negative"):
+        TlsOptions(ssl_certfile=CERT, ssl_watch_interval=-1)
+
+
+@pytest.mark.parametrize(
+    ("server_name", "expected"),
+    [
+        ("app.example.com", "app.example.com"),
+        ("APP.Example.com.", "app.example.com"),  # case and a trailing dot do not matter
+        ("www.example.com", "*.example.com"),
+        ("www.eu.example.com", "*.eu.example.com"),  # the longer wildcard
+        ("a.b.example.com", "*"),  # one label only: *.example.com does not cover it
+        ("example.com", "*"),
+        (None, None),  # no name sent (an IP address, say): the default certificate
+        ("", None),
+    ],
+)
+def test_sni_matching_order(server_name: str | None, expected: str | None) -> None:
+    names = {None, "app.example.com", "*.example.com", "*.eu.example.com", "*"}
+    assert select_name(server_name, names) == expected
+    assert select_name(server_name, names - {"*"}) == (None if expected == "*" else expected)
+
+
+def test_sni_files_that_cannot_be_loaded_name_the_flag(files: dict[str, Path]) -> None:
+    cert, key = str(files["cert"]), str(files["key"])
+    cases = [
+        (("a.test", "/nonexistent/a.crt", ""), "--ssl-sni a.test=/nonexistent/a.crt: no such file"),
+        ((("a.test", cert, str(files["other-key"]))), f"--ssl-sni a.test={cert}:.*cannot load the certificate"),
+    ]
+    for sni, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            build_tls(TlsOptions(ssl_certfile=cert, ssl_keyfile=key, ssl_sni=(sni,)))
+
+
+def test_the_expiry_of_a_certificate_is_read_from_its_der() -> None:
+    ca = trustme.CA()
+    for not_after in (
+        datetime.datetime(1999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc),  # UTCTime "99": 1999
+        datetime.datetime(2031, 5, 17, 8, 30, 15, tzinfo=datetime.timezone.utc),  # UTCTime "31": 2031
+        datetime.datetime(2051, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),  # GeneralizedTime from 2050 on
+    ):
+        leaf = ca.issue_cert("a.test", not_before=not_after - datetime.timedelta(days=1), not_after=not_after)
+        assert certificate_expiry(leaf.cert_chain_pems[0].bytes().decode()) == not_after.timestamp()
+    assert certificate_expiry("not a certificate") is None
+    assert certificate_expiry(None) is None
+
+
+def test_a_poll_loads_only_changed_files(files: dict[str, Path], tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copyfile(files["cert"], cert)
+    shutil.copyfile(files["key"], key)
+    tls = build_tls(TlsOptions(ssl_certfile=str(cert), ssl_keyfile=str(key)))
+    before = tls.context_for(None)
+    os.utime(cert, (0, 0))  # a new mtime, the same content
+    assert tls.poll() == []
+    assert tls.context_for(None) is before
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    assert [source.name for source in tls.poll()] == [None]
+    assert tls.context_for(None) is not before
+    assert tls.server_cert == leaf.cert_chain_pems[0].bytes().decode()
+    assert tls.context_for(None).verify_mode == before.verify_mode
+    assert tls.context_for(None).minimum_version == before.minimum_version
