@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from kestrelpy.config import TlsOptions  # noqa: E402
 from kestrelpy.endpoints import Endpoint, TcpEndpoint  # noqa: E402
 from kestrelpy.guard import FixtureIO, check, predict  # noqa: E402
 from kestrelpy.guard.facts import TlsFile  # noqa: E402
+from kestrelpy.guard.system import SystemIO  # noqa: E402
 from kestrelpy.guard.tlsprobe import collect_tls  # noqa: E402
 from kestrelpy.guard.tlsrules import covers, tls_findings  # noqa: E402
 from kestrelpy.guard.verdict import Finding  # noqa: E402
@@ -168,3 +171,16 @@ def test_predict_and_check_carry_the_certificate_findings() -> None:
     plain = TcpEndpoint("localhost", 8080)
     # no TLS endpoint, no certificate rules
     assert not [c for c in _codes(predict([plain], probe=io, tls=options)) if c.startswith("KP-TLS-")]
+
+
+def test_without_cryptography_the_ssl_module_still_tells_a_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.issue_cert("localhost").cert_chain_pems[0].write_to_path(str(cert))
+    ca.issue_cert("localhost").private_key_pem.write_to_path(str(key))
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # import fails: the ssl-only path
+    facts = collect_tls(SystemIO(), TlsOptions(ssl_certfile=str(cert), ssl_keyfile=str(key)))
+    assert not facts.deep and facts.certificates == ()
+    assert _codes(tls_findings([LOCAL], facts)) == ["KP-TLS-KEY-MISMATCH"]
