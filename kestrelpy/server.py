@@ -294,7 +294,7 @@ def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None =
         raise ConfigError(blocking.render())
     for finding in findings:
         where = finding.endpoint.display() if finding.endpoint is not None else "the requested address"
-        if finding.severity == "info":
+        if finding.severity == "info" or finding.code.startswith("KP-TLS-"):  # no bind error will follow
             logger.warning("%s on %s: %s", finding.code, where, finding.summary)
         else:
             logger.warning("predicted: %s on %s — trying anyway", finding.code, where)

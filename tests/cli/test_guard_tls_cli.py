@@ -142,3 +142,28 @@ def test_root_only_key_is_unreadable_for_uid_65534(workdir: tuple[Path, dict[str
     assert document["returncode"] == 1
     # root may read it: the same files pass
     assert "KP-TLS-FILE-UNREADABLE" not in _codes(_check(sys.executable, cert, key, env))
+
+
+def test_server_starts_and_says_which_name_the_certificate_lacks(workdir: tuple[Path, dict[str, str]]) -> None:
+    root, env = workdir
+    issued = trustme.CA().issue_cert("example.org")
+    cert, key = root / "fullchain.pem", root / "privkey.pem"
+    cert.write_bytes(b"".join(b.bytes() for b in issued.cert_chain_pems))
+    key.write_bytes(issued.private_key_pem.bytes())
+    (root / "tls_app.py").write_text(APP, encoding="utf-8")
+    argv = [sys.executable, "-m", "kestrelpy", "tls_app:app", "--app-dir", str(root), "--port", "0"]
+    argv += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--lifespan", "off"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "press CTRL+C" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = "".join(lines)
+    assert "press CTRL+C" in text, text
+    assert "KP-TLS-NAME-MISMATCH on 127.0.0.1:0: The certificate" in text and "does not name 127.0.0.1" in text
