@@ -360,15 +360,16 @@ MESSAGES: dict[str, Message] = {
         "{role} {path} cannot be reached by {who}: a directory on its path does not let this user through.",
         (
             "Give the directories on the path search permission for this user (`namei -l {path}` shows which one "
-            "stops it), or copy the file where {who} can read it.",
+            "stops it); for Let's Encrypt: `sudo setfacl -m u:{user}:x /etc/letsencrypt/live "
+            "/etc/letsencrypt/archive`. Or copy the file where {who} can read it.",
         ),
     ),
     "tls_file_unreadable": Message(
         "KP-TLS-FILE-UNREADABLE",
         "{role} {path} is not readable by {who}: it belongs to {owner}:{group} with mode {mode:04o}.",
         (
-            "Let this one user read it: `sudo setfacl -m u:{user}:r {path}` (Let's Encrypt's archive/ directory "
-            "also needs `sudo setfacl -m u:{user}:x` on it and on live/).",
+            "Let this one user read it: `sudo setfacl -m u:{user}:r {path}` (a renewal writes a new file, so "
+            "repeat it in a certbot --deploy-hook).",
             "Or give it to a group the user is in: `sudo chgrp ssl-cert {path} && sudo chmod 0640 {path}` and "
             "`sudo usermod -aG ssl-cert {user}` (certbot keeps these settings on renewal of privkey.pem).",
             "Or copy it where {who} can read it on each renewal (a certbot --deploy-hook running `install -m 0600 "

@@ -73,14 +73,17 @@ def _who(euid: int | None, user: str | None) -> str:
 def _file_findings(endpoint: Endpoint, tls: TlsFacts, euid: int | None, user: str | None) -> list[Finding]:
     findings: list[Finding] = []
     who = _who(euid, user)
+    name = user or (str(euid) if euid is not None else "USER")
     for f in tls.files:
         example = "privkey.pem" if f.role == "--ssl-keyfile" else "fullchain.pem"
         if f.exists is False:
             findings.append(build("tls_file_missing", endpoint, "error", role=f.role, path=f.path, example=example))
         elif f.exists is None:
-            findings.append(build("tls_file_unreachable", endpoint, "error", role=f.role, path=f.path, who=who))
+            findings.append(
+                build("tls_file_unreachable", endpoint, "error", role=f.role, path=f.path, who=who, user=name)
+            )
         elif not f.readable:
-            findings.append(_unreadable(endpoint, f, who, user or (str(euid) if euid is not None else "USER")))
+            findings.append(_unreadable(endpoint, f, who, name))
     return findings
 
 

@@ -79,6 +79,10 @@ def test_unreadable_key_names_owner_mode_and_the_fixes() -> None:
     assert "belongs to root:root with mode 0600" in text
     assert f"setfacl -m u:web:r {KEY}" in text
     assert "chmod 0640" in text and "ssl-cert" in text
+    behind_a_closed_directory = TlsFile(KEY, "", None, False)
+    blocked = _findings(cert, key, access={KEY: behind_a_closed_directory})
+    assert _codes(blocked) == ["KP-TLS-FILE-UNREADABLE"]
+    assert "a directory on its path" in blocked[0].summary and "setfacl -m u:web:x" in blocked[0].render()
 
 
 def test_expired_and_not_yet_valid_and_expiring() -> None:
