@@ -228,6 +228,10 @@ class FixtureIO:
         )
 
 
+_PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.S)
+_REDACTED = r"-----BEGIN \1PRIVATE KEY-----\n(not recorded)\n-----END \1PRIVATE KEY-----"
+
+
 def _file_name(prefix: str, key: str, suffix: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", key).strip("_")[:80] or "root"
     return f"{prefix}/{slug}{suffix}"
@@ -260,7 +264,7 @@ class RecordingIO:
     def read_text(self, path: str) -> str | None:
         text = self._inner.read_text(path)
         if text is not None:
-            self.files[path] = text
+            self.files[path] = _PRIVATE_KEY.sub(_REDACTED, text)  # a bug report must never carry a key
         return text
 
     def list_dir(self, path: str) -> list[str] | None:

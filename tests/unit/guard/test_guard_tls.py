@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (  # noqa: E402
 
 from kestrelpy.config import TlsOptions  # noqa: E402
 from kestrelpy.endpoints import Endpoint, TcpEndpoint  # noqa: E402
-from kestrelpy.guard import FixtureIO, check, predict  # noqa: E402
+from kestrelpy.guard import FixtureIO, RecordingIO, check, predict  # noqa: E402
 from kestrelpy.guard.facts import TlsFile  # noqa: E402
 from kestrelpy.guard.system import SystemIO  # noqa: E402
 from kestrelpy.guard.tlsprobe import collect_tls  # noqa: E402
@@ -188,3 +188,16 @@ def test_without_cryptography_the_ssl_module_still_tells_a_mismatch(
     facts = collect_tls(SystemIO(), TlsOptions(ssl_certfile=str(cert), ssl_keyfile=str(key)))
     assert not facts.deep and facts.certificates == ()
     assert _codes(tls_findings([LOCAL], facts)) == ["KP-TLS-KEY-MISMATCH"]
+
+
+def test_dumped_facts_never_carry_the_private_key(tmp_path: Path) -> None:
+    cert, key = _leaf(trustme.CA())
+    recorder = RecordingIO(FixtureIO(files={CERT: cert, KEY: key + cert}))
+    check([LOCAL], probe=recorder, tls=TlsOptions(ssl_certfile=CERT, ssl_keyfile=KEY))
+    recorder.dump(tmp_path)
+    dumped = "".join(p.read_text(encoding="utf-8") for p in tmp_path.rglob("*.txt"))
+    secret = key.split("-----")[2].strip()
+    assert "PRIVATE KEY-----\n(not recorded)" in dumped and "BEGIN CERTIFICATE" in dumped
+    assert secret[:40] not in dumped
+    replayed = FixtureIO.from_dir(tmp_path)
+    assert replayed.file_access(KEY, "--ssl-keyfile").readable
