@@ -19,9 +19,9 @@ import anyio
 
 from kestrelpy import platform
 from kestrelpy.asgi import ASGIApp
-from kestrelpy.config import Config
+from kestrelpy.config import Config, TlsOptions
 from kestrelpy.endpoints import Endpoint, listener_endpoint
-from kestrelpy.errors import KestrelpyError
+from kestrelpy.errors import ConfigError, KestrelpyError
 from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
@@ -111,11 +111,12 @@ class Server:
         endpoints = self.endpoints()
         # Built in every process that serves (each worker too), and before any bind: a certificate that
         # cannot be loaded is one message, not a half-started server.
+        if sockets is None:  # the guard first, so a bad certificate is explained rather than only named
+            _warn_predicted_failures(endpoints, config.tls)
         tls = build_tls(config.tls) if any(e.tls for e in endpoints) else None
         if sockets is not None:
             await self._serve_sockets(app, upgrade, sockets, tls)
             return
-        _warn_predicted_failures(endpoints)
         sockets = bind_endpoints(endpoints, config.backlog)
         try:
             await self._serve_sockets(app, upgrade, sockets, tls)
@@ -284,15 +285,20 @@ async def _tls_listener(
     )
 
 
-def _warn_predicted_failures(endpoints: list[Endpoint]) -> None:
+def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None = None) -> None:
     """One line per predicted problem. A bind expected to fail (or that may fail) is only named here: if it
     does fail, the error that follows explains it in full, so the explanation is not printed twice. Notes
-    about binds that will work carry their one-sentence summary, since no error follows them."""
+    about binds that will work carry their one-sentence summary, since no error follows them. A certificate
+    error stops the start here, explained in full, as a ConfigError."""
     from kestrelpy import guard
 
-    for finding in guard.predict(endpoints):
+    findings = guard.predict(endpoints, tls=tls)
+    blocking = next((f for f in findings if f.code.startswith("KP-TLS-") and f.severity == "error"), None)
+    if blocking is not None:
+        raise ConfigError(blocking.render())
+    for finding in findings:
         where = finding.endpoint.display() if finding.endpoint is not None else "the requested address"
-        if finding.severity == "info":
+        if finding.severity == "info" or finding.code.startswith("KP-TLS-"):  # no bind error will follow
             logger.warning("%s on %s: %s", finding.code, where, finding.summary)
         else:
             logger.warning("predicted: %s on %s — trying anyway", finding.code, where)

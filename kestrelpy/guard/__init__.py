@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from kestrelpy.endpoints import Endpoint
 
 if TYPE_CHECKING:
+    from kestrelpy.config import TlsOptions
+    from kestrelpy.guard.facts import TlsFacts
     from kestrelpy.guard.runner import FixtureIO, HostIO, RecordingIO, SystemIO
     from kestrelpy.guard.verdict import BindFailure, FailureKind, Finding, Report, classify
 
@@ -84,25 +86,46 @@ def predict(
     runner: HostIO | None = None,
     reuse_port: bool = False,
     thorough: bool = False,
+    tls: TlsOptions | None = None,
 ) -> list[Finding]:
-    """Findings for binds that would fail or misbehave. Cheap by default (see screen.py); never raises."""
+    """Findings for binds that would fail or misbehave, the certificate's (`tls`, for the TLS endpoints)
+    first. Cheap by default (see screen.py); never raises."""
     try:
         io = _pick(probe, runner)
+        certificate = _tls_findings(endpoints, io, tls)
         if not thorough:
             from kestrelpy.guard import screen
 
             try:
                 if screen.clear(endpoints, io):
-                    return []
+                    return certificate
             except Exception:  # the screen is only a shortcut; the full probes below decide
                 pass
         from kestrelpy.guard.collect import gather
         from kestrelpy.guard.verdict import predict_findings
 
         facts = gather(endpoints, io, thorough=thorough)
-        return predict_findings(endpoints, facts, reuse_port=reuse_port)
+        return certificate + predict_findings(endpoints, facts, reuse_port=reuse_port)
     except Exception:  # the guard must never be the reason a server does not start
         return []
+
+
+def _tls_facts(endpoints: Sequence[Endpoint], io: HostIO, tls: TlsOptions | None) -> TlsFacts | None:
+    if tls is None or not tls.ssl_certfile or not any(e.tls for e in endpoints):
+        return None
+    from kestrelpy.guard.tlsprobe import collect_tls
+
+    return collect_tls(io, tls)
+
+
+def _tls_findings(endpoints: Sequence[Endpoint], io: HostIO, tls: TlsOptions | None) -> list[Finding]:
+    facts = _tls_facts(endpoints, io, tls)
+    if facts is None:
+        return []
+    from kestrelpy.guard.tlsrules import tls_findings
+
+    euid = io.euid()
+    return tls_findings(endpoints, facts, euid, io.user_name(euid) if euid is not None else None)
 
 
 def explain(
@@ -139,11 +162,20 @@ def check(
     probe: HostIO | None = None,
     runner: HostIO | None = None,
     reuse_port: bool = False,
+    tls: TlsOptions | None = None,
 ) -> Report:
     """Every probe for `kestrelpy check`: the facts and the findings they lead to."""
+    import dataclasses
+
     from kestrelpy.guard.collect import gather
+    from kestrelpy.guard.tlsrules import tls_findings
     from kestrelpy.guard.verdict import Report, predict_findings
 
     io = _pick(probe, runner)
     facts = gather(endpoints, io, thorough=True)
-    return Report(facts, tuple(predict_findings(endpoints, facts, reuse_port=reuse_port)))
+    certificate = _tls_facts(endpoints, io, tls)
+    findings = predict_findings(endpoints, facts, reuse_port=reuse_port)
+    if certificate is not None:
+        facts = dataclasses.replace(facts, tls=certificate)
+        findings = tls_findings(endpoints, certificate, facts.euid, facts.user) + findings
+    return Report(facts, tuple(findings))

@@ -31,6 +31,10 @@ __all__ = [
     "PortFacts",
     "PortRange",
     "TcpState",
+    "TlsCertificate",
+    "TlsFacts",
+    "TlsFile",
+    "TlsKeyState",
     "WindowsFacts",
     "WslFacts",
 ]
@@ -40,6 +44,10 @@ SYSTEM_PID = 4
 
 TcpState = Literal["LISTEN", "TIME_WAIT", "OTHER"]
 NetnsOwner = Literal["own", "outside", "unknown"]
+# What loading the private key said: it belongs to a certificate of the chain ("ok"), to none ("mismatch"),
+# it is encrypted and no password was given, the password was wrong, no key could be read at all, or the
+# checks could not tell.
+TlsKeyState = Literal["ok", "mismatch", "no_password", "wrong_password", "unloadable", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,58 @@ class WindowsFacts:
 
 
 @dataclass(frozen=True)
+class TlsFile:
+    """A certificate or key file as the user the server runs as sees it (stat and access(2), not a read)."""
+
+    path: str
+    role: str  # the flag naming it: "--ssl-certfile" or "--ssl-keyfile"
+    exists: bool | None  # None: a directory on the way could not be searched
+    readable: bool
+    uid: int | None = None
+    gid: int | None = None
+    mode: int | None = None  # the permission bits
+    owner: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsCertificate:
+    """One certificate of --ssl-certfile, in file order. Times are seconds since the epoch (UTC)."""
+
+    subject: str
+    issuer: str
+    not_before: float
+    not_after: float
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    is_ca: bool = False
+    self_signed: bool = False
+    issued_by_next: bool | None = None  # the next certificate in the file signed this one; None for the last
+
+
+@dataclass(frozen=True)
+class TlsFacts:
+    """The certificate and key the TLS endpoints will use. `deep` is False when only the ssl module could
+    look at them (no `cryptography`): then `certificates` is empty and only `key`/`error` are known."""
+
+    certfile: str
+    keyfile: str  # "" when the key is in the certificate file
+    files: tuple[TlsFile, ...] = ()
+    certificates: tuple[TlsCertificate, ...] = ()
+    key: TlsKeyState = "unknown"
+    key_index: int | None = None  # which certificate the key belongs to (0 is where the leaf must be)
+    error: str | None = None  # what the parser said when something could not be loaded
+    deep: bool = False
+    now: float = 0.0  # when the facts were gathered, for the validity rules
+
+    def file(self, role: str) -> TlsFile | None:
+        for f in self.files:
+            if f.role == role:
+                return f
+        return None
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """The facts gathered for one set of endpoints."""
 
@@ -193,6 +253,7 @@ class HostFacts:
     local_addresses: tuple[tuple[str, bool | None], ...] = ()
     fds: tuple[FdInfo, ...] = ()
     executable: str | None = None  # the interpreter Windows' firewall will ask about
+    tls: TlsFacts | None = None  # the certificate of the TLS endpoints, when there are any
     notes: tuple[str, ...] = field(default=())  # probes that could not run, for --json
 
     def port(self, port: int) -> PortFacts | None:

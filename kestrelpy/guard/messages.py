@@ -346,6 +346,130 @@ MESSAGES: dict[str, Message] = {
         "Binding {endpoint} failed: {error}.",
         (_ATTACH,),
     ),
+    # TLS: the certificate and key of the https endpoints (tlsrules.py) ----------------------------------
+    "tls_file_missing": Message(
+        "KP-TLS-FILE-MISSING",
+        "{role} {path} does not exist.",
+        (
+            "Give the path of the PEM file that exists, for example `{role} /etc/letsencrypt/live/NAME/{example}` "
+            "(a relative path is taken from the directory kestrelpy starts in).",
+        ),
+    ),
+    "tls_file_unreachable": Message(
+        "KP-TLS-FILE-UNREADABLE",
+        "{role} {path} cannot be reached by {who}: a directory on its path does not let this user through.",
+        (
+            "Give the directories on the path search permission for this user (`namei -l {path}` shows which one "
+            "stops it); for Let's Encrypt: `sudo setfacl -m u:{user}:x /etc/letsencrypt/live "
+            "/etc/letsencrypt/archive`. Or copy the file where {who} can read it.",
+        ),
+    ),
+    "tls_file_unreadable": Message(
+        "KP-TLS-FILE-UNREADABLE",
+        "{role} {path} is not readable by {who}: it belongs to {owner}:{group} with mode {mode:04o}.",
+        (
+            "Let this one user read it: `sudo setfacl -m u:{user}:r {path}` (a renewal writes a new file, so "
+            "repeat it in a certbot --deploy-hook).",
+            "Or give it to a group the user is in: `sudo chgrp ssl-cert {path} && sudo chmod 0640 {path}` and "
+            "`sudo usermod -aG ssl-cert {user}` (certbot keeps these settings on renewal of privkey.pem).",
+            "Or copy it where {who} can read it on each renewal (a certbot --deploy-hook running `install -m 0600 "
+            "-o {user} {path} DEST`) and point {role} at the copy.",
+        ),
+    ),
+    "tls_key_mismatch": Message(
+        "KP-TLS-KEY-MISMATCH",
+        "The private key in {keyfile} does not belong to any certificate in {certfile}.",
+        (
+            "Use the key that was generated with this certificate's request (with Let's Encrypt, privkey.pem and "
+            "fullchain.pem from the same live/NAME directory), or reissue the certificate for this key.",
+        ),
+    ),
+    "tls_key_no_password": Message(
+        "KP-TLS-KEY-PASSWORD",
+        "The private key in {keyfile} is encrypted and no password was given.",
+        (
+            "Give its password in the environment: `KESTRELPY_SSL_KEYFILE_PASSWORD=... kestrelpy ...` (or "
+            "--ssl-keyfile-password, which other users can see in the process list).",
+            "Or store the key unencrypted, readable by this user only: `openssl pkey -in {keyfile} -out KEY.pem && "
+            "chmod 0600 KEY.pem`.",
+        ),
+    ),
+    "tls_key_wrong_password": Message(
+        "KP-TLS-KEY-PASSWORD",
+        "The password given for the encrypted private key in {keyfile} is wrong.",
+        (
+            "Check KESTRELPY_SSL_KEYFILE_PASSWORD (or --ssl-keyfile-password): `openssl pkey -in {keyfile} "
+            "-noout` asks for the password and says whether it opens the key.",
+        ),
+    ),
+    "tls_unloadable": Message(
+        "KP-TLS-UNLOADABLE",
+        "The certificate and key cannot be loaded from {files}: {error}.",
+        (
+            "Both must be PEM (text starting with -----BEGIN); convert DER or PKCS#12 with `openssl x509 -inform "
+            "der` or `openssl pkcs12 -nodes`.",
+        ),
+    ),
+    "tls_leaf_not_first": Message(
+        "KP-TLS-CHAIN-ORDER",
+        "The certificate the key belongs to ({subject}) is number {position} in {certfile}; the server's own "
+        "certificate must come first, or clients are sent the wrong one.",
+        (
+            "Put the certificates in order, the server's own first and then each issuer: with Let's Encrypt use "
+            "fullchain.pem as it is, or `cat cert.pem chain.pem > fullchain.pem`.",
+        ),
+    ),
+    "tls_chain_order": Message(
+        "KP-TLS-CHAIN-ORDER",
+        "In {certfile}, certificate {position} ({subject}) is not signed by the one after it ({next_subject}); "
+        "clients that build the chain in the order sent will reject it.",
+        (
+            "Order the file leaf first, then the certificate that signed it, and so on towards the root (the root "
+            "itself may be left out): `cat cert.pem intermediate.pem > fullchain.pem`.",
+        ),
+    ),
+    "tls_expired": Message(
+        "KP-TLS-EXPIRED",
+        "The certificate {subject} in {certfile} expired on {date} ({days} day(s) ago); clients refuse it.",
+        (
+            "Renew it (Let's Encrypt: `sudo certbot renew`, then restart kestrelpy) and check that renewal is "
+            "scheduled (`systemctl list-timers certbot.timer`).",
+        ),
+    ),
+    "tls_not_yet_valid": Message(
+        "KP-TLS-NOT-YET-VALID",
+        "The certificate {subject} in {certfile} is not valid before {date}; clients refuse it until then.",
+        (
+            "Check this host's clock (`timedatectl`; enable NTP with `sudo timedatectl set-ntp true`), or use the "
+            "certificate that is valid now.",
+        ),
+    ),
+    "tls_expiring": Message(
+        "KP-TLS-EXPIRING",
+        "The certificate {subject} in {certfile} expires on {date}, in {days} day(s).",
+        (
+            "Renew it now (Let's Encrypt renews from 30 days before: `sudo certbot renew --dry-run` shows why it "
+            "has not) and restart kestrelpy to load the new one.",
+        ),
+    ),
+    "tls_name_mismatch": Message(
+        "KP-TLS-NAME-MISMATCH",
+        "The certificate in {certfile} does not name {host}: clients connecting to https://{host_port}/ will "
+        "reject it. It names {names}.",
+        (
+            "Issue it for this name too (`certbot certonly -d {host} -d ...`), or listen on, and connect to, one "
+            "of the names it covers.",
+        ),
+    ),
+    "tls_self_signed": Message(
+        "KP-TLS-SELF-SIGNED",
+        "The certificate {subject} in {certfile} is self-signed: browsers and clients warn or refuse unless "
+        "they are told to trust it.",
+        (
+            "Fine for development. For others to connect, use a certificate from a CA (Let's Encrypt: `sudo "
+            "certbot certonly --standalone -d NAME`), or a local CA the clients are told to trust.",
+        ),
+    ),
 }
 
 # Evidence lines -----------------------------------------------------------------------------------
@@ -374,6 +498,9 @@ FACT_RESOLVED = "{host} resolves to {addresses}"
 FACT_NOT_LOCAL = "no network interface here has {address}: a trial bind to it (port 0, nothing sent) failed with 'address not available'"
 ADDRESS_OF_NAME = "{host} (resolved to {address})"
 FACT_OTHER_ENDPOINT = "also requested: {other}"
+FACT_TLS_FILE = "{role} {path}: owner {owner}:{group}, mode {mode:04o}; running as {who}"
+FACT_TLS_CERT = "certificate {position}: {subject}, issued by {issuer}, valid {start} to {end}"
+FACT_TLS_NAMES = "names in the certificate: {names}"
 FACT_WINDOWS_SIDE = "Windows side (through WSL interop): {state} {where} {owner}"
 
 DYNAMIC_REMEDY_WIDENED = (

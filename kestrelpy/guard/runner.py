@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from kestrelpy.guard.facts import FdInfo, NetnsOwner
+from kestrelpy.guard.facts import FdInfo, NetnsOwner, TlsFile
 from kestrelpy.guard.system import COMMAND_TIMEOUT, CommandResult, SystemIO, decode_output
 
 __all__ = [
@@ -79,6 +79,10 @@ class HostIO(Protocol):
         it resolves to): False when the host does not have the address, None when that cannot be told."""
         ...
 
+    def file_access(self, path: str, role: str) -> TlsFile:
+        """Whether `path` exists and this process (its effective uid) may read it, with its owner and mode."""
+        ...
+
 
 def command_key(argv: Sequence[str]) -> str:
     return " ".join(argv)
@@ -111,6 +115,7 @@ class FixtureIO:
         tcp_tables: Mapping[int, bytes] | None = None,
         diag: Mapping[int, bytes] | None = None,  # family -> raw sock_diag replies
         local: Mapping[str, bool | None] | None = None,  # address -> address_is_local() answer
+        access: Mapping[str, TlsFile] | None = None,  # path -> file_access() answer; default: from `files`
     ) -> None:
         self.platform = platform
         self.files = files
@@ -129,6 +134,7 @@ class FixtureIO:
         self.tcp_tables = tcp_tables
         self.diag = diag
         self.local = local
+        self.access = access
         self.ran: list[str] = []
 
     def read_text(self, path: str) -> str | None:
@@ -182,6 +188,13 @@ class FixtureIO:
     def address_is_local(self, host: str) -> bool | None:
         return (self.local or {}).get(host)  # not recorded: unknown
 
+    def file_access(self, path: str, role: str) -> TlsFile:
+        recorded = (self.access or {}).get(path)
+        if recorded is not None:
+            return dataclasses.replace(recorded, role=role)
+        present = path in (self.files or {})
+        return TlsFile(path, role, exists=present, readable=present)
+
     @classmethod
     def from_dir(cls, directory: str | os.PathLike[str]) -> FixtureIO:
         """Replay a directory written by `RecordingIO.dump()` (`kestrelpy check --dump-facts DIR`)."""
@@ -211,7 +224,12 @@ class FixtureIO:
             tcp_tables={int(k): (root / v).read_bytes() for k, v in manifest.get("tcp_tables", {}).items()},
             diag={int(k): (root / v).read_bytes() for k, v in manifest.get("sock_diag", {}).items()},
             local=manifest.get("local_addresses"),
+            access={k: TlsFile(**v) for k, v in manifest.get("file_access", {}).items()},
         )
+
+
+_PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.S)
+_REDACTED = r"-----BEGIN \1PRIVATE KEY-----\n(not recorded)\n-----END \1PRIVATE KEY-----"
 
 
 def _file_name(prefix: str, key: str, suffix: str) -> str:
@@ -235,6 +253,7 @@ class RecordingIO:
         self.tcp_tables: dict[int, bytes] = {}
         self.diag: dict[int, bytes] = {}
         self.local: dict[str, bool | None] = {}
+        self.access: dict[str, TlsFile] = {}
         self._euid: int | None = None
         self._owner: NetnsOwner | None = None
 
@@ -245,7 +264,7 @@ class RecordingIO:
     def read_text(self, path: str) -> str | None:
         text = self._inner.read_text(path)
         if text is not None:
-            self.files[path] = text
+            self.files[path] = _PRIVATE_KEY.sub(_REDACTED, text)  # a bug report must never carry a key
         return text
 
     def list_dir(self, path: str) -> list[str] | None:
@@ -316,6 +335,10 @@ class RecordingIO:
         self.local[host] = self._inner.address_is_local(host)
         return self.local[host]
 
+    def file_access(self, path: str, role: str) -> TlsFile:
+        self.access[path] = self._inner.file_access(path, role)
+        return self.access[path]
+
     def dump(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write every answer under `directory`; returns the relative paths written."""
         import json
@@ -361,6 +384,7 @@ class RecordingIO:
             "tcp_tables": tables,
             "sock_diag": diag,
             "local_addresses": dict(sorted(self.local.items())),
+            "file_access": {k: dataclasses.asdict(v) for k, v in sorted(self.access.items())},
         }
         put("manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return written

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kestrelpy.guard.facts import NetnsOwner
+    from kestrelpy.guard.facts import NetnsOwner, TlsFile
     from kestrelpy.guard.fdinfo import FdInfo
 
 COMMAND_TIMEOUT = 2.0  # seconds; no probe may wait longer than this for one external command
@@ -238,6 +238,28 @@ class SystemIO:
         if False in answers:
             return False
         return True if answers == {True} else None
+
+    def file_access(self, path: str, role: str) -> TlsFile:
+        """stat(2) for the owner and mode, access(2) with the effective ids for the answer the kernel will
+        give the server's open() (ACLs and root included)."""
+        from kestrelpy.guard.facts import TlsFile
+
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return TlsFile(path, role, exists=False, readable=False)
+        except OSError:  # EACCES on a directory of the path: it may exist, but cannot be reached
+            return TlsFile(path, role, exists=None, readable=False)
+        effective = os.access in os.supports_effective_ids
+        readable = os.access(path, os.R_OK, effective_ids=effective)
+        owner = self.user_name(info.st_uid)
+        try:
+            import grp
+
+            group: str | None = grp.getgrgid(info.st_gid).gr_name
+        except (ImportError, KeyError):
+            group = None
+        return TlsFile(path, role, True, readable, info.st_uid, info.st_gid, info.st_mode & 0o7777, owner, group)
 
 
 def _trial_bind(family: int, sockaddr: tuple[object, ...]) -> bool | None:
