@@ -293,7 +293,7 @@ def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None =
     from kestrelpy import guard
 
     findings = guard.predict(endpoints, tls=tls)
-    blocking = next((f for f in findings if f.code.startswith("KP-TLS-") and f.severity == "error"), None)
+    blocking = guard.certificate_error(findings)
     if blocking is not None:
         raise ConfigError(blocking.render())
     for finding in findings:

@@ -292,7 +292,12 @@ class Supervisor:
             raise ConfigError("--reuse-port needs Linux, where the kernel balances SO_REUSEPORT listeners")
         watcher = self._watcher() if config.reload else None
         endpoints = config.endpoints()
-        for finding in guard.predict(endpoints, reuse_port=config.reuse_port):
+        tls = config.tls if any(e.tls for e in endpoints) else None
+        findings = guard.predict(endpoints, reuse_port=config.reuse_port, tls=tls)
+        blocking = guard.certificate_error(findings)
+        if blocking is not None:  # as a single server does: before any bind or worker
+            raise ConfigError(blocking.render())
+        for finding in findings:
             logger.warning("%s", finding.render())
         self.sockets = bind_endpoints(endpoints, config.backlog)
         if config.reuse_port:

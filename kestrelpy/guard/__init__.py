@@ -34,6 +34,7 @@ __all__ = [
     "RecordingIO",
     "Report",
     "SystemIO",
+    "certificate_error",
     "check",
     "classify",
     "explain",
@@ -77,6 +78,11 @@ def _pick(probe: HostIO | None, runner: HostIO | None) -> HostIO:
     from kestrelpy.guard.system import SystemIO
 
     return SystemIO()
+
+
+def certificate_error(findings: Sequence[Finding]) -> Finding | None:
+    """The first finding that makes the certificate unusable: the server stops on it before any bind."""
+    return next((f for f in findings if f.code.startswith("KP-TLS-") and f.severity == "error"), None)
 
 
 def predict(

@@ -98,13 +98,14 @@ def test_check_json_reports_a_missing_key(workdir: tuple[Path, dict[str, str]]) 
     ]
 
 
-def test_server_does_not_start_on_an_expired_certificate(workdir: tuple[Path, dict[str, str]]) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_server_does_not_start_on_an_expired_certificate(workdir: tuple[Path, dict[str, str]], workers: str) -> None:
     root, env = workdir
     now = datetime.datetime.now(datetime.timezone.utc)
     cert, key = _write(root, not_before=now - datetime.timedelta(days=60), not_after=now - datetime.timedelta(days=3))
     (root / "tls_app.py").write_text(APP, encoding="utf-8")
     argv = [sys.executable, "-m", "kestrelpy", "tls_app:app", "--app-dir", str(root), "--port", "0"]
-    argv += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    argv += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--workers", workers]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "[KP-TLS-EXPIRED]" in done.stderr and "How to fix it:" in done.stderr
