@@ -174,3 +174,16 @@ def test_a_certificate_for_another_name_is_a_502(stack: TlsStack) -> None:
     assert status == 502
     assert "does not match" in stack.error_log
     assert stack.get("/")[0] == 200  # the trusted route still works
+
+
+def test_the_docs_snippet_is_the_tested_config() -> None:
+    docs = (ROOT / "docs" / "tls.md").read_text()
+    section = docs[docs.index("## Behind nginx over TLS") :]
+    start = section.index("```nginx") + len("```nginx")
+    snippet = section[start : section.index("```", start)]
+    tested = {" ".join(line.split()) for line in site(1, Path("/ca.pem"), 2, 3).splitlines()}
+    for line in snippet.splitlines():
+        directive = " ".join(line.split("#")[0].split())
+        # addresses, paths and the pool size are the reader's own
+        if directive.endswith(";") and not directive.startswith(("server ", "proxy_ssl_trusted", "keepalive ")):
+            assert directive.replace("https://kestrelpy", "https://trusted") in tested, directive
