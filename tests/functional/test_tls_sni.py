@@ -8,10 +8,15 @@ import datetime
 import json
 import logging
 import os
+import re
+import selectors
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,3 +298,99 @@ def test_a_broken_new_secret_keeps_the_old_certificate_and_is_logged_once(
     # Fixed: the next good certificate is taken.
     third = mount.publish("2026_c", "127.0.0.1", common_name="third")
     assert wait_until(lambda: serves(live, ca_file, third), timeout=2.0)
+
+
+PID_APP = """\
+import os
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def served_by(port: int, ca_file: Path) -> tuple[int, str]:
+    """(the worker's pid, the certificate it presented) for one new connection."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return int(data.partition(b"\r\n\r\n")[2]), ssl.DER_cert_to_PEM_cert(der)
+
+
+def certificates_by_worker(port: int, ca_file: Path, workers: int, tries: int = 400) -> dict[int, set[str]]:
+    """New connections until `workers` different workers have answered (or `tries` ran out): what each served."""
+    seen: dict[int, set[str]] = {}
+    for _ in range(tries):
+        pid, pem = served_by(port, ca_file)
+        seen.setdefault(pid, set()).add(ssl.PEM_cert_to_DER_cert(pem).hex())
+        if len(seen) == workers:
+            break
+    return seen
+
+
+def test_every_worker_serves_a_swapped_secret(ca: trustme.CA, ca_file: Path, tmp_path: Path) -> None:
+    """Each supervised worker watches the files itself: after the swap, whichever worker answers a new
+    connection presents the new certificate."""
+    mount = SecretMount(tmp_path / "secret", ca)
+    first = mount.publish("2026_a", "127.0.0.1")
+    (tmp_path / "pidapp.py").write_text(PID_APP)
+    argv = [
+        sys.executable,
+        "-m",
+        "kestrelpy",
+        "pidapp:app",
+        "--app-dir",
+        str(tmp_path),
+        "--urls",
+        "https://127.0.0.1:0",
+    ]
+    argv += ["--ssl-certfile", str(mount.cert), "--ssl-keyfile", str(mount.key), "--workers", "2"]
+    argv += ["--ssl-watch-interval", "0.1", "--no-access-log"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        port = listening_port(proc)
+        before = certificates_by_worker(port, ca_file, workers=2)
+        assert len(before) == 2, "the two workers did not both answer"
+        old = {ssl.PEM_cert_to_DER_cert(first.pem()).hex()}
+        assert all(served == old for served in before.values())
+        second = mount.publish("2026_b", "127.0.0.1", common_name="second")
+        new = {ssl.PEM_cert_to_DER_cert(second.pem()).hex()}
+
+        def both_switched() -> bool:
+            after = certificates_by_worker(port, ca_file, workers=2)
+            return set(after) == set(before) and all(served == new for served in after.values())
+
+        assert wait_until(both_switched, timeout=WAIT)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0
+    assert b"Traceback" not in err
+
+
+def listening_port(proc: subprocess.Popen[bytes]) -> int:
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + 15
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stderr.fileno(), selectors.EVENT_READ)
+        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
+            data = os.read(proc.stderr.fileno(), 65536)
+            if not data:
+                break
+            seen += data
+            if found := re.search(rb"Listening on https://127\.0\.0\.1:(\d+)", seen):
+                return int(found[1])
+    raise AssertionError(f"the server did not start listening:\n{seen.decode(errors='replace')}")
