@@ -1,4 +1,5 @@
-"""The `kestrelpy` command. Flags are generated from the Config fields; CLI beats KESTRELPY_* beats defaults.
+"""The `kestrelpy` command. Flags are generated from the Config fields; CLI beats KESTRELPY_* beats the
+config file (kestrelpy/config_file.py) beats defaults.
 
 This is the only place that reads argv or the environment, and the only place that turns a
 KestrelpyError into a message and an exit code.
@@ -7,19 +8,29 @@ KestrelpyError into a message and an exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from kestrelpy import __version__
+from kestrelpy import __version__, config_file
 from kestrelpy.config import NESTED, Config, env_name, flag_name, options
+from kestrelpy.config_file import config_key
 from kestrelpy.endpoints import SYSTEMD_VARIABLES, FdEndpoint, systemd_endpoints
 from kestrelpy.errors import ConfigError, KestrelpyError
 
 EPILOG = """\
 Every flag can also be set through the environment: --timeout-keep-alive is KESTRELPY_TIMEOUT_KEEP_ALIVE,
-and so on (several --header values go one per line in KESTRELPY_HEADER).
+and so on (several --header values go one per line in KESTRELPY_HEADER). Every flag is also a key of the
+config file (--config, else ./kestrelpy.toml, else [tool.kestrelpy] in ./pyproject.toml): --timeout-keep-alive
+is timeout_keep_alive. The command line beats the environment, which beats the file.
+
+`kestrelpy config [--json] [FLAGS] [APP]` prints the effective configuration and where each value came from.
 
 `kestrelpy check [--host H] [--port P]` runs the startup guard alone: it explains why a bind would fail
 and how to fix it, without starting a server.
@@ -34,7 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("app", metavar="APP", help="The ASGI application, as module:attribute.")
+    parser.add_argument(
+        "app",
+        metavar="APP",
+        nargs="?",
+        default=None,
+        help="The ASGI application, as module:attribute (may instead be `app` in the config file).",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        dest="config_file",
+        default=None,
+        help=f"TOML config file (default: ./{config_file.CONFIG_FILE}, else [{config_file.PYPROJECT_TABLE}] in "
+        f"./{config_file.PYPROJECT}, when there is one).",
+    )
     parser.add_argument("--version", action="version", version=f"kestrelpy {__version__}")
     for _owner, f in options():
         meta = f.metadata
@@ -66,46 +91,84 @@ def _show_default(value: Any) -> str:
     return str(value)
 
 
-def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
-    """Merge CLI arguments over KESTRELPY_* variables over the declared defaults."""
+def config_from(
+    args: argparse.Namespace, environ: Mapping[str, str], file: config_file.FileValues | None = None
+) -> Config:
+    """Merge CLI arguments over KESTRELPY_* variables over the config file over the declared defaults."""
+    return resolve(args, environ, file)[0]
+
+
+# Where an effective value came from: ("cli", "--port"), ("env", "KESTRELPY_PORT"), ("file", "PATH:LINE")
+# or ("default", "").
+Source = tuple[str, str]
+
+
+def resolve(
+    args: argparse.Namespace, environ: Mapping[str, str], file: config_file.FileValues | None = None
+) -> tuple[Config, dict[str, Source]]:
+    """The merged Config, and for each config-file key where its value came from."""
     values: dict[type, dict[str, Any]] = {owner: {} for owner in (Config, *NESTED.values())}
+    sources: dict[str, Source] = {}
     for owner, f in options():
-        meta = f.metadata
-        parse = meta["parse"] or str
-        if meta["repeatable"]:
-            if f.name in vars(args):
-                items, source = getattr(args, f.name), flag_name(f)
-            elif env_name(f) in environ:
-                items, source = environ[env_name(f)].splitlines(), env_name(f)
-            else:
-                continue
-            try:
-                values[owner][f.name] = tuple(parse(item) for item in items if item.strip())
-            except ValueError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
-            continue
-        if f.name in vars(args):
-            raw = getattr(args, f.name)
-            if isinstance(raw, bool):
-                values[owner][f.name] = raw
-                continue
-            text, source = str(raw), flag_name(f)
-        elif env_name(f) in environ:
-            text, source = environ[env_name(f)], env_name(f)
+        key = config_key(f)
+        found = _given(f, args, environ)
+        if found is not None:
+            values[owner][f.name], sources[key] = found
+        elif file is not None and key in file.values:
+            values[owner][f.name], sources[key] = file.values[key], ("file", file.where(key))
         else:
-            continue
-        try:
-            value = parse(text)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-        values[owner][f.name] = value
-    if "workers" not in values[Config] and environ.get("WEB_CONCURRENCY", "").strip():
+            sources[key] = ("default", "")
+    if sources["workers"][0] in ("file", "default") and environ.get("WEB_CONCURRENCY", "").strip():
         try:  # the convention Heroku started and uvicorn and gunicorn honour
             values[Config]["workers"] = int(environ["WEB_CONCURRENCY"])
         except ValueError:
             raise ConfigError(f"WEB_CONCURRENCY: expected a number, got {environ['WEB_CONCURRENCY']!r}") from None
-    nested = {name: owner(**values[owner]) for name, owner in NESTED.items()}
-    return Config(app=args.app, **nested, **values[Config])
+        sources["workers"] = ("env", "WEB_CONCURRENCY")
+    app = getattr(args, "app", None)
+    sources[config_file.APP_KEY] = ("cli", "APP") if app is not None else ("default", "")
+    if app is None and file is not None and config_file.APP_KEY in file.values:
+        app = file.values[config_file.APP_KEY]
+        sources[config_file.APP_KEY] = ("file", file.where(config_file.APP_KEY))
+    try:
+        nested = {name: owner(**values[owner]) for name, owner in NESTED.items()}
+        return Config(app=app, **nested, **values[Config]), sources
+    except ConfigError as exc:
+        raise _blame_file(exc, sources) from None
+
+
+def _given(
+    f: dataclasses.Field[Any], args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[Any, Source] | None:
+    """The option's value from the command line or, failing that, its KESTRELPY_* variable."""
+    meta = f.metadata
+    parse = meta["parse"] or str
+    if f.name in vars(args):
+        raw, source = getattr(args, f.name), ("cli", flag_name(f))
+        if isinstance(raw, bool):
+            return raw, source
+    elif env_name(f) in environ:
+        raw, source = environ[env_name(f)], ("env", env_name(f))
+        if meta["repeatable"]:
+            raw = raw.splitlines()
+    else:
+        return None
+    try:
+        if meta["repeatable"]:
+            return tuple(parse(item) for item in raw if item.strip()), source
+        return parse(str(raw)), source
+    except ValueError as exc:
+        raise ConfigError(f"{source[1]}: {exc}") from None
+
+
+def _blame_file(exc: ConfigError, sources: Mapping[str, Source]) -> ConfigError:
+    """A range or consistency error about an option the config file set names the file, line and key."""
+    message = str(exc)
+    for _owner, f in options():
+        key = config_key(f)
+        kind, where = sources[key]
+        if kind == "file" and re.search(rf"{re.escape(flag_name(f))}(?![\w-])", message):
+            return ConfigError(f"{where}: {key}: {message}")
+    return exc
 
 
 def take_systemd_sockets(environ: MutableMapping[str, str]) -> tuple[FdEndpoint, ...]:
@@ -132,20 +195,79 @@ def serve(config: Config) -> None:
         run_server(config)
 
 
+def load_config_file(args: argparse.Namespace) -> config_file.FileValues | None:
+    """The file --config names, else the one found in the working directory, checked; None without one."""
+    given = getattr(args, "config_file", None)
+    path = Path(given) if given else config_file.discover(Path.cwd())
+    return None if path is None else config_file.read(path)
+
+
+def show_config(argv: Sequence[str]) -> int:
+    """`kestrelpy config`: the effective configuration, each value with where it came from."""
+    parser = build_parser()
+    parser.prog = "kestrelpy config"
+    parser.add_argument("--json", action="store_true", default=False, help="print JSON")
+    args = parser.parse_args(argv)
+    try:
+        file = load_config_file(args)
+        config, sources = resolve(args, os.environ, file)
+    except KestrelpyError as exc:
+        print(f"kestrelpy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    effective = _effective_values(config)
+    if args.json:
+        report = {
+            "file": file.path if file else None,
+            "options": {
+                key: {"value": value, "source": sources[key][0], "from": sources[key][1] or None}
+                for key, value in effective.items()
+            },
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"# config file: {file.path if file else 'none'}")
+    for key, value in effective.items():
+        kind, origin = sources[key]
+        assignment = f"{key} = {json.dumps(value)}"
+        print(f"{assignment:<48} # {kind} {origin}".rstrip())
+    return 0
+
+
+def _effective_values(config: Config) -> dict[str, Any]:
+    """Every key with its effective value as the file would spell it; a password is not shown."""
+    holders: dict[type, Any] = {Config: config, **{type(getattr(config, n)): getattr(config, n) for n in NESTED}}
+    effective: dict[str, Any] = {config_file.APP_KEY: config.app if isinstance(config.app, str) else None}
+    for owner, f in options():
+        value = getattr(holders[owner], f.name)
+        if f.name == "ssl_keyfile_password" and value:
+            value = "(set, not shown)"
+        effective[config_key(f)] = config_file.file_form(config_key(f), value)
+    return effective
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["check"]:
         from kestrelpy.guard.command import run_check
 
         return int(run_check(args_list[1:]))
+    if args_list[:1] == ["config"]:
+        return show_config(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:
-        config = config_from(args, os.environ)
+        file = load_config_file(args)
+        config = config_from(args, os.environ, file)
+        if config.app is None:
+            raise ConfigError(
+                'no application given: name it as APP (kestrelpy main:app) or as app = "main:app" in the config file'
+            )
         config = config.replace(inherited=take_systemd_sockets(os.environ))
         from kestrelpy import logs
 
         logs.configure(config.log_level, access_log=config.access_log)
+        if file is not None:
+            logging.getLogger("kestrelpy.config").info("Configuration from %s", file.path)
         serve(config)
     except KestrelpyError as exc:
         print(f"kestrelpy: error: {exc}", file=sys.stderr)

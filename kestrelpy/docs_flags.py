@@ -56,8 +56,10 @@ INTRO = f"""\
 Flag names follow uvicorn's where the meaning is the same. Every flag can also be given as an environment
 variable, named in the second column: `--timeout-keep-alive` is `KESTRELPY_TIMEOUT_KEEP_ALIVE`, and so on.
 A repeatable flag takes several values in its variable, one per line; an on/off flag takes `true` or `false`
-(also `1`/`0`, `yes`/`no`, `on`/`off`). A flag on the command line beats the environment, which beats the
-default. `kestrelpy --help` prints the same text.
+(also `1`/`0`, `yes`/`no`, `on`/`off`). Every flag is also a key of the [config file](config-file.md): the
+flag without its leading dashes, with `_` for `-` (`--timeout-keep-alive` is `timeout_keep_alive`). A flag on the
+command line beats the environment, which beats the config file, which beats the default. `kestrelpy --help`
+prints the same text.
 """
 
 CHECK_INTRO = """\
@@ -109,7 +111,7 @@ def _command_section(parser: argparse.ArgumentParser) -> str:
         for action in parser._actions
         if action.dest not in declared
     ]
-    usage = "```\nkestrelpy [FLAGS] APP\nkestrelpy check [FLAGS]\n```\n"
+    usage = "```\nkestrelpy [FLAGS] [APP]\nkestrelpy config [--json] [FLAGS] [APP]\nkestrelpy check [FLAGS]\n```\n"
     return _table_section("## The command", usage, ["argument", "meaning"], rows)
 
 
