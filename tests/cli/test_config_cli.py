@@ -1,0 +1,95 @@
+"""The config file as a user meets it: real `kestrelpy` processes started in a directory holding the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cli.test_process import LISTENING, Running
+
+APPS = Path(__file__).parent  # cli_apps.py
+
+
+def kestrelpy(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KESTRELPY_") and k != "WEB_CONCURRENCY"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kestrelpy", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def serve_and_stop(proc: subprocess.Popen[str], procs: list[subprocess.Popen[str]]) -> str:
+    """Wait for 'Listening on', check the app answers there, stop with SIGTERM; return the log."""
+    procs.append(proc)
+    server = Running(proc)
+    server.port = int(server.expect(LISTENING.pattern).group(1))
+    response = httpx.get(server.url + "/")
+    assert response.status_code == 200 and response.text == "ok"
+    proc.send_signal(signal.SIGTERM)
+    code, log = server.finish()
+    assert code == 0, log
+    return log
+
+
+def test_config_flag_names_the_file_that_sets_app_and_port(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(f'app = "cli_apps:hello"\napp_dir = "{APPS}"\nhost = "127.0.0.1"\nport = 0\n')
+    log = serve_and_stop(kestrelpy(tmp_path, "--config", str(config)), procs)
+    assert f"Configuration from {config}" in log
+
+
+def test_kestrelpy_alone_reads_kestrelpy_toml_in_the_working_directory(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    (tmp_path / "kestrelpy.toml").write_text(
+        f'app = "cli_apps:hello"\napp_dir = "{APPS}"\nhost = "127.0.0.1"\nport = 0\nserver_header = false\n'
+    )
+    log = serve_and_stop(kestrelpy(tmp_path), procs)
+    assert f"Configuration from {tmp_path / 'kestrelpy.toml'}" in log
+
+
+def test_config_json_reports_where_each_value_came_from(tmp_path: Path) -> None:
+    (tmp_path / "kestrelpy.toml").write_text('app = "main:app"\nport = 9001\nbacklog = 10\ntimeout_keep_alive = 7\n')
+    proc = kestrelpy(tmp_path, "config", "--json", "--port", "9002", env={"KESTRELPY_BACKLOG": "20"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    options = report["options"]
+    path = str(tmp_path / "kestrelpy.toml")
+    assert report["file"] == path
+    assert options["port"] == {"value": 9002, "source": "cli", "from": "--port"}
+    assert options["backlog"] == {"value": 20, "source": "env", "from": "KESTRELPY_BACKLOG"}
+    assert options["timeout_keep_alive"] == {"value": 7.0, "source": "file", "from": f"{path}:4"}
+    assert options["app"] == {"value": "main:app", "source": "file", "from": f"{path}:1"}
+    assert options["workers"] == {"value": 1, "source": "default", "from": None}
+
+
+def test_a_typo_exits_2_with_the_file_line_and_a_suggestion(tmp_path: Path) -> None:
+    (tmp_path / "kestrelpy.toml").write_text('app = "main:app"\ntimeout_keepalive = 3\n')
+    proc = kestrelpy(tmp_path)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    path = tmp_path / "kestrelpy.toml"
+    assert err == f"kestrelpy: error: {path}:2: unknown key `timeout_keepalive`; did you mean `timeout_keep_alive`?\n"
