@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.test_process import LISTENING, Running
+from tests.support.process_log import LISTENING, Running
 
 APPS = Path(__file__).parent  # cli_apps.py
 

@@ -22,14 +22,22 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.support.interop import ROOT, Process, free_port, kestrelpy, listening_urls, require_tool
+from tests.support.interop import (
+    ROOT,
+    Process,
+    free_port,
+    kestrelpy,
+    listening_urls,
+    require_tool,
+    wait_until_accepting,
+    wrap,
+)
 from tests.support.waiting import wait_until
 
 # One worker runs them all, so each nginx + kestrelpy stack (a module-scoped fixture) starts once.
@@ -54,30 +62,6 @@ def derive_config(conf: str, *, upstream: str, port: int, tls: tuple[int, Path, 
         assert line in conf, f"deploy/nginx.conf no longer has {line.strip()!r}"
         conf = conf.replace(line, replacement, 1)
     return conf
-
-
-def wrap(site: str, work: Path) -> str:
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the socket in a 0700 tmp dir
-    temps = "".join(
-        f"    {kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return (
-        f"{user}daemon off;\nworker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log warn;\n"
-        "events { worker_connections 512; }\n"
-        f"http {{\n    access_log off;\n{temps}{site}\n}}\n"
-    )
-
-
-def wait_until_accepting(port: int, process: Process, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if process.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"nginx did not start:\n{process.output}") from None
-            time.sleep(0.05)
 
 
 def self_signed(work: Path) -> tuple[Path, Path] | None:

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.interop.test_nginx import wait_until_accepting, wrap
-from tests.support.interop import ROOT, Process, free_port, listening_urls, require_tool
+from tests.support.interop import ROOT, Process, free_port, listening_urls, require_tool, wait_until_accepting, wrap
 from tests.support.waiting import WAIT
 
 # nginx stacks share one worker with tests/interop/test_nginx.py.

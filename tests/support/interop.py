@@ -152,3 +152,30 @@ def http_get(
     status = int(lines[0].split()[1])
     parsed = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return status, parsed, body
+
+
+# -- nginx in front ----------------------------------------------------------------------------------
+
+
+def wrap(site: str, work: Path) -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the socket in a 0700 tmp dir
+    temps = "".join(
+        f"    {kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        f"{user}daemon off;\nworker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log warn;\n"
+        "events { worker_connections 512; }\n"
+        f"http {{\n    access_log off;\n{temps}{site}\n}}\n"
+    )
+
+
+def wait_until_accepting(port: int, process: Process, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"nginx did not start:\n{process.output}") from None
+            time.sleep(0.05)

@@ -1,0 +1,54 @@
+"""A kestrelpy process started by a test, whose log is read line by line as the test waits for it."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import subprocess
+import time
+
+LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
+
+
+class Running:
+    """A kestrelpy process whose stderr is read line by line as the test waits for what it expects."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.proc = proc
+        self.port = 0
+        self.log: list[str] = []
+        self._fd = proc.stderr.fileno()
+        self._pending = b""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def expect(self, pattern: str, timeout: float = 15) -> re.Match[str]:
+        """Read stderr until a line matches `pattern` (raw reads: a buffered readline hides lines)."""
+        regex = re.compile(pattern)
+        for line in self.log:
+            if found := regex.search(line):
+                return found
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._fd, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not sel.select(deadline - time.monotonic()):
+                    break
+                data = os.read(self._fd, 65536)
+                if not data:
+                    break
+                *lines, self._pending = (self._pending + data).split(b"\n")
+                for raw in lines:
+                    self.log.append(raw.decode() + "\n")
+                    if found := regex.search(self.log[-1]):
+                        return found
+        raise AssertionError(f"no line matching {pattern!r}:\n" + "".join(self.log))
+
+    def finish(self, timeout: float = 15) -> tuple[int, str]:
+        """Wait for exit; return the exit code and everything written to stderr."""
+        _, rest = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.log) + self._pending.decode() + rest
