@@ -847,7 +847,7 @@ def render_header(servers: Sequence[str], settings: Settings, workloads: Sequenc
         f"- Python {platform.python_version()} ({platform.python_implementation()})",
         f"- packages: {versions}",
         f"- client: {wrk_version()}, 1 thread, {pinning}",
-        *([f"- over TLS ({ssl.OPENSSL_VERSION} here), one self-signed ECDSA P-256 certificate for every server"]
+        *([f"- over TLS: one self-signed ECDSA P-256 certificate for every server; Python's ssl: {ssl.OPENSSL_VERSION}"]
           if settings.tls else []),
         f"- {settings.rounds} round(s) of {settings.duration_s} s per run after a {settings.warmup_s} s"
         f" warm-up; connections per workload: {conns}",
