@@ -243,7 +243,7 @@ def nginx_command(port: int, scratch: Path) -> list[str]:
 
 
 # The ceiling: no parsing or ASGI at all, only for the workloads that are plain GETs.
-LIMIT_WORKLOADS = frozenset({"plaintext", "pipelined", "conn1000", "close"})
+LIMIT_WORKLOADS = frozenset({"plaintext", "pipelined", "conn1000"})
 
 SERVERS: dict[str, Server] = {
     s.name: s
