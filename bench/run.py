@@ -8,6 +8,7 @@ and the median of the per-round ratios to uvicorn (httptools + uvloop).
 
     python bench/run.py --quick
     python bench/run.py --rounds 3 --duration 5 --servers all --markdown bench/out/report.md
+    python bench/run.py --tls --servers kestrelpy,uvicorn,granian --workloads plaintext,close
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import contextlib
 import datetime as dt
 import http.client
+import ipaddress
 import json
 import os
 import platform
@@ -23,6 +25,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -51,6 +54,69 @@ WRK_GRACE_S = 20.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# --------------------------------------------------------------------------- TLS
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """One self-signed certificate for 127.0.0.1 and its key, as PEM files (the key in PKCS#8, which
+    granian requires)."""
+
+    certfile: Path
+    keyfile: Path
+
+
+def make_certificate(directory: Path) -> TlsFiles:
+    """A fresh ECDSA P-256 certificate for the run: made with the cryptography package when it is
+    installed, else with `openssl req`. Every server gets the same one, so they do the same handshake."""
+    files = TlsFiles(directory / "bench-cert.pem", directory / "bench-key.pem")
+    try:
+        write_certificate_with_cryptography(files)
+    except ImportError:
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(files.keyfile), "-out", str(files.certfile),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return files
+
+
+def write_certificate_with_cryptography(files: TlsFiles) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    files.certfile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    files.keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()))
+
+
+def client_context() -> ssl.SSLContext:
+    """The probes' client side: the certificate is self-signed and made for this run, so it is not checked."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -62,14 +128,30 @@ class Server:
     # (port, scratch directory) -> the whole command, for a server that is not a Python module
     command: Callable[[int, Path], list[str]] | None = None
     workloads: frozenset[str] | None = None  # the workloads it can serve; None: all of them
+    # (certificate, key) -> the flags that serve HTTPS with them; None: no TLS in the comparison
+    tls_args: Callable[[TlsFiles], list[str]] | None = None
 
-    def supports(self, workload: str) -> bool:
-        return self.workloads is None or workload in self.workloads
+    def supports(self, workload: str, tls: bool = False) -> bool:
+        return (self.workloads is None or workload in self.workloads) and (not tls or self.tls_args is not None)
 
-    def argv(self, app: str, port: int, scratch: Path) -> list[str]:
+    def argv(self, app: str, port: int, scratch: Path, tls: TlsFiles | None = None) -> list[str]:
         if self.command is not None:
             return self.command(port, scratch)
-        return [sys.executable, *self.build_args(app, port)]
+        extra = self.tls_args(tls) if tls is not None and self.tls_args is not None else []
+        return [sys.executable, *self.build_args(app, port), *extra]
+
+
+def uvicorn_style_tls(tls: TlsFiles) -> list[str]:
+    # kestrelpy: an endpoint given by --host/--port serves HTTPS once a certificate is configured.
+    return ["--ssl-certfile", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile)]
+
+
+def granian_tls(tls: TlsFiles) -> list[str]:
+    return ["--ssl-certificate", str(tls.certfile), "--ssl-keyfile", str(tls.keyfile)]
+
+
+def hypercorn_tls(tls: TlsFiles) -> list[str]:
+    return ["--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)]
 
 
 def kestrelpy_args(http: str | None) -> Callable[[str, int], list[str]]:
@@ -95,7 +177,7 @@ def add_baseline_tree(tree: Path) -> None:
     if not (tree / "kestrelpy" / "__init__.py").is_file():
         raise SystemExit(f"--baseline-tree: no kestrelpy package in {tree}")
     for name, parser in (("kestrelpy-base", None), ("kestrelpy-base-h11", "h11")):
-        SERVERS[name] = Server(name, "kestrelpy", kestrelpy_from_tree(tree, parser))
+        SERVERS[name] = Server(name, "kestrelpy", kestrelpy_from_tree(tree, parser), tls_args=uvicorn_style_tls)
 
 
 def uvicorn_args(http: str) -> Callable[[str, int], list[str]]:
@@ -166,12 +248,12 @@ LIMIT_WORKLOADS = frozenset({"plaintext", "pipelined", "conn1000"})
 SERVERS: dict[str, Server] = {
     s.name: s
     for s in (
-        Server("kestrelpy", "kestrelpy", kestrelpy_args(None)),
-        Server("kestrelpy-h11", "kestrelpy", kestrelpy_args("h11")),
-        Server("uvicorn", "uvicorn", uvicorn_args("httptools")),
-        Server("uvicorn-h11", "uvicorn", uvicorn_args("h11")),
-        Server("hypercorn", "hypercorn", hypercorn_args),
-        Server("granian", "granian", granian_args),
+        Server("kestrelpy", "kestrelpy", kestrelpy_args(None), tls_args=uvicorn_style_tls),
+        Server("kestrelpy-h11", "kestrelpy", kestrelpy_args("h11"), tls_args=uvicorn_style_tls),
+        Server("uvicorn", "uvicorn", uvicorn_args("httptools"), tls_args=uvicorn_style_tls),
+        Server("uvicorn-h11", "uvicorn", uvicorn_args("h11"), tls_args=uvicorn_style_tls),
+        Server("hypercorn", "hypercorn", hypercorn_args, tls_args=hypercorn_tls),
+        Server("granian", "granian", granian_args, tls_args=granian_tls),
         Server("raw", "", raw_args, workloads=LIMIT_WORKLOADS),
         # build_args is unused for nginx: `command` gives the whole argv.
         Server("nginx", "", raw_args, command=nginx_command, workloads=LIMIT_WORKLOADS),
@@ -189,7 +271,7 @@ class Workload:
     app: str
     script: str  # file in bench/lua, run together with report.lua
     connections: int | None  # None: use --connections
-    probe: Callable[[int], str | None]  # port -> problem with the response, or None
+    probe: Callable[[int, bool], str | None]  # (port, over TLS) -> problem with the response, or None
     # wrk's latency histogram is unusable with pipelining: it records one sample per batch and its
     # coordinated-omission correction, calibrated on per-response counts, files samples below the
     # histogram minimum, so the percentiles come out as 0. Report "n/a" rather than a fake number.
@@ -202,9 +284,13 @@ ECHO_PROBE_BODY = b"kestrel-bench-probe" * 8
 BodyCheck = Callable[[bytes, str], bool]  # (body, content-type) -> looks right
 
 
-def response_problem(port: int, method: str, body: bytes | None, check: BodyCheck) -> str | None:
+def response_problem(port: int, tls: bool, method: str, body: bytes | None, check: BodyCheck) -> str | None:
     """Return why one real request does not look right, or None when it does."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    conn = (
+        http.client.HTTPSConnection(HOST, port, timeout=2, context=client_context())
+        if tls
+        else http.client.HTTPConnection(HOST, port, timeout=2)
+    )
     try:
         headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
         conn.request(method, "/", body=body, headers=headers)
@@ -229,16 +315,16 @@ def is_valid_json(payload: bytes) -> bool:
     return True
 
 
-def probe_plaintext(port: int) -> str | None:
-    return response_problem(port, "GET", None, lambda b, ct: b == b"Hello, world!" and "text/plain" in ct)
+def probe_plaintext(port: int, tls: bool) -> str | None:
+    return response_problem(port, tls, "GET", None, lambda b, ct: b == b"Hello, world!" and "text/plain" in ct)
 
 
-def probe_json(port: int) -> str | None:
-    return response_problem(port, "GET", None, lambda b, ct: is_valid_json(b) and "json" in ct)
+def probe_json(port: int, tls: bool) -> str | None:
+    return response_problem(port, tls, "GET", None, lambda b, ct: is_valid_json(b) and "json" in ct)
 
 
-def probe_echo(port: int) -> str | None:
-    return response_problem(port, "POST", ECHO_PROBE_BODY, lambda b, ct: b == ECHO_PROBE_BODY)
+def probe_echo(port: int, tls: bool) -> str | None:
+    return response_problem(port, tls, "POST", ECHO_PROBE_BODY, lambda b, ct: b == ECHO_PROBE_BODY)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -249,6 +335,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("echo", "echo", "post_1k.lua", None, probe_echo),
         Workload("pipelined", "plaintext", "pipeline_16.lua", None, probe_plaintext, False),
         Workload("conn1000", "plaintext", "get.lua", 1000, probe_plaintext),
+        Workload("close", "plaintext", "close.lua", None, probe_plaintext),
     )
 }
 
@@ -343,6 +430,7 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    tls: bool = False
 
     def last_log_line(self) -> str:
         """The server's last words, usually the exception that stopped it."""
@@ -375,13 +463,15 @@ def pinned(cpu: int | None, argv: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
 
 
-def start_server(server: Server, workload: Workload, cpu: int | None, log_dir: Path) -> RunningServer:
+def start_server(
+    server: Server, workload: Workload, cpu: int | None, log_dir: Path, tls: TlsFiles | None = None
+) -> RunningServer:
     port = free_port()
-    argv = pinned(cpu, server.argv(f"bench.apps:{workload.app}", port, log_dir))
+    argv = pinned(cpu, server.argv(f"bench.apps:{workload.app}", port, log_dir, tls))
     log_path = log_dir / f"{server.name}-{workload.name}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    return RunningServer(process, port, log_path)
+    return RunningServer(process, port, log_path, tls is not None)
 
 
 def wait_until_ready(running: RunningServer, workload: Workload) -> None:
@@ -394,7 +484,7 @@ def wait_until_ready(running: RunningServer, workload: Workload) -> None:
         if code is not None:
             raise ServerStartError(f"exited with code {code}: {running.last_log_line()}")
         try:
-            problem = workload.probe(running.port)
+            problem = workload.probe(running.port, running.tls)
         except (OSError, http.client.HTTPException) as exc:
             last_problem = f"{type(exc).__name__}: {exc}"
         else:
@@ -466,10 +556,13 @@ def compose_script(workload: Workload, script_dir: Path) -> Path:
     return path
 
 
-def run_wrk(port: int, script: Path, connections: int, duration_s: int, cpu: int | None) -> WrkResult:
+def run_wrk(
+    port: int, script: Path, connections: int, duration_s: int, cpu: int | None, tls: bool = False
+) -> WrkResult:
+    scheme = "https" if tls else "http"  # wrk does not check the server's certificate
     argv = pinned(cpu, [
         "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", WRK_TIMEOUT,
-        "-s", str(script), f"http://{HOST}:{port}/",
+        "-s", str(script), f"{scheme}://{HOST}:{port}/",
     ])  # fmt: skip
     cpu_before = children_cpu_seconds()
     started = time.monotonic()
@@ -538,11 +631,14 @@ class Settings:
     server_cpu: int | None
     client_cpu: int | None
     retries: int  # extra attempts for a run disturbed by unrelated load
+    tls: bool = False  # serve and load over HTTPS, with a certificate made for the run
 
 
-def measure(server: Server, workload: Workload, round_no: int, settings: Settings, tmp: Path) -> Measurement:
+def measure(
+    server: Server, workload: Workload, round_no: int, settings: Settings, tmp: Path, tls: TlsFiles | None
+) -> Measurement:
     result = Measurement(server.name, workload.name, round_no)
-    running = start_server(server, workload, settings.server_cpu, tmp)
+    running = start_server(server, workload, settings.server_cpu, tmp, tls)
     try:
         wait_until_ready(running, workload)
         load_and_record(running, workload, settings, compose_script(workload, tmp), result)
@@ -564,12 +660,12 @@ def load_and_record(
     """Warm up, then run the measured load and fill in result."""
     connections = workload.connections or settings.connections
     if settings.warmup_s > 0:
-        run_wrk(running.port, script, connections, settings.warmup_s, settings.client_cpu)
+        run_wrk(running.port, script, connections, settings.warmup_s, settings.client_cpu, running.tls)
     pid = running.process.pid
     pinned_cpus = [c for c in (settings.server_cpu, settings.client_cpu) if c is not None]
     busy_before = [cpu_busy_seconds(c) for c in pinned_cpus]
     cpu_before = tree_cpu_seconds(pid)
-    wrk = run_wrk(running.port, script, connections, settings.duration_s, settings.client_cpu)
+    wrk = run_wrk(running.port, script, connections, settings.duration_s, settings.client_cpu, running.tls)
     cpu_used = tree_cpu_seconds(pid) - cpu_before
     busy = [cpu_busy_seconds(c) - before for c, before in zip(pinned_cpus, busy_before, strict=True)]
     result.peak_rss_kib = tree_peak_rss_kib(pid)
@@ -662,17 +758,20 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def render_tables(results: list[Measurement], servers: Sequence[str], workloads: Sequence[str]) -> str:
+def render_tables(
+    results: list[Measurement], servers: Sequence[str], workloads: Sequence[str], tls: bool = False
+) -> str:
     lines: list[str] = []
     columns = ["server", "req/s", f"vs {BASELINE} (req/s)", f"vs {BASELINE} (CPU)", "p50 ms", "p99 ms"]
     columns += ["CPU µs/req", "CPU srv / wrk"]
     columns += ["peak RSS MiB", "errors", "rounds", "note"]
     header = "| " + " | ".join(columns) + " |"
     for workload in workloads:
-        lines += [f"### {workload_title(workload)}", "", header, "|" + "---|" * len(columns)]
+        title = ("TLS, " if tls else "") + workload_title(workload)
+        lines += [f"### {title}", "", header, "|" + "---|" * len(columns)]
         baseline = [m for m in results if m.workload == workload and m.server == BASELINE]
         for server in servers:
-            if SERVERS[server].supports(workload):
+            if SERVERS[server].supports(workload, tls):
                 runs = [m for m in results if m.workload == workload and m.server == server]
                 lines.append(table_row(server, runs, baseline))
         lines.append("")
@@ -686,6 +785,7 @@ def workload_title(name: str) -> str:
         "echo": "echo: POST 1 KiB body, echoed back",
         "pipelined": "pipelined: plaintext, 16 requests per write",
         "conn1000": "conn1000: plaintext, 1000 keep-alive connections",
+        "close": "close: plaintext, one request per connection (req/s = new connections/s)",
     }.get(name, name)
 
 
@@ -747,6 +847,8 @@ def render_header(servers: Sequence[str], settings: Settings, workloads: Sequenc
         f"- Python {platform.python_version()} ({platform.python_implementation()})",
         f"- packages: {versions}",
         f"- client: {wrk_version()}, 1 thread, {pinning}",
+        *([f"- over TLS: one self-signed ECDSA P-256 certificate for every server; Python's ssl: {ssl.OPENSSL_VERSION}"]
+          if settings.tls else []),
         f"- {settings.rounds} round(s) of {settings.duration_s} s per run after a {settings.warmup_s} s"
         f" warm-up; connections per workload: {conns}",
         "- figures are medians over rounds; ratios are medians of per-round ratios to"
@@ -783,12 +885,14 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def plan(rounds: int, workloads: Sequence[str], servers: Sequence[str]) -> Iterator[tuple[int, str, str]]:
+def plan(
+    rounds: int, workloads: Sequence[str], servers: Sequence[str], tls: bool = False
+) -> Iterator[tuple[int, str, str]]:
     """Interleave servers inside each workload and round: A B C, A B C, ..."""
     for round_no in range(1, rounds + 1):
         for workload in workloads:
             for server in servers:
-                if SERVERS[server].supports(workload):
+                if SERVERS[server].supports(workload, tls):
                     yield round_no, workload, server
 
 
@@ -805,13 +909,13 @@ def describe(m: Measurement) -> str:
 
 
 def measure_least_disturbed(
-    server: Server, workload: Workload, round_no: int, settings: Settings, tmp: Path
+    server: Server, workload: Workload, round_no: int, settings: Settings, tmp: Path, tls: TlsFiles | None = None
 ) -> Measurement:
     """Repeat a run disturbed by unrelated load (up to --retries times); keep the calmest."""
-    attempts = [measure(server, workload, round_no, settings, tmp)]
+    attempts = [measure(server, workload, round_no, settings, tmp, tls)]
     while len(attempts) <= settings.retries and attempts[-1].ok and attempts[-1].other_load >= DISTURBED_LOAD:
         log(f"  {server.name} {workload.name}: {attempts[-1].other_load:.0%} other load, measuring again")
-        attempts.append(measure(server, workload, round_no, settings, tmp))
+        attempts.append(measure(server, workload, round_no, settings, tmp, tls))
     return min(attempts, key=lambda m: (not m.ok, m.other_load))
 
 
@@ -819,14 +923,17 @@ def run_all(
     servers: Sequence[str], workloads: Sequence[str], settings: Settings, deadline: float
 ) -> tuple[list[Measurement], str | None]:
     results: list[Measurement] = []
-    steps = list(plan(settings.rounds, workloads, servers))
+    steps = list(plan(settings.rounds, workloads, servers, settings.tls))
     with tempfile.TemporaryDirectory(prefix="kestrel-bench-") as tmp:
+        certificate = make_certificate(Path(tmp)) if settings.tls else None
         try:
             for index, (round_no, workload, server) in enumerate(steps, 1):
                 if time.monotonic() > deadline:
                     return results, "overall time limit reached; the report is partial"
                 label = f"[{index}/{len(steps)}] round {round_no} {workload:<9} {server:<14}"
-                m = measure_least_disturbed(SERVERS[server], WORKLOADS[workload], round_no, settings, Path(tmp))
+                m = measure_least_disturbed(
+                    SERVERS[server], WORKLOADS[workload], round_no, settings, Path(tmp), certificate
+                )
                 results.append(m)
                 log(f"{label} {describe(m)}")
         except KeyboardInterrupt:
@@ -878,6 +985,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also run kestrelpy from this checkout, as kestrelpy-base(-h11): before/after in one run",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="serve and load every server over HTTPS (a certificate made for the run)"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report, with a machine header, here")
     parser.add_argument("--raw-json", action="store_true", help="save every run's numbers under bench/out/")
     parser.add_argument("--time-limit", type=float, help="overall limit in seconds (default: 2x estimate)")
@@ -891,7 +1001,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if rounds < 1 or duration < 1 or warmup < 0 or args.connections < 1:
         raise SystemExit("rounds, duration and connections must be positive; warmup must not be negative")
     server_cpu, client_cpu = choose_cpus()
-    return Settings(rounds, duration, warmup, args.connections, server_cpu, client_cpu, args.retries)
+    return Settings(rounds, duration, warmup, args.connections, server_cpu, client_cpu, args.retries, args.tls)
 
 
 def save_raw(results: list[Measurement]) -> Path:
@@ -915,13 +1025,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     most_connections = max((WORKLOADS[w].connections or settings.connections) for w in workloads)
     raise_open_file_limit(needed=2 * most_connections)
 
-    steps = len(list(plan(settings.rounds, workloads, servers)))
+    steps = len(list(plan(settings.rounds, workloads, servers, args.tls)))
     estimate = estimated_seconds(steps, settings)
     limit = args.time_limit or 2 * estimate + 60
     log(f"{steps} runs, about {estimate / 60:.1f} min (hard limit {limit / 60:.1f} min)")
     results, note = run_all(servers, workloads, settings, time.monotonic() + limit)
 
-    tables = render_tables(results, servers, workloads)
+    tables = render_tables(results, servers, workloads, args.tls)
     failures = render_failures(results)
     footer = f"\n> {note}\n" if note else ""
     print(tables + failures + footer)
