@@ -3,6 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+
+class LostTransport:
+    """Stands in for a connection's transport once the connection is lost. What still runs afterwards (an
+    app writing late, a linger or a queued start on the loop) finds it closing, and the real transport,
+    with TLS its SSL object and buffers, is freed as soon as the loop lets go of it, rather than whenever a
+    full garbage collection reaches the connection's own reference cycles (its parser, its request)."""
+
+    __slots__ = ()
+
+    def is_closing(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+LOST_TRANSPORT: asyncio.Transport = LostTransport()  # type: ignore[assignment]  # the part of it that is used
 
 
 class FlowControl:
@@ -40,6 +80,7 @@ class FlowControl:
 
     def connection_lost(self) -> None:
         # A writer waiting on a dead transport must not wait forever; it finds the connection closed.
+        self._transport = LOST_TRANSPORT
         self.write_paused = False
         self._wake()
 

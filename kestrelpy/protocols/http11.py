@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, cast
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
 from kestrelpy.platform import peer_hung_up
 from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle
-from kestrelpy.protocols.flow import FlowControl
+from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
 from kestrelpy.protocols.http11_output import Http1Output, closing_response
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import (
@@ -192,6 +192,7 @@ class HttpConnection(Http1Output):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connection_closed(self)
         self.flow.connection_lost()
+        self.transport = LOST_TRANSPORT  # (see LostTransport)
         if self.cycle is not None:
             self.cycle.on_disconnect()
         pipeline, self._pipeline = self._pipeline, None

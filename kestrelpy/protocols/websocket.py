@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from kestrelpy.asgi import ASGI_VERSION, ASGIApp, Message, Scope, decode_path
 from kestrelpy.errors import ConfigError
 from kestrelpy.protocols.cycle import ClientDisconnected
+from kestrelpy.protocols.flow import LOST_TRANSPORT
 from kestrelpy.protocols.http11 import HttpConnection, start_task
 from kestrelpy.protocols.http11_output import closing_response
 from kestrelpy.protocols.rejection import RequestRejection
@@ -238,6 +239,7 @@ class WebSocketUpgrade:
         protocol, handshake = negotiated
         ws = WebSocketConnection(conn, _scope(conn, raw_path, query, headers), protocol, handshake, self.settings)
         conn.transport.set_protocol(ws)
+        conn.transport = LOST_TRANSPORT  # the HTTP connection is done with it: the WebSocket owns it now
         state.connections.discard(conn)
         state.connections.add(ws)
         state.upgraded += 1
@@ -397,6 +399,7 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
         self.flow.connection_lost()
+        self.transport = LOST_TRANSPORT  # (see flow.LostTransport)
         self._push_final(1006, "")  # no effect when a close frame already said how it ended
         if self._app_done:
             self._release()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from cryptography import x509
 
 from kestrelpy.config import TlsOptions
 from tests.support.live_server import LiveServer
-from tests.support.waiting import WAIT
+from tests.support.waiting import WAIT, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,6 +108,40 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 def problems(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Log records a handshake failure must not cause: anything at WARNING or above, or with a traceback."""
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+# -- memory -----------------------------------------------------------------------------------------
+
+
+def live_ssl_objects() -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, ssl.SSLObject))
+
+
+def test_a_closed_tls_connection_frees_its_ssl_state_without_waiting_for_the_gc(
+    running_server: Callable[..., LiveServer], certs: Certs
+) -> None:
+    """A closed connection lets go of its transport (and with it the SSL object and buffers) at once. Held
+    by the connection's own reference cycles, they waited for a full collection: about 3 MiB per 4,000
+    handshakes on uvloop and 16 MiB on asyncio before that was fixed."""
+    live = running_server(scope_app, tls=certs.options())
+    context = certs.client_context()
+    gc.collect()
+    gc.disable()  # (process-wide: the server's thread too) only reference counting frees anything now
+    try:
+        before = live_ssl_objects()
+        for _ in range(30):
+            with (
+                socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while tls.recv(65536):
+                    pass
+        assert wait_until(lambda: live.connections() == [])
+        left = live_ssl_objects() - before
+    finally:
+        gc.enable()
+    assert left <= 3, f"{left} SSL objects of closed connections are still alive"
 
 
 # -- httpx on every parser and loop -----------------------------------------------------------------
