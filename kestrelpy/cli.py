@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config.replace(inherited=take_systemd_sockets(os.environ))
         from kestrelpy import logs
 
-        logs.configure(config.log_level, access_log=config.access_log)
+        logs.configure(config.log_level, access_log=config.access_log, access_log_format=config.access_log_format)
         serve(config)
     except KestrelpyError as exc:
         print(f"kestrelpy: error: {exc}", file=sys.stderr)
