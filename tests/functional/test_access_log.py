@@ -201,7 +201,16 @@ def test_control_characters_never_reach_the_log(
     assert client.read_response().status == 200
     (line,) = access_lines(caplog)
     assert not any(ch in line for ch in "\r\n\x1b\x7f\x85\x9b\xff"), line
-    if fmt == "json":
+    root = "/m\\r\\nx\\x1b[0m\\xc2\\x85" if fmt == "default" else "/m\\x0d\\x0ax\\x1b[0m\\xc2\\x85"
+    expected = {
+        "default": f'"GET {root}{FORGED} HTTP/1.1" 200',
+        "common": f'"GET {root}{FORGED} HTTP/1.1" 200 11',
+        "combined": f'"GET {root}{FORGED} HTTP/1.1" 200 11 "-" "a\\x9bb\\xad"',
+        "{path} {header:x-note}": f"{root}{FORGED} n\\xff",
+    }
+    if fmt in expected:
+        assert line.endswith(expected[fmt]), line
+    else:
         record = json.loads(line)
         assert record["path"] == "/m\r\nx\x1b[0m\xc2\x85" + FORGED  # raw_path's bytes, as latin-1
         assert record["user_agent"] == "a\x9bb\xad"
