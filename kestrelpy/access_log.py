@@ -164,7 +164,21 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def clf_time(now: float) -> str:
-    """`10/Oct/2000:13:55:36 -0700`: nginx's $time_local, English month names whatever the locale."""
+    """`10/Oct/2000:13:55:36 -0700`: nginx's $time_local, English month names whatever the locale.
+    Formatted once a second: every line of that second shares it."""
+    second = int(now)
+    cached = _clf_cache.get(second)
+    if cached is None:
+        cached = _format_clf(second)
+        _clf_cache.clear()
+        _clf_cache[second] = cached
+    return cached
+
+
+_clf_cache: dict[int, str] = {}
+
+
+def _format_clf(now: float) -> str:
     t = time.localtime(now)
     offset = t.tm_gmtoff or 0
     sign = "-" if offset < 0 else "+"
