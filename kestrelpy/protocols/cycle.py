@@ -216,6 +216,7 @@ class RequestCycle:
         self._trailers_expected = False
         self.status = 500
         if self._log_started is not None:
+            self._bytes_sent = len(_ERROR_500_BODY)  # the app's bytes, if any, never left
             self._log_access(None)
         stream.fail_response(500, _ERROR_500_BODY)
         self._complete()

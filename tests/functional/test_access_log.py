@@ -169,6 +169,19 @@ def test_an_app_failing_after_the_start_is_logged_as_aborted(
     assert (record["status"], record["bytes"], record["aborted"]) == (200, 7, "APP_ERROR")
 
 
+async def fails_before_start(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        raise RuntimeError("crash before the response")
+
+
+def test_the_500_for_an_app_failing_before_the_start_is_logged_whole(
+    running_server: Start, raw_client: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = running_server(fails_before_start, access_log=True, access_log_format="{status} {bytes} {aborted}")
+    response = raw_client(live.port).request()
+    assert access_lines(caplog) == [f"500 {len(response.body)} -"]
+
+
 def test_a_client_leaving_mid_response_is_logged_as_aborted(
     running_server: Start, raw_client: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
