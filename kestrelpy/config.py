@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from kestrelpy.access_log import compile_format
 from kestrelpy.endpoints import (
     Endpoint,
     FdEndpoint,
@@ -446,6 +447,14 @@ class Config:
     )
     log_level: str = option("info", "Log level.", choices=LOG_LEVEL_CHOICES, group="logging")
     access_log: bool = option(True, "Log one line per request.", parse=_parse_bool, negatable=True, group="logging")
+    access_log_format: str = option(
+        "default",
+        "Access log line: default, common, combined (as nginx writes them), json, or a template of fields "
+        "such as '{client} {method} {path} {status} {bytes} {duration_ms} {header:user-agent}'.",
+        parse=str,
+        metavar="FORMAT",
+        group="logging",
+    )
     root_path: str = option("", "ASGI root_path for an app mounted below a URL prefix.", parse=str, group="proxy")
     proxy_headers: bool = option(
         True,
@@ -655,6 +664,10 @@ class Config:
             raise ConfigError("--ws-max-size, --ws-ping-interval and --ws-ping-timeout must not be negative")
         if self.shutdown_delay < 0:
             raise ConfigError("--shutdown-delay must not be negative")
+        try:
+            compile_format(self.access_log_format)
+        except ValueError as exc:
+            raise ConfigError(f"--access-log-format: {exc}") from None
         try:
             parse_trusted(self.forwarded_allow_ips)
         except ValueError as exc:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kestrelpy.access_log import compile_format
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
 from kestrelpy.protocols.timeouts import DataRates, timeout_durations
@@ -26,6 +27,7 @@ class ServerState:
     __slots__ = (
         "_all_closed",
         "_response_starts",
+        "access_format",
         "access_log",
         "app",
         "base_context",
@@ -73,6 +75,7 @@ class ServerState:
         self.loop = loop
         self.clock = clock
         self.access_log = access_log
+        self.access_format = compile_format(config.access_log_format)  # validated by Config already
         self.connections: set[HttpConnection | WebSocketConnection] = set()
         self.lifespan_state: dict[str, Any] = {}
         self.known_hosts: set[bytes] = set()  # Host values already found valid (see HttpConnection)

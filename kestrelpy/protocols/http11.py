@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
 from kestrelpy.platform import peer_hung_up
 from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
     from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
+access_logger = logging.getLogger("kestrelpy.access")
 
 if sys.version_info >= (3, 12):
 
@@ -537,7 +539,10 @@ class HttpConnection(Http1Output):
         reason = self._pending_rejection
         assert reason is not None
         state = self.state
-        self.write(closing_response(state, reason.status, (), reason.message.encode()))
+        body = reason.message.encode()
+        if state.access_log:
+            self._log_rejection(reason, len(body))
+        self.write(closing_response(state, reason.status, (), body))
         if self.transport.can_write_eof():
             self.closing = True
             self.timeouts.set_timeout(TimeoutReason.LINGER, state.clock())
@@ -547,6 +552,13 @@ class HttpConnection(Http1Output):
                 state.loop.call_soon(self._linger)
         else:
             self.close()
+
+    def _log_rejection(self, reason: RequestRejection, sent: int) -> None:
+        """A refused request is logged too, with the cause, though no app saw it: the head may not have
+        been read whole, so only the client is known for sure."""
+        if access_logger.isEnabledFor(logging.INFO):
+            entry = AccessEntry(None, reason.status, sent, 0.0, rejected=reason.name, client=self.client)
+            access_logger.info(self.state.access_format.render(entry))
 
     def _linger(self) -> None:
         transport = self.transport

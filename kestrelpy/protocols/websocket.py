@@ -34,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, ASGIApp, Message, Scope, decode_path
 from kestrelpy.errors import ConfigError
 from kestrelpy.protocols.cycle import ClientDisconnected
@@ -618,23 +619,18 @@ class WebSocketConnection(asyncio.Protocol):
     def _respond(self, status: int, headers: Any, body: bytes) -> None:
         """An HTTP answer instead of the WebSocket: the connection ends with it."""
         self.responded = True
-        self._log_access(status)
+        self._log_access(status, len(body))
         if not self.transport.is_closing():
             self.transport.write(closing_response(self.state, status, headers, body))
             self.transport.close()
         self._push_final(1006, "")
 
-    def _log_access(self, status: int) -> None:
-        if not self.state.access_log:
+    def _log_access(self, status: int, sent: int = 0) -> None:
+        """The handshake's answer, in the configured access log format."""
+        if not self.state.access_log or not access_logger.isEnabledFor(logging.INFO):
             return
-        scope = self.scope
-        client = scope.get("client")
-        who = f"{client[0]}:{client[1]}" if client else "-"
-        target = scope["raw_path"].decode("latin-1")
-        if scope["query_string"]:
-            target += "?" + scope["query_string"].decode("latin-1")
-        target = target.encode("unicode_escape").decode("ascii")  # no forged log lines
-        access_logger.info('%s - "WebSocket %s" %d', who, target, status)
+        entry = AccessEntry(self.scope, status, sent, 0.0, websocket=True)
+        access_logger.info(self.state.access_format.render(entry))
 
     # -- the server's side: heartbeat, shutdown ----------------------------------------------------
 
