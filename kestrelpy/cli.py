@@ -252,7 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(run_check(args_list[1:]))
     if args_list[:1] == ["config"]:
-        return show_config(args_list[1:])
+        try:
+            return show_config(args_list[1:])
+        except BrokenPipeError:  # `kestrelpy config | head`: the reader has what it wanted
+            # What is still buffered goes nowhere, so the flush at exit does not fail again (the way the
+            # Python documentation's note on SIGPIPE does it).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:

@@ -93,3 +93,19 @@ def test_a_typo_exits_2_with_the_file_line_and_a_suggestion(tmp_path: Path) -> N
     assert proc.returncode == 2
     path = tmp_path / "kestrelpy.toml"
     assert err == f"kestrelpy: error: {path}:2: unknown key `timeout_keepalive`; did you mean `timeout_keep_alive`?\n"
+
+
+def test_config_output_cut_short_by_its_reader_is_no_error(tmp_path: Path) -> None:
+    """`kestrelpy config | head -1`: the reader closes the pipe after one line; no traceback, exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kestrelpy", "config", "examples.hello:app"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # before the rest is written: the writer meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) == 0, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
