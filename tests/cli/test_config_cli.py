@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.process_log import LISTENING, Running
 
@@ -28,16 +26,6 @@ def kestrelpy(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subpr
         text=True,
         env={**environ, **(env or {})},
     )
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 def serve_and_stop(proc: subprocess.Popen[str], procs: list[subprocess.Popen[str]]) -> str:

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -41,16 +40,6 @@ def start(*args: str, env: dict[str, str] | None = None) -> Running:
         proc.kill()
         raise
     return server
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_serves_the_example_app_and_sigterm_exits_zero(procs: list[subprocess.Popen[str]]) -> None:

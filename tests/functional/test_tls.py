@@ -6,9 +6,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
-import re
-import selectors
 import shutil
 import signal
 import socket
@@ -28,6 +25,7 @@ from cryptography import x509
 
 from kestrelpy.config import TlsOptions
 from tests.support.live_server import LiveServer
+from tests.support.process_log import wait_for_log_line
 from tests.support.waiting import WAIT, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,7 +222,7 @@ def test_curl_against_the_command_line_server(certs: Certs, tmp_path: Path, work
         stderr=subprocess.PIPE,
     )
     try:
-        port = int(_wait_for_line(proc, r"Listening on https://127\.0\.0\.1:(\d+)"))
+        port = int(wait_for_log_line(proc, r"Listening on https://127\.0\.0\.1:(\d+)"))
         result = subprocess.run(
             ["curl", "-sS", "--max-time", "10", "--cacert", str(certs.ca), f"https://127.0.0.1:{port}/"],
             capture_output=True,
@@ -237,22 +235,6 @@ def test_curl_against_the_command_line_server(certs: Certs, tmp_path: Path, work
         _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0
     assert b"Traceback" not in err
-
-
-def _wait_for_line(proc: subprocess.Popen[bytes], pattern: str) -> str:
-    assert proc.stderr is not None
-    seen = b""
-    deadline = time.monotonic() + 15
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stderr.fileno(), selectors.EVENT_READ)
-        while time.monotonic() < deadline and sel.select(deadline - time.monotonic()):
-            data = os.read(proc.stderr.fileno(), 65536)
-            if not data:
-                break
-            seen += data
-            if found := re.search(pattern, seen.decode(errors="replace")):
-                return found[1]
-    raise AssertionError(f"no line matching {pattern!r}:\n{seen.decode(errors='replace')}")
 
 
 def test_websocket_over_tls_sees_wss_and_the_tls_extension(serve_app: Callable[..., LiveServer], certs: Certs) -> None:

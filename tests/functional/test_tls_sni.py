@@ -8,15 +8,12 @@ import datetime
 import json
 import logging
 import os
-import re
-import selectors
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ import trustme
 
 from kestrelpy.config import TlsOptions
 from tests.support.live_server import LiveServer
+from tests.support.process_log import wait_for_log_line
 from tests.support.waiting import WAIT, wait_until
 
 
@@ -74,12 +72,10 @@ class Served:
     extension: str  # what the app saw as server_cert
 
 
-def fetch(live: LiveServer, ca_file: Path, server_name: str | None, check_hostname: bool = True) -> Served:
-    """One connection asking for `server_name` (None: no SNI), verified against the CA; one request on it."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    context.check_hostname = check_hostname and server_name is not None
+def tls_get(port: int, context: ssl.SSLContext, server_name: str | None) -> tuple[bytes, bytes]:
+    """One new TLS connection and one GET on it: (the certificate presented, as DER; the whole answer)."""
     with (
-        socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as raw,
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
         context.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
         der = tls.getpeercert(binary_form=True)
@@ -88,6 +84,14 @@ def fetch(live: LiveServer, ca_file: Path, server_name: str | None, check_hostna
         data = b""
         while chunk := tls.recv(65536):
             data += chunk
+    return der, data
+
+
+def fetch(live: LiveServer, ca_file: Path, server_name: str | None, check_hostname: bool = True) -> Served:
+    """One connection asking for `server_name` (None: no SNI), verified against the CA; one request on it."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = check_hostname and server_name is not None
+    der, data = tls_get(live.port, context, server_name)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     return Served(ssl.DER_cert_to_PEM_cert(der), json.loads(body))
@@ -316,16 +320,7 @@ def served_by(port: int, ca_file: Path) -> tuple[int, str]:
     """(the worker's pid, the certificate it presented) for one new connection."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.check_hostname = False
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
-        context.wrap_socket(raw) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
+    der, data = tls_get(port, context, None)
     return int(data.partition(b"\r\n\r\n")[2]), ssl.DER_cert_to_PEM_cert(der)
 
 
@@ -360,7 +355,7 @@ def test_every_worker_serves_a_swapped_secret(ca: trustme.CA, ca_file: Path, tmp
     argv += ["--ssl-watch-interval", "0.1", "--no-access-log"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        port = listening_port(proc)
+        port = int(wait_for_log_line(proc, r"Listening on https://127\.0\.0\.1:(\d+)"))
         before = certificates_by_worker(port, ca_file, workers=2)
         assert len(before) == 2, "the two workers did not both answer"
         old = {ssl.PEM_cert_to_DER_cert(first.pem()).hex()}
@@ -378,19 +373,3 @@ def test_every_worker_serves_a_swapped_secret(ca: trustme.CA, ca_file: Path, tmp
         _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0
     assert b"Traceback" not in err
-
-
-def listening_port(proc: subprocess.Popen[bytes]) -> int:
-    assert proc.stderr is not None
-    seen = b""
-    deadline = time.monotonic() + 15
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stderr.fileno(), selectors.EVENT_READ)
-        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
-            data = os.read(proc.stderr.fileno(), 65536)
-            if not data:
-                break
-            seen += data
-            if found := re.search(rb"Listening on https://127\.0\.0\.1:(\d+)", seen):
-                return int(found[1])
-    raise AssertionError(f"the server did not start listening:\n{seen.decode(errors='replace')}")

@@ -52,3 +52,20 @@ class Running:
         """Wait for exit; return the exit code and everything written to stderr."""
         _, rest = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, "".join(self.log) + self._pending.decode() + rest
+
+
+def wait_for_log_line(proc: subprocess.Popen[bytes], pattern: str, timeout: float = 15) -> str:
+    """Read a process's stderr until `pattern` matches; its first group."""
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stderr.fileno(), selectors.EVENT_READ)
+        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
+            data = os.read(proc.stderr.fileno(), 65536)
+            if not data:
+                break
+            seen += data
+            if found := re.search(pattern, seen.decode(errors="replace")):
+                return found[1]
+    raise AssertionError(f"no line matching {pattern!r}:\n{seen.decode(errors='replace')}")
