@@ -14,6 +14,7 @@ client is escaped, so a crafted path or header cannot forge log lines or smuggle
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 import time
@@ -349,6 +350,9 @@ def _compile_template(template: str) -> tuple[list[_Part], bool]:
     return parts, wants_response_headers
 
 
+_logger = logging.getLogger("kestrelpy.access")
+
+
 @dataclass(frozen=True, slots=True)
 class AccessFormat:
     """A compiled format: `render(entry)` gives the line; `wants_response_headers` says whether the
@@ -357,6 +361,11 @@ class AccessFormat:
     spec: str
     render: Callable[[AccessEntry], str]
     wants_response_headers: bool = False
+
+    def write(self, entry: AccessEntry) -> None:
+        """One line on the `kestrelpy.access` logger (the one place every protocol writes its lines)."""
+        if _logger.isEnabledFor(logging.INFO):
+            _logger.info(self.render(entry))
 
 
 def compile_format(spec: str) -> AccessFormat:

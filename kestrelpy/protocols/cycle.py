@@ -325,12 +325,13 @@ class RequestCycle:
         self._log_started = None  # one line per request
         # A HEAD response has no body on the wire, whatever the app passed to `send`.
         sent = 0 if self.scope["method"] == "HEAD" else self._bytes_sent
-        entry = AccessEntry(
-            self.scope,
-            self.status,
-            sent,
-            state.clock() - started,
-            aborted=aborted,
-            response_headers=self._response_headers,
+        state.access_format.write(
+            AccessEntry(
+                self.scope,
+                self.status,
+                sent,
+                state.clock() - started,
+                aborted=aborted,
+                response_headers=self._response_headers,
+            )
         )
-        access_logger.info(state.access_format.render(entry))

@@ -75,7 +75,6 @@ if TYPE_CHECKING:
     from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
-access_logger = logging.getLogger("kestrelpy.access")
 
 if sys.version_info >= (3, 12):
 
@@ -556,9 +555,9 @@ class HttpConnection(Http1Output):
     def _log_rejection(self, reason: RequestRejection, sent: int) -> None:
         """A refused request is logged too, with the cause, though no app saw it: the head may not have
         been read whole, so only the client is known for sure."""
-        if access_logger.isEnabledFor(logging.INFO):
-            entry = AccessEntry(None, reason.status, sent, 0.0, rejected=reason.name, client=self.client)
-            access_logger.info(self.state.access_format.render(entry))
+        self.state.access_format.write(
+            AccessEntry(None, reason.status, sent, 0.0, rejected=reason.name, client=self.client)
+        )
 
     def _linger(self) -> None:
         transport = self.transport

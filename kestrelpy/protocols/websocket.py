@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
-access_logger = logging.getLogger("kestrelpy.access")
 
 WEBSOCKET_SPEC_VERSION = "2.4"
 # Received messages the app has not taken yet, above which reading pauses (either bound is enough).
@@ -627,10 +626,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _log_access(self, status: int, sent: int = 0) -> None:
         """The handshake's answer, in the configured access log format."""
-        if not self.state.access_log or not access_logger.isEnabledFor(logging.INFO):
-            return
-        entry = AccessEntry(self.scope, status, sent, 0.0, websocket=True)
-        access_logger.info(self.state.access_format.render(entry))
+        if self.state.access_log:
+            self.state.access_format.write(AccessEntry(self.scope, status, sent, 0.0, websocket=True))
 
     # -- the server's side: heartbeat, shutdown ----------------------------------------------------
 
