@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGIApp, Message, Scope
+from kestrelpy.protocols.timeouts import TIMING_ON, TIMING_STOPPING
 
 if TYPE_CHECKING:
     from kestrelpy.protocols.flow import FlowControl
@@ -246,13 +247,15 @@ class RequestCycle:
             if not self.body_complete:
                 self._stream.resume_reading_for(self)
                 timeouts = self._stream.timeouts
-                timeouts.start_timing_read()  # the server now waits on the client: its rate counts
+                # The server now waits on the client: its rate counts (an attribute, not a call: this is the
+                # path of every request whose body comes after its head).
+                timeouts.read_timing = TIMING_ON
             self._body_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._body_waiter
             finally:
                 if timeouts is not None:
-                    timeouts.stop_timing_read()
+                    timeouts.read_timing = TIMING_STOPPING
 
     async def send(self, message: Message) -> None:
         if self.disconnected:

@@ -237,9 +237,14 @@ class HttpConnection(Http1Output):
                 self.on_reject(refusal)
                 return
             empty_body = empty_body and not codings
-        if not empty_body and state.max_body_size and self._body_too_large(headers, codings):
-            self.on_reject(RequestRejection.BODY_TOO_LARGE)
-            return
+        if not empty_body and state.max_body_size:
+            if codings:  # a chunked body is counted as it arrives
+                self._body_budget = state.max_body_size
+            else:  # the parser holds a Content-Length body to its length
+                self._body_budget = -1
+                if declared_length(headers) > state.max_body_size:
+                    self.on_reject(RequestRejection.BODY_TOO_LARGE)  # before a byte of it is read, as Kestrel
+                    return
         parts = split_target(target)
         if parts is None:
             # Same answer as a target the parser itself refuses (llhttp rejects "foo", h11 passes it on).
@@ -256,16 +261,6 @@ class HttpConnection(Http1Output):
             # now lets an app that answers at once keep the connection alive.
             cycle.body_complete = True
         self._dispatch(cycle, keep_alive, http11, method == b"HEAD")
-
-    def _body_too_large(self, headers: list[tuple[bytes, bytes]], chunked: int) -> bool:
-        """Whether a declared body is over the limit, refused before a byte of it is read, as Kestrel
-        does; a chunked body is counted as it arrives instead."""
-        limit = self.state.max_body_size
-        if chunked:
-            self._body_budget = limit
-            return False
-        self._body_budget = -1  # the parser holds a Content-Length body to its length
-        return declared_length(headers) > limit
 
     def _scope(
         self,
