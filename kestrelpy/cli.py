@@ -21,7 +21,7 @@ from typing import Any
 from kestrelpy import __version__, config_file
 from kestrelpy.config import NESTED, Config, env_name, flag_name, options
 from kestrelpy.config_file import config_key
-from kestrelpy.endpoints import SYSTEMD_VARIABLES, FdEndpoint, systemd_endpoints
+from kestrelpy.endpoints import SYSTEMD_VARIABLES, Endpoint, FdEndpoint, systemd_endpoints
 from kestrelpy.errors import ConfigError, KestrelpyError
 
 EPILOG = """\
@@ -129,11 +129,40 @@ def resolve(
     if app is None and file is not None and config_file.APP_KEY in file.values:
         app = file.values[config_file.APP_KEY]
         sources[config_file.APP_KEY] = ("file", file.where(config_file.APP_KEY))
+    named = _named_endpoints(file, sources, environ)
     try:
         nested = {name: owner(**values[owner]) for name, owner in NESTED.items()}
-        return Config(app=app, **nested, **values[Config]), sources
+        return Config(app=app, named_endpoints=named, **nested, **values[Config]), sources
     except ConfigError as exc:
-        raise _blame_file(exc, sources) from None
+        raise _blame_file(exc, sources, file) from None
+
+
+# The options that name endpoints. Given on the command line or in the environment, they replace the config
+# file's [endpoints] tables (Kestrel's PreferHostingUrls); in the file, they are served beside them.
+ADDRESS_KEYS = ("host", "port", "bind", "urls", "uds")
+ENDPOINTS_SOURCE = "endpoints"  # the key of `sources` that says what became of the [endpoints] tables
+
+
+def _named_endpoints(
+    file: config_file.FileValues | None, sources: dict[str, Source], environ: Mapping[str, str]
+) -> tuple[Endpoint, ...]:
+    if file is None or not file.endpoints:
+        return ()
+    given = [sources[key][1] for key in ADDRESS_KEYS if sources[key][0] in ("cli", "env")]
+    if given:
+        sources[ENDPOINTS_SOURCE] = ("replaced", ", ".join(given))
+        return ()
+    sources[ENDPOINTS_SOURCE] = ("file", file.path)
+    return config_file.with_passwords(file, environ)
+
+
+def replaced_endpoints_note(file: config_file.FileValues | None, sources: Mapping[str, Source]) -> str | None:
+    """The warning to log when the command line's endpoints replaced the file's [endpoints] tables."""
+    kind, by = sources.get(ENDPOINTS_SOURCE, ("", ""))
+    if kind != "replaced" or file is None:
+        return None
+    names = ", ".join(f"[endpoints.{e.name}]" for e in file.endpoints)
+    return f"Not listening on {names} from {file.path}: {by} names the endpoints instead"
 
 
 def _given(
@@ -160,9 +189,15 @@ def _given(
         raise ConfigError(f"{source[1]}: {exc}") from None
 
 
-def _blame_file(exc: ConfigError, sources: Mapping[str, Source]) -> ConfigError:
-    """A range or consistency error about an option the config file set names the file, line and key."""
+def _blame_file(
+    exc: ConfigError, sources: Mapping[str, Source], file: config_file.FileValues | None = None
+) -> ConfigError:
+    """A range or consistency error about an option the config file set names the file, line and key; one
+    about an endpoint of the file, the line of its table."""
     message = str(exc)
+    table = re.search(r"\[endpoints\.([A-Za-z0-9_-]+)\]", message)
+    if table is not None and file is not None and file.locate is not None:
+        return ConfigError(f"{file.locate(config_file.ENDPOINTS_KEY, table[1])}: {message}")
     for _owner, f in options():
         key = config_key(f)
         kind, where = sources[key]
@@ -215,6 +250,11 @@ def show_config(argv: Sequence[str]) -> int:
         print(f"kestrelpy: error: {exc}", file=sys.stderr)
         return exc.exit_code
     effective = _effective_values(config)
+    tables = {
+        e.name: config_file.endpoint_form(dataclasses.replace(e, protocols=e.protocols or config.protocols))
+        for e in config.named_endpoints
+    }
+    note = replaced_endpoints_note(file, sources)
     if args.json:
         report = {
             "file": file.path if file else None,
@@ -222,6 +262,8 @@ def show_config(argv: Sequence[str]) -> int:
                 key: {"value": value, "source": sources[key][0], "from": sources[key][1] or None}
                 for key, value in effective.items()
             },
+            "endpoints": tables,
+            "endpoints_not_used": note,
         }
         print(json.dumps(report, indent=2))
         return 0
@@ -230,7 +272,20 @@ def show_config(argv: Sequence[str]) -> int:
         kind, origin = sources[key]
         assignment = f"{key} = {json.dumps(value)}"
         print(f"{assignment:<48} # {kind} {origin}".rstrip())
+    for name, table in tables.items():
+        print(f"\n[endpoints.{name}]  # file {file.locate('endpoints', name) if file and file.locate else ''}")
+        for key, value in table.items():
+            print(f"{key} = {_inline_toml(value)}")
+    if note is not None:
+        print(f"\n# {note}")
     return 0
+
+
+def _inline_toml(value: Any) -> str:
+    """A string or a table of them as TOML writes it inline (JSON's string escapes are TOML's too)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_inline_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
 
 
 def _effective_values(config: Config) -> dict[str, Any]:
@@ -263,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     try:
         file = load_config_file(args)
-        config = config_from(args, os.environ, file)
+        config, sources = resolve(args, os.environ, file)
         if config.app is None:
             raise ConfigError(
                 'no application given: name it as APP (kestrelpy main:app) or as app = "main:app" in the config file'
@@ -274,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(config.log_level, access_log=config.access_log, access_log_format=config.access_log_format)
         if file is not None:
             logging.getLogger("kestrelpy.config").info("Configuration from %s", file.path)
+        note = replaced_endpoints_note(file, sources)
+        if note is not None:
+            logging.getLogger("kestrelpy.config").warning("%s", note)
         serve(config)
     except KestrelpyError as exc:
         print(f"kestrelpy: error: {exc}", file=sys.stderr)

@@ -15,8 +15,11 @@ from typing import Any
 
 from kestrelpy.access_log import compile_format
 from kestrelpy.endpoints import (
+    PROTOCOL_CHOICES,
     Endpoint,
     FdEndpoint,
+    TcpEndpoint,
+    UnixEndpoint,
     ambiguous_tls,
     configured_endpoints,
     display_url,
@@ -30,6 +33,7 @@ LOOP_CHOICES = ("auto", "uvloop", "asyncio")
 LIFESPAN_CHOICES = ("auto", "on", "off")
 WS_CHOICES = ("auto", "websockets", "none")
 LOG_LEVEL_CHOICES = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMAT_CHOICES = ("text", "json")
 CERT_REQS_CHOICES = ("none", "optional", "required")  # Kestrel's ClientCertificateMode
 TLS_MIN_VERSION_CHOICES = ("1.2", "1.3")
 
@@ -353,6 +357,11 @@ class TlsOptions:
         group="tls",
     )
 
+    # Set only for the settings of an endpoint with its own certificate (for_endpoint): which endpoint, so
+    # messages name it, and the passwords of its SNI certificates' keys, by name.
+    origin: str = field(default="")
+    sni_passwords: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
     def __post_init__(self) -> None:
         if self.ssl_cert_reqs not in CERT_REQS_CHOICES:
             raise ConfigError(f"--ssl-cert-reqs must be one of {', '.join(CERT_REQS_CHOICES)}")
@@ -368,8 +377,6 @@ class TlsOptions:
                 ("--ssl-sni", bool(self.ssl_sni)),
                 ("--ssl-keyfile", bool(self.ssl_keyfile)),
                 ("--ssl-keyfile-password", bool(self.ssl_keyfile_password)),
-                ("--ssl-ca-certs", bool(self.ssl_ca_certs)),
-                ("--ssl-ciphers", bool(self.ssl_ciphers)),
             ):
                 if given:
                     raise ConfigError(f"{flag} needs --ssl-certfile (the server certificate)")
@@ -396,6 +403,24 @@ class TlsOptions:
     def enabled(self) -> bool:
         """Whether a certificate is configured."""
         return bool(self.ssl_certfile)
+
+    def for_endpoint(self, endpoint: Endpoint) -> TlsOptions:
+        """The settings a TLS endpoint is served with: these, with what its [endpoints] table sets instead
+        (its certificate, its SNI certificates, its client certificate mode). The same object when the
+        endpoint sets nothing, so endpoints that share the --ssl-* settings share one context."""
+        own = endpoint.settings
+        if own is None:
+            return self
+        changes: dict[str, Any] = {"origin": f"endpoints.{endpoint.name}"}
+        if own.certificate is not None:
+            cert = own.certificate
+            changes.update(ssl_certfile=cert.path, ssl_keyfile=cert.key_path, ssl_keyfile_password=cert.password)
+        if own.sni:
+            changes["ssl_sni"] = tuple((name, c.path, c.key_path) for name, c in own.sni)
+            changes["sni_passwords"] = tuple((name, c.password) for name, c in own.sni if c.password)
+        if own.client_certificate_mode is not None:
+            changes["ssl_cert_reqs"] = own.client_certificate_mode
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,8 +461,18 @@ class Config:
         group="listening",
     )
     inherited: tuple[FdEndpoint, ...] = field(default=())  # systemd socket activation, filled in by the CLI
+    # The config file's [endpoints.NAME] tables, parsed (kestrelpy/config_file.py); the CLI leaves them out
+    # when the command line or the environment names endpoints itself.
+    named_endpoints: tuple[Endpoint, ...] = field(default=())
     backlog: int = option(2048, "Maximum number of connections waiting to be accepted.", parse=int, group="listening")
     http: str = option("auto", "HTTP/1.1 parser (auto = httptools).", choices=HTTP_CHOICES, group="http")
+    protocols: str = option(
+        "http1",
+        "HTTP versions the endpoints serve, unless a config file endpoint chooses its own (Kestrel's "
+        "Protocols): http1, http2, or http1+http2.",
+        choices=PROTOCOL_CHOICES,
+        group="http",
+    )
     loop: str = option("auto", "Event loop (auto = uvloop where installed).", choices=LOOP_CHOICES, group="application")
     lifespan: str = option(
         "auto",
@@ -640,6 +675,7 @@ class Config:
             raise ConfigError("--timeout-graceful-shutdown must not be negative")
         for name, choices in (
             ("http", HTTP_CHOICES),
+            ("protocols", PROTOCOL_CHOICES),
             ("loop", LOOP_CHOICES),
             ("lifespan", LIFESPAN_CHOICES),
             ("log_level", LOG_LEVEL_CHOICES),
@@ -674,6 +710,7 @@ class Config:
             raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
         endpoints = self.endpoints()  # every endpoint spelling is checked here, before anything is bound
         self._check_tls_endpoints(endpoints)
+        _check_distinct_addresses(endpoints)
 
     @property
     def multiprocess(self) -> bool:
@@ -688,16 +725,44 @@ class Config:
 
     def _check_tls_endpoints(self, endpoints: list[Endpoint]) -> None:
         for endpoint in endpoints:
-            if endpoint.tls and not self.tls.enabled:
-                raise ConfigError(
-                    f"{display_url(endpoint)} is a TLS endpoint but no certificate is configured: give "
-                    "--ssl-certfile (and --ssl-keyfile unless the key is in the same file)"
-                )
+            if endpoint.tls:
+                self._check_tls_endpoint(endpoint)
+        if not any(e.tls and self.tls.for_endpoint(e).enabled for e in endpoints):
+            for flag, given in (("--ssl-ca-certs", self.tls.ssl_ca_certs), ("--ssl-ciphers", self.tls.ssl_ciphers)):
+                if given:
+                    raise ConfigError(f"{flag} needs --ssl-certfile (the server certificate)")
         pair = ambiguous_tls(endpoints)
         if pair is not None:
             raise ConfigError(
                 f"{display_url(pair[0])} and {display_url(pair[1])} both ask for a free port on the same "
-                "address, one with TLS and one without; give one of them a fixed port or another address"
+                "address, one with TLS and one without (or with another certificate); give one of them a "
+                "fixed port or another address"
+            )
+
+    def _check_tls_endpoint(self, endpoint: Endpoint) -> None:
+        """A TLS endpoint needs a certificate, its own or --ssl-certfile; its client certificate mode needs
+        the CAs of --ssl-ca-certs."""
+        own = endpoint.settings
+        has_certificate = self.tls.enabled or (own is not None and own.certificate is not None)
+        if not endpoint.name:
+            if not has_certificate:
+                raise ConfigError(
+                    f"{display_url(endpoint)} is a TLS endpoint but no certificate is configured: give "
+                    "--ssl-certfile (and --ssl-keyfile unless the key is in the same file)"
+                )
+            return
+        table = f"[endpoints.{endpoint.name}] ({display_url(endpoint)})"
+        if not has_certificate:
+            what = "only SNI certificates" if own is not None and own.sni else "no certificate"
+            raise ConfigError(
+                f"{table} has {what}: give it certificate = {{ path = ..., key_path = ... }}, or set "
+                "ssl_certfile for every https endpoint"
+            )
+        mode = own.client_certificate_mode if own is not None else None
+        if mode not in (None, "none") and not self.tls.ssl_ca_certs:
+            raise ConfigError(
+                f"{table} sets client_certificate_mode = {mode!r}, which needs ssl_ca_certs (the CAs client "
+                "certificates are verified against)"
             )
 
     def replace(self, **changes: Any) -> Config:
@@ -714,7 +779,24 @@ class Config:
             uds_mode=self.uds_mode,
             inherited=self.inherited,
             tls=self.tls.enabled,
+            named=self.named_endpoints,
+            protocols=self.protocols,
         )
+
+
+def _check_distinct_addresses(endpoints: list[Endpoint]) -> None:
+    """Two different endpoints on one address (a fixed port, or one socket path) could not both bind."""
+    seen: dict[object, Endpoint] = {}
+    for endpoint in endpoints:
+        if isinstance(endpoint, TcpEndpoint) and endpoint.port != 0:
+            key: object = (endpoint.host.lower(), endpoint.port)
+        elif isinstance(endpoint, UnixEndpoint):
+            key = endpoint.path
+        else:
+            continue
+        if key in seen:
+            raise ConfigError(f"{seen[key].display()} and {endpoint.display()} are the same address; listen on it once")
+        seen[key] = endpoint
 
 
 # The nested option groups, by the Config field that holds each.

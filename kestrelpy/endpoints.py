@@ -15,8 +15,13 @@ Host meanings: `localhost` is both loopbacks (127.0.0.1 and ::1), `*`, `+` and `
 
 TLS is a property of an endpoint (`tls=True`): an `https://` URL says so itself, an `http://` URL says
 not; an endpoint given without a scheme (--host/--port, --bind HOST:PORT, unix:PATH, fd://N, systemd
-sockets) is TLS when a certificate is configured (--ssl-certfile), as in uvicorn. Every TLS endpoint uses
-the one context built from the --ssl-* options (kestrelpy/tls.py) for now.
+sockets) is TLS when a certificate is configured (--ssl-certfile), as in uvicorn.
+
+Endpoints named in the config file (`[endpoints.NAME]`, kestrelpy/config_file.py) carry their `name`, the
+`protocols` they serve and, in `settings`, what they set for TLS themselves (a certificate, SNI
+certificates, a client certificate mode); what they leave out comes from the --ssl-* options. An endpoint
+with settings gets a TLS context of its own (kestrelpy/tls.py); every other TLS endpoint shares the one
+built from the --ssl-* options.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from kestrelpy.errors import ConfigError
@@ -34,6 +39,32 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 ANY_HOSTS = frozenset({"*", "+", "::"})
 SYSTEMD_FIRST_FD = 3  # SD_LISTEN_FDS_START
+# What an endpoint serves, Kestrel's HttpProtocols spelled as the config file spells it. "" on an
+# endpoint: the server-wide --protocols.
+PROTOCOL_CHOICES = ("http1", "http2", "http1+http2")
+CLIENT_CERTIFICATE_MODES = ("none", "optional", "required")  # Kestrel's ClientCertificateMode
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    """A certificate named in the config file: the PEM file `path` (leaf first), its key (`key_path`, ""
+    when the key is in `path`), and the environment variable holding an encrypted key's password
+    (`password_env`), which the command line reads into `password`."""
+
+    path: str
+    key_path: str = ""
+    password_env: str = ""
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointTls:
+    """What one endpoint of the config file sets for TLS itself; None and () leave it to the --ssl-* options.
+    `sni` pairs a server name (lower case) with its certificate and replaces --ssl-sni for this endpoint."""
+
+    certificate: CertificateFiles | None = None
+    sni: tuple[tuple[str, CertificateFiles], ...] = ()
+    client_certificate_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +75,15 @@ class TcpEndpoint:
     host: str
     port: int
     tls: bool = False
+    name: str = ""  # [endpoints.NAME] in the config file; "" for an endpoint given otherwise
+    # One of PROTOCOL_CHOICES. Config.endpoints() sets --protocols on every endpoint but a config file one
+    # that chose its own (one that did not comes with "").
+    protocols: str = "http1"
+    settings: EndpointTls | None = None
 
     def display(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return _named(f"{host}:{self.port}", self.name)
 
     @property
     def any_address(self) -> bool:
@@ -65,9 +101,12 @@ class UnixEndpoint:
     path: str
     mode: int | None = None
     tls: bool = False
+    name: str = ""
+    protocols: str = "http1"
+    settings: EndpointTls | None = None
 
     def display(self) -> str:
-        return f"unix:{self.path}"
+        return _named(f"unix:{self.path}", self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +116,18 @@ class FdEndpoint:
     fd: int
     name: str = ""
     tls: bool = False
+    protocols: str = "http1"
+    settings: EndpointTls | None = None
 
     def display(self) -> str:
         return f"fd://{self.fd}" + (f" ({self.name})" if self.name else "")
 
 
 Endpoint = TcpEndpoint | UnixEndpoint | FdEndpoint
+
+
+def _named(address: str, name: str) -> str:
+    return f"{address} ([endpoints.{name}])" if name else address
 
 
 def tcp_endpoint(host: str, port: int, tls: bool = False) -> TcpEndpoint:
@@ -164,12 +209,12 @@ def fd_endpoint(text: str, source: str, name: str = "", *, tls: bool = False) ->
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 
 
-def parse_url(text: str, *, uds_mode: int | None = None) -> Endpoint:
+def parse_url(text: str, *, uds_mode: int | None = None, source: str = "") -> Endpoint:
     """One Kestrel-style URL: `http://HOST[:PORT][/]` or `https://...` (a TLS endpoint, port 443 unless
     given), HOST one of `*`, `+`, `localhost`, an IP literal (IPv6 in brackets; a zone id as `%25eth0` or
     `%eth0`) or a name; or `http://unix:/PATH` (`https://unix:/PATH`)."""
     value = text.strip()
-    source = f"--urls {text!r}"
+    source = source or f"--urls {text!r}"
     match = _URL.match(value)
     if match is None:
         raise ConfigError(f"{source}: expected a URL such as http://localhost:8000")
@@ -246,13 +291,17 @@ def configured_endpoints(
     uds_mode: int | None = None,
     inherited: Iterable[FdEndpoint] = (),
     tls: bool = False,
+    named: Iterable[Endpoint] = (),
+    protocols: str = "",
 ) -> list[Endpoint]:
-    """Every endpoint a configuration names, in order: --host/--port, --uds, --bind, --urls, inherited.
+    """Every endpoint a configuration names, in order: --host/--port, --uds, --bind, --urls, the config
+    file's [endpoints] tables (`named`), inherited.
 
     `tls` (a certificate is configured) makes every endpoint given without a scheme a TLS endpoint;
     URLs say their own. --host/--port count when either differs from its default or when nothing else names an endpoint
     (so `--bind unix:/run/app.sock` alone does not also open 127.0.0.1:8000). Duplicates are dropped,
-    except port 0, which asks for another free port each time.
+    except port 0, which asks for another free port each time. `protocols` (--protocols) goes to every
+    endpoint that did not choose its own.
     """
     found: list[Endpoint] = []
     if uds:
@@ -260,9 +309,13 @@ def configured_endpoints(
     found.extend(parse_bind(b, uds_mode=uds_mode, tls=tls) for b in binds)
     if urls.strip():
         found.extend(parse_urls(urls, uds_mode=uds_mode))
+    own_protocols = [e for e in named if e.protocols]
+    found.extend(named)
     found.extend(dataclasses.replace(fd, tls=tls) for fd in inherited)
     if not found or host != DEFAULT_HOST or port != DEFAULT_PORT:
         found.insert(0, tcp_endpoint(host, port, tls))
+    if protocols:
+        found = [e if e in own_protocols else dataclasses.replace(e, protocols=protocols) for e in found]
     unique: list[Endpoint] = []
     for endpoint in found:
         # port 0 asked twice means two free ports, not one
@@ -310,12 +363,14 @@ def _host_matches(endpoint: TcpEndpoint, bound: str) -> bool:
 
 
 def ambiguous_tls(endpoints: Sequence[Endpoint]) -> tuple[TcpEndpoint, TcpEndpoint] | None:
-    """Two port-0 endpoints, one TLS and one not, whose sockets could not be told apart by address
-    (see listener_endpoint): a TLS endpoint asking for a free port needs an address of its own."""
+    """Two port-0 endpoints, one TLS and one not (or with TLS settings of their own that differ), whose
+    sockets could not be told apart by address (see listener_endpoint): a TLS endpoint asking for a free
+    port needs an address of its own."""
     free = [e for e in endpoints if isinstance(e, TcpEndpoint) and e.port == 0]
     for i, first in enumerate(free):
         for second in free[i + 1 :]:
-            if first.tls != second.tls and (_hosts_overlap(first, second) or _hosts_overlap(second, first)):
+            differ = first.tls != second.tls or first.settings != second.settings
+            if differ and (_hosts_overlap(first, second) or _hosts_overlap(second, first)):
                 return first, second
     return None
 
@@ -343,5 +398,5 @@ def display_url(endpoint: Endpoint, address: object = None) -> str:
     if isinstance(address, str) and address:
         return f"{scheme}://unix:{address}"
     if isinstance(endpoint, TcpEndpoint):
-        return f"{scheme}://{endpoint.display()}"
+        return f"{scheme}://{dataclasses.replace(endpoint, name='').display()}"
     return endpoint.display()

@@ -33,7 +33,6 @@ CERT = "/srv/cert.pem"
     [
         ({"ssl_keyfile": "k.pem"}, "--ssl-keyfile needs --ssl-certfile"),
         ({"ssl_keyfile_password": "x"}, "--ssl-keyfile-password needs --ssl-certfile"),
-        ({"ssl_ca_certs": "ca.pem"}, "--ssl-ca-certs needs --ssl-certfile"),
         ({"ssl_certfile": CERT, "ssl_cert_reqs": "required"}, "--ssl-cert-reqs required needs --ssl-ca-certs"),
         ({"ssl_certfile": CERT, "ssl_cert_reqs": "optional"}, "--ssl-cert-reqs optional needs --ssl-ca-certs"),
         ({"ssl_certfile": CERT, "ssl_cert_reqs": "sometimes"}, "--ssl-cert-reqs must be one of"),
@@ -44,6 +43,11 @@ CERT = "/srv/cert.pem"
 def test_tls_options_are_validated(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TlsOptions(**options)  # type: ignore[arg-type]
+
+
+def test_ca_certificates_without_any_certificate_are_refused() -> None:
+    with pytest.raises(ConfigError, match="--ssl-ca-certs needs --ssl-certfile"):
+        Config(app="a:b", tls=TlsOptions(ssl_ca_certs="ca.pem"))
 
 
 def test_https_endpoint_without_a_certificate_is_refused() -> None:
