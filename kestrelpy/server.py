@@ -30,7 +30,7 @@ from kestrelpy.protocols.websocket import MissingLibrary, WebSocketUpgrade, upgr
 from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
 from kestrelpy.sockets import bind_endpoints, close_sockets, listen_url, socket_address
 from kestrelpy.state import ServerState
-from kestrelpy.tls import ServerTls, build_tls
+from kestrelpy.tls import ServerTls, TlsListeners
 
 logger = logging.getLogger("kestrelpy.error")
 
@@ -113,7 +113,7 @@ class Server:
         # cannot be loaded is one message, not a half-started server.
         if sockets is None:  # the guard first, so a bad certificate is explained rather than only named
             _warn_predicted_failures(endpoints, config.tls)
-        tls = build_tls(config.tls) if any(e.tls for e in endpoints) else None
+        tls = TlsListeners(config.tls, endpoints) if any(e.tls for e in endpoints) else None
         if sockets is not None:
             await self._serve_sockets(app, upgrade, sockets, tls)
             return
@@ -124,7 +124,7 @@ class Server:
             close_sockets(sockets)
 
     async def _serve_sockets(
-        self, app: ASGIApp, upgrade: UpgradeHandler, sockets: list[socket.socket], tls: ServerTls | None
+        self, app: ASGIApp, upgrade: UpgradeHandler, sockets: list[socket.socket], tls: TlsListeners | None
     ) -> None:
         config = self.config
         if config.proxy_headers:
@@ -154,7 +154,7 @@ class Server:
         sockets: list[socket.socket],
         lifespan: Lifespan,
         loop: asyncio.AbstractEventLoop,
-        tls: ServerTls | None,
+        tls: TlsListeners | None,
     ) -> None:
         config = self.config
         state = ServerState(config, app, loop, access_log=config.access_log, upgrade=upgrade, clock=self._clock)
@@ -170,12 +170,13 @@ class Server:
         def factory() -> HttpConnection:
             return protocol(state)
 
-        secure = self._tls_sockets(sockets) if tls is not None else [False] * len(sockets)
-        tls_protocol = tls_connection_class(protocol, tls.describe) if tls is not None else protocol
+        secure = self._tls_sockets(sockets, tls)
+        tls_protocols: dict[int, type[HttpConnection]] = {}  # one class per ServerTls: it describes its own
         listeners = []
-        for sock, is_tls in zip(sockets, secure, strict=True):
-            if is_tls and tls is not None:
-                listeners.append(await _tls_listener(loop, sock, tls, tls_protocol, state, config.backlog))
+        for sock, served in zip(sockets, secure, strict=True):
+            if served is not None:
+                tls_protocol = tls_protocols.setdefault(id(served), tls_connection_class(protocol, served.describe))
+                listeners.append(await _tls_listener(loop, sock, served, tls_protocol, state, config.backlog))
             else:
                 listeners.append(await loop.create_server(factory, sock=sock, backlog=config.backlog))
         self.addresses = [socket_address(sock) for sock in sockets]
@@ -185,9 +186,9 @@ class Server:
             platform.loop_name(loop),
             protocol.__name__.replace("Connection", "").lower(),
         )
-        for sock, is_tls in zip(sockets, secure, strict=True):
+        for sock, served in zip(sockets, secure, strict=True):
             url = listen_url(sock)
-            logger.info("Listening on %s (press CTRL+C to quit)", "https" + url[4:] if is_tls else url)
+            logger.info("Listening on %s (press CTRL+C to quit)", "https" + url[4:] if served else url)
         restore_signals = (
             platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
         )
@@ -201,14 +202,13 @@ class Server:
             if tls is not None:
                 tls.stop_watching()
 
-    def _tls_sockets(self, sockets: list[socket.socket]) -> list[bool]:
-        """Which sockets belong to TLS endpoints, told from each socket's address (as a worker must)."""
+    def _tls_sockets(self, sockets: list[socket.socket], tls: TlsListeners | None) -> list[ServerTls | None]:
+        """The TLS each socket is served with (None: plain), told from the endpoint its address belongs to
+        (as a worker must)."""
+        if tls is None:
+            return [None] * len(sockets)
         endpoints = self.endpoints()
-        found = []
-        for sock in sockets:
-            endpoint = listener_endpoint(sock.getsockname(), endpoints)
-            found.append(endpoint is not None and endpoint.tls)
-        return found
+        return [tls.for_endpoint(listener_endpoint(sock.getsockname(), endpoints)) for sock in sockets]
 
     def _on_signal(self, signum: int) -> None:
         forced = self._shutdown_requested.is_set()

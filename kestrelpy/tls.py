@@ -15,6 +15,11 @@ section 3) selects: the exact name (case-insensitive), else the wildcard `*.pare
 that matches nothing, and a client that sends none, get the default certificate (--ssl-certfile). Every
 context is built with the same settings, so only the certificate differs.
 
+Endpoints of the config file may bring a certificate, SNI certificates or a client certificate mode of their
+own (TlsOptions.for_endpoint): each such endpoint gets a ServerTls of its own, with its own SNI switch and its
+own rotation watch, built from the same settings otherwise; every other TLS endpoint shares the one built from
+the --ssl-* options (TlsListeners). Messages about an endpoint's files name its table.
+
 Rotation: the certificate and key files (the default and every --ssl-sni one) are read every
 --ssl-watch-interval seconds, through any symlinks (a Kubernetes secret mount swaps its `..data` symlink),
 and compared by content (SHA-256), not by modification time, which a copy can keep and a rewrite within
@@ -46,13 +51,14 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kestrelpy.errors import ConfigError
 
 if TYPE_CHECKING:
     from kestrelpy.config import TlsOptions
+    from kestrelpy.endpoints import Endpoint
 
 logger = logging.getLogger("kestrelpy.error")
 
@@ -84,9 +90,14 @@ class CertSource:
     name: str | None
     certfile: str
     keyfile: str  # "" when the key is in certfile
+    password: str = field(default="", repr=False)  # of an encrypted key
+    origin: str = ""  # "endpoints.NAME" for a certificate of a config file endpoint
 
     def describe(self) -> str:
         """The option that gave it, as a user wrote it."""
+        if self.origin:
+            where = "certificate" if self.name is None else f'sni."{self.name}"'
+            return f"[{self.origin}] {where} {self.certfile}" + (f" with key {self.keyfile}" if self.keyfile else "")
         if self.name is None:
             return f"--ssl-certfile {self.certfile}" + (f" with --ssl-keyfile {self.keyfile}" if self.keyfile else "")
         return f"--ssl-sni {self.name}={self.certfile}" + (f":{self.keyfile}" if self.keyfile else "")
@@ -227,6 +238,35 @@ class ServerTls:
         logger.error("Not serving the changed certificate of %s, keeping the old one: %s", source.describe(), why)
 
 
+class TlsListeners:
+    """The ServerTls of each TLS endpoint of this process: one for the endpoints that share the --ssl-*
+    settings, and one for each endpoint with settings of its own (see the module's docstring)."""
+
+    __slots__ = ("_by_settings", "_options")
+
+    def __init__(self, options: TlsOptions, endpoints: Iterable[Endpoint], wallclock: Callable[[], float] = time.time):
+        self._options = options
+        self._by_settings: dict[TlsOptions, ServerTls] = {}
+        for endpoint in endpoints:
+            settings = options.for_endpoint(endpoint)
+            if endpoint.tls and settings not in self._by_settings:
+                self._by_settings[settings] = build_tls(settings, wallclock)
+
+    def for_endpoint(self, endpoint: Endpoint | None) -> ServerTls | None:
+        """The TLS of the listener bound for `endpoint`; None for a plain one."""
+        if endpoint is None or not endpoint.tls:
+            return None
+        return self._by_settings.get(self._options.for_endpoint(endpoint))
+
+    def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
+        for served in self._by_settings.values():
+            served.start_watching(loop)
+
+    def stop_watching(self) -> None:
+        for served in self._by_settings.values():
+            served.stop_watching()
+
+
 def select_name(server_name: str | None, names: Container[str | None]) -> str | None:
     """Which of `names` (--ssl-sni names, lower case) serves a client asking for `server_name`; None: the
     default certificate. Exact name, then the one-label wildcard of its parent domain, then `*`."""
@@ -243,8 +283,16 @@ def select_name(server_name: str | None, names: Container[str | None]) -> str | 
 
 def certificate_sources(options: TlsOptions) -> list[CertSource]:
     """The default certificate, then each --ssl-sni one, in the order given."""
-    default = CertSource(None, options.ssl_certfile, options.ssl_keyfile)
-    return [default, *(CertSource(name.lower(), cert, key) for name, cert, key in options.ssl_sni)]
+    password, origin = options.ssl_keyfile_password, options.origin
+    default = CertSource(None, options.ssl_certfile, options.ssl_keyfile, password, origin)
+    passwords = dict(options.sni_passwords)
+    return [
+        default,
+        *(
+            CertSource(name.lower(), cert, key, passwords.get(name, password), origin)
+            for name, cert, key in options.ssl_sni
+        ),
+    ]
 
 
 def files_digest(source: CertSource) -> str:
@@ -282,7 +330,7 @@ def build_context(options: TlsOptions, source: CertSource | None = None) -> Serv
             context.set_ciphers(options.ssl_ciphers)
         except ssl.SSLError:
             raise ConfigError(f"--ssl-ciphers {options.ssl_ciphers!r}: OpenSSL knows none of these ciphers") from None
-    _load_certificate(context, source, options.ssl_keyfile_password)
+    _load_certificate(context, source)
     context.server_cert = first_certificate(source.certfile)
     if options.ssl_cert_reqs != "none":
         try:
@@ -293,22 +341,24 @@ def build_context(options: TlsOptions, source: CertSource | None = None) -> Serv
     return context
 
 
-def _load_certificate(context: ssl.SSLContext, source: CertSource, password: str) -> None:
-    certfile, keyfile = source.certfile, source.keyfile or None
+def _load_certificate(context: ssl.SSLContext, source: CertSource) -> None:
+    certfile, keyfile, password = source.certfile, source.keyfile or None, source.password
 
     def ask_password() -> str:
         # Without this callback OpenSSL would prompt on the terminal for an encrypted key's password.
         if not password:
-            raise ConfigError(
-                f"{keyfile or certfile}: the private key is encrypted; give its password in "
-                "KESTRELPY_SSL_KEYFILE_PASSWORD (or --ssl-keyfile-password)"
+            where = (
+                f"the variable that password_env in [{source.origin}] names"
+                if source.origin
+                else "KESTRELPY_SSL_KEYFILE_PASSWORD (or --ssl-keyfile-password)"
             )
+            raise ConfigError(f"{keyfile or certfile}: the private key is encrypted; give its password in {where}")
         return password
 
     try:
         context.load_cert_chain(certfile, keyfile, password=ask_password)
     except FileNotFoundError as exc:
-        if source.name is not None:
+        if source.name is not None or source.origin:
             raise ConfigError(f"{source.describe()}: no such file {exc.filename or certfile}") from None
         flag = "--ssl-keyfile" if keyfile and exc.filename == keyfile else "--ssl-certfile"
         raise ConfigError(f"{flag} {exc.filename or certfile}: no such file") from None

@@ -98,7 +98,7 @@ def predict(
     first. Cheap by default (see screen.py); never raises."""
     try:
         io = _pick(probe, runner)
-        certificate = _tls_findings(endpoints, io, tls)
+        certificate = _certificate_findings(endpoints, io, tls)
         if not thorough:
             from kestrelpy.guard import screen
 
@@ -116,22 +116,39 @@ def predict(
         return []
 
 
-def _tls_facts(endpoints: Sequence[Endpoint], io: HostIO, tls: TlsOptions | None) -> TlsFacts | None:
-    if tls is None or not tls.ssl_certfile or not any(e.tls for e in endpoints):
-        return None
+def _tls_groups(
+    endpoints: Sequence[Endpoint], io: HostIO, tls: TlsOptions | None
+) -> list[tuple[list[Endpoint], TlsFacts]]:
+    """The TLS endpoints grouped by the certificate they are served (the --ssl-* one, or an endpoint's own:
+    TlsOptions.for_endpoint), each group with the facts about its files."""
+    if tls is None:
+        return []
+    groups: dict[TlsOptions, list[Endpoint]] = {}
+    for endpoint in endpoints:
+        settings = tls.for_endpoint(endpoint)
+        if endpoint.tls and settings.ssl_certfile:
+            groups.setdefault(settings, []).append(endpoint)
+    if not groups:
+        return []
     from kestrelpy.guard.tlsprobe import collect_tls
 
-    return collect_tls(io, tls)
+    return [(group, collect_tls(io, settings)) for settings, group in groups.items()]
 
 
-def _tls_findings(endpoints: Sequence[Endpoint], io: HostIO, tls: TlsOptions | None) -> list[Finding]:
-    facts = _tls_facts(endpoints, io, tls)
-    if facts is None:
-        return []
+def _tls_findings(
+    groups: Sequence[tuple[list[Endpoint], TlsFacts]], euid: int | None, user: str | None
+) -> list[Finding]:
     from kestrelpy.guard.tlsrules import tls_findings
 
+    return [finding for group, facts in groups for finding in tls_findings(group, facts, euid, user)]
+
+
+def _certificate_findings(endpoints: Sequence[Endpoint], io: HostIO, tls: TlsOptions | None) -> list[Finding]:
+    groups = _tls_groups(endpoints, io, tls)
+    if not groups:
+        return []
     euid = io.euid()
-    return tls_findings(endpoints, facts, euid, io.user_name(euid) if euid is not None else None)
+    return _tls_findings(groups, euid, io.user_name(euid) if euid is not None else None)
 
 
 def explain(
@@ -174,14 +191,15 @@ def check(
     import dataclasses
 
     from kestrelpy.guard.collect import gather
-    from kestrelpy.guard.tlsrules import tls_findings
     from kestrelpy.guard.verdict import Report, predict_findings
 
     io = _pick(probe, runner)
     facts = gather(endpoints, io, thorough=True)
-    certificate = _tls_facts(endpoints, io, tls)
+    groups = _tls_groups(endpoints, io, tls)
     findings = predict_findings(endpoints, facts, reuse_port=reuse_port)
-    if certificate is not None:
-        facts = dataclasses.replace(facts, tls=certificate)
-        findings = tls_findings(endpoints, certificate, facts.euid, facts.user) + findings
+    if groups:
+        # The facts hold the first certificate's files (the --ssl-* one when any endpoint uses it); the
+        # findings cover every endpoint's.
+        facts = dataclasses.replace(facts, tls=groups[0][1])
+        findings = _tls_findings(groups, facts.euid, facts.user) + findings
     return Report(facts, tuple(findings))

@@ -27,12 +27,18 @@ _KEY_BLOCK = re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----.*?-----END (?:
 
 
 def collect_tls(io: HostIO, options: TlsOptions, now: float | None = None) -> TlsFacts:
-    """The facts about --ssl-certfile and --ssl-keyfile; never raises."""
+    """The facts about --ssl-certfile and --ssl-keyfile (or an endpoint's certificate: `options.origin`
+    names it, and the files' roles are its keys); never raises."""
     when = time.time() if now is None else now
     certfile, keyfile = options.ssl_certfile, options.ssl_keyfile
-    files = [io.file_access(certfile, "--ssl-certfile")]
+    cert_role, key_role = (
+        (f"[{options.origin}] certificate.path", f"[{options.origin}] certificate.key_path")
+        if options.origin
+        else ("--ssl-certfile", "--ssl-keyfile")
+    )
+    files = [io.file_access(certfile, cert_role)]
     if keyfile:
-        files.append(io.file_access(keyfile, "--ssl-keyfile"))
+        files.append(io.file_access(keyfile, key_role))
     base = TlsFacts(certfile, keyfile, tuple(files), now=when)
     if not all(f.exists and f.readable for f in files):
         return base  # the file rules say everything that can be said

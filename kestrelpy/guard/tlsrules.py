@@ -17,9 +17,10 @@
   KP-TLS-SELF-SIGNED     info      the leaf is self-signed
   =====================  ========  =====================================================================
 
-The certificate is shared by every TLS endpoint, so the findings about the files are reported once, on the
-first TLS endpoint; the name rule runs for each TCP one. A missing or unreadable file stops the rules there:
-nothing else about it can be known.
+A certificate may be shared by several TLS endpoints (the --ssl-* one by all those without one of their
+own), so the findings about its files are reported once, on the first endpoint it serves; the name rule runs
+for each TCP one. The guard calls this once per certificate, with the endpoints it serves. A missing or
+unreadable file stops the rules there: nothing else about it can be known.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _file_findings(endpoint: Endpoint, tls: TlsFacts, euid: int | None, user: st
     who = _who(euid, user)
     name = user or (str(euid) if euid is not None else "USER")
     for f in tls.files:
-        example = "privkey.pem" if f.role == "--ssl-keyfile" else "fullchain.pem"
+        example = "privkey.pem" if f.role.endswith(("--ssl-keyfile", "key_path")) else "fullchain.pem"
         if f.exists is False:
             findings.append(build("tls_file_missing", endpoint, "error", role=f.role, path=f.path, example=example))
         elif f.exists is None:
