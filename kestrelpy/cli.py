@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kestrelpy import __version__, config_file
-from kestrelpy.config import NESTED, Config, env_name, flag_name, options
+from kestrelpy.config import NESTED, Config, TlsOptions, env_name, flag_name, options
 from kestrelpy.config_file import config_key
 from kestrelpy.endpoints import SYSTEMD_VARIABLES, Endpoint, FdEndpoint, systemd_endpoints
 from kestrelpy.errors import ConfigError, KestrelpyError
@@ -288,6 +288,30 @@ def _inline_toml(value: Any) -> str:
     return json.dumps(value)
 
 
+# `kestrelpy check`'s flags, by the Config field each one sets.
+CHECK_FLAGS = {
+    "host": "host",
+    "port": "port",
+    "bind": "binds",
+    "urls": "urls",
+    "uds": "uds",
+    "reuse_port": "reuse_port",
+    "ssl_certfile": "ssl_certfile",
+    "ssl_keyfile": "ssl_keyfile",
+    "ssl_keyfile_password": "ssl_keyfile_password",
+}
+
+
+def check_target(given: argparse.Namespace) -> tuple[list[Endpoint], TlsOptions | None, bool]:
+    """What `kestrelpy check` looks at: the endpoints and TLS settings the server would use with the flags
+    `given` (only those the user gave), the KESTRELPY_* variables and the config file, merged as for a start."""
+    args = argparse.Namespace(**{CHECK_FLAGS[k]: v for k, v in vars(given).items() if k in CHECK_FLAGS})
+    args.config_file = getattr(given, "config", None)
+    config = config_from(args, os.environ, load_config_file(args))
+    endpoints = config.endpoints()
+    return endpoints, config.tls if any(e.tls for e in endpoints) else None, config.reuse_port
+
+
 def _effective_values(config: Config) -> dict[str, Any]:
     """Every key with its effective value as the file would spell it; a password is not shown."""
     holders: dict[type, Any] = {Config: config, **{type(getattr(config, n)): getattr(config, n) for n in NESTED}}
@@ -305,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["check"]:
         from kestrelpy.guard.command import run_check
 
-        return int(run_check(args_list[1:]))
+        return int(run_check(args_list[1:], configure=check_target))
     if args_list[:1] == ["config"]:
         try:
             return show_config(args_list[1:])

@@ -97,3 +97,85 @@ def test_config_output_cut_short_by_its_reader_is_no_error(tmp_path: Path) -> No
     err = proc.stderr.read()
     assert proc.wait(timeout=30) == 0, err
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+ENDPOINT_FILE = """\
+app = "cli_apps:hello"
+app_dir = "{apps}"
+
+[endpoints.web]
+url = "http://127.0.0.1:0"
+
+[endpoints.secure]
+url = "https://127.0.0.1:18443"
+certificate = {{ path = "{missing}" }}
+"""
+
+
+def test_check_reads_the_endpoints_of_the_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    (tmp_path / "kestrelpy.toml").write_text(ENDPOINT_FILE.format(apps=APPS, missing=missing))
+    proc = kestrelpy(tmp_path, "check")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert out.splitlines()[:2] == [
+        "Listening on 127.0.0.1:18443 ([endpoints.secure]) will fail [KP-TLS-FILE-MISSING]",
+        f"[endpoints.secure] certificate.path {missing} does not exist.",
+    ]
+    proc = kestrelpy(tmp_path, "check", "--json")
+    out, _ = proc.communicate(timeout=30)
+    assert json.loads(out)["endpoints"] == ["127.0.0.1:0 ([endpoints.web])", "127.0.0.1:18443 ([endpoints.secure])"]
+
+
+def test_check_with_an_address_flag_looks_at_it_instead_of_the_tables(tmp_path: Path) -> None:
+    (tmp_path / "kestrelpy.toml").write_text(ENDPOINT_FILE.format(apps=APPS, missing=tmp_path / "missing.pem"))
+    proc = kestrelpy(tmp_path, "check", "--json", "--port", "18001")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["endpoints"] == ["127.0.0.1:18001"]
+
+
+def test_check_reports_a_bad_config_file_as_the_server_does(tmp_path: Path) -> None:
+    (tmp_path / "site.toml").write_text('[endpoints.web]\nurl = "http://127.0.0.1:80"\ncertificate = { path = "c" }\n')
+    proc = kestrelpy(tmp_path, "check", "--config", "site.toml")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err == (
+        "kestrelpy check: error: site.toml:3: the non-HTTPS endpoint [endpoints.web] (http://127.0.0.1:80) sets "
+        "certificate, which only an https:// endpoint uses; make its url https:// or remove certificate\n"
+    )
+
+
+def test_endpoints_are_served_and_a_command_line_address_replaces_them(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    (tmp_path / "kestrelpy.toml").write_text(
+        f'app = "cli_apps:hello"\napp_dir = "{APPS}"\n\n[endpoints.web]\nurl = "http://127.0.0.1:0"\n'
+    )
+    log = serve_and_stop(kestrelpy(tmp_path), procs)
+    assert "Not listening on" not in log
+    log = serve_and_stop(kestrelpy(tmp_path, "--port", "0"), procs)
+    assert (
+        f"WARNING  Not listening on [endpoints.web] from {tmp_path / 'kestrelpy.toml'}: --port names the endpoints "
+        "instead\n" in log
+    )
+
+
+def test_config_prints_the_endpoint_tables(tmp_path: Path) -> None:
+    (tmp_path / "kestrelpy.toml").write_text(
+        'app = "main:app"\n[endpoints.secure]\nurl = "https://127.0.0.1:8443"\nprotocols = "http1"\n'
+        'certificate = { path = "c.pem", password_env = "SECURE_PW" }\n'
+    )
+    proc = kestrelpy(tmp_path, "config", env={"SECURE_PW": "hunter2"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.endswith(
+        f"\n[endpoints.secure]  # file {tmp_path / 'kestrelpy.toml'}:2\n"
+        'url = "https://127.0.0.1:8443"\nprotocols = "http1"\n'
+        'certificate = { "path" = "c.pem", "password_env" = "SECURE_PW" }\n'
+    )
+    assert "hunter2" not in out
+    proc = kestrelpy(tmp_path, "config", "--json", "--urls", "http://127.0.0.1:1", env={"SECURE_PW": "x"})
+    report = json.loads(proc.communicate(timeout=30)[0])
+    assert report["endpoints"] == {}
+    assert report["endpoints_not_used"].endswith("--urls names the endpoints instead")
