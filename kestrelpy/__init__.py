@@ -21,5 +21,5 @@ def run(app: Any, **options: Any) -> None:
     from kestrelpy.cli import serve
 
     config = Config(app=app, **options)
-    logs.configure(config.log_level, access_log=config.access_log, access_log_format=config.access_log_format)
+    logs.configure_for(config)
     serve(config)

@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config.replace(inherited=take_systemd_sockets(os.environ))
         from kestrelpy import logs
 
-        logs.configure(config.log_level, access_log=config.access_log, access_log_format=config.access_log_format)
+        logs.configure_for(config)
         if file is not None:
             logging.getLogger("kestrelpy.config").info("Configuration from %s", file.path)
         note = replaced_endpoints_note(file, sources)

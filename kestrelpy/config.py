@@ -481,6 +481,21 @@ class Config:
         group="application",
     )
     log_level: str = option("info", "Log level.", choices=LOG_LEVEL_CHOICES, group="logging")
+    log_format: str = option(
+        "text",
+        "How the server's own log lines are written: text, or json (one object per line with time, level, "
+        "logger, message and any exception).",
+        choices=LOG_FORMAT_CHOICES,
+        group="logging",
+    )
+    log_config: str = option(
+        "",
+        "A logging configuration (logging.config.dictConfig) to apply after the defaults: a .json, .toml, "
+        "or .yaml/.yml file (YAML needs PyYAML).",
+        parse=str,
+        metavar="FILE",
+        group="logging",
+    )
     access_log: bool = option(True, "Log one line per request.", parse=_parse_bool, negatable=True, group="logging")
     access_log_format: str = option(
         "default",
@@ -676,6 +691,7 @@ class Config:
         for name, choices in (
             ("http", HTTP_CHOICES),
             ("protocols", PROTOCOL_CHOICES),
+            ("log_format", LOG_FORMAT_CHOICES),
             ("loop", LOOP_CHOICES),
             ("lifespan", LIFESPAN_CHOICES),
             ("log_level", LOG_LEVEL_CHOICES),

@@ -108,9 +108,7 @@ def spawned_worker_main() -> None:
     spec: WorkerSpec = payload["spec"]
     from kestrelpy import logs
 
-    logs.configure(
-        spec.config.log_level, access_log=spec.config.access_log, access_log_format=spec.config.access_log_format
-    )
+    logs.configure_for(spec.config)
     sockets = [platform.import_socket(item) for item in payload["sockets"]]
     channel = platform.import_socket(payload["channel"])
     sys.exit(spec.main(spec, sockets, channel))

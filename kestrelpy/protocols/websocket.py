@@ -313,6 +313,7 @@ class WebSocketConnection(asyncio.Protocol):
     """One upgraded connection and its ASGI cycle; the transport's protocol after the hand-off."""
 
     __slots__ = (
+        "_accepted_at",
         "_app_done",
         "_denial",
         "_final",
@@ -372,6 +373,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._fragments_text = False
         self._last_ping = 0.0
         self._ping_payload: bytes | None = None
+        self._accepted_at = 0.0  # when the 101 went out (the server's clock)
 
     def start(self) -> None:
         state = self.state
@@ -398,6 +400,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
+        if self.accepted:  # the session's line, once its length is known
+            self._log_access(101, duration=self.state.clock() - self._accepted_at)
         self.flow.connection_lost()
         self.transport = LOST_TRANSPORT  # (see flow.LostTransport)
         self._push_final(1006, "")  # no effect when a close frame already said how it ended
@@ -606,7 +610,7 @@ class WebSocketConnection(asyncio.Protocol):
             lines.append(line)
         lines.append(b"\r\n")
         self.responded = self.accepted = True
-        self._log_access(101)
+        self._accepted_at = state.clock()
         if not self.transport.is_closing():
             self.transport.write(b"".join(lines))
         self._last_ping = state.clock()
@@ -624,10 +628,11 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.close()
         self._push_final(1006, "")
 
-    def _log_access(self, status: int, sent: int = 0) -> None:
-        """The handshake's answer, in the configured access log format."""
+    def _log_access(self, status: int, sent: int = 0, duration: float = 0.0) -> None:
+        """The handshake's answer, in the configured access log format: an HTTP answer when it is sent, a
+        101 when the session ends, with the session's length (from the 101 to the close) as its duration."""
         if self.state.access_log:
-            self.state.access_format.write(AccessEntry(self.scope, status, sent, 0.0, websocket=True))
+            self.state.access_format.write(AccessEntry(self.scope, status, sent, duration, websocket=True))
 
     # -- the server's side: heartbeat, shutdown ----------------------------------------------------
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.process_log import LISTENING, Running
 
@@ -179,3 +180,98 @@ def test_config_prints_the_endpoint_tables(tmp_path: Path) -> None:
     report = json.loads(proc.communicate(timeout=30)[0])
     assert report["endpoints"] == {}
     assert report["endpoints_not_used"].endswith("--urls names the endpoints instead")
+
+
+CRASHING_APP = """\
+async def app(scope, receive, send):
+    if scope["type"] == "http" and scope["path"] == "/crash":
+        raise RuntimeError("boom")
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_log_format_json_writes_one_object_per_server_line(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    (tmp_path / "crashing.py").write_text(CRASHING_APP)
+    (tmp_path / "kestrelpy.toml").write_text('app = "crashing:app"\nport = 0\nlog_format = "json"\n')
+    proc = kestrelpy(tmp_path, "--app-dir", str(tmp_path), "--no-access-log")
+    procs.append(proc)
+    server = Running(proc)
+    server.port = int(server.expect(LISTENING.pattern).group(1))
+    assert httpx.get(server.url + "/crash").status_code == 500
+    server.expect("boom")
+    proc.send_signal(signal.SIGTERM)
+    code, log = server.finish()
+    assert code == 0, log
+    records = [json.loads(line) for line in log.splitlines()]  # every line is one JSON object
+    for record in records:
+        assert set(record) - {"exception"} == {"time", "level", "logger", "message"}
+        assert record["time"].endswith("Z")
+    first = records[0]
+    assert (first["level"], first["logger"]) == ("INFO", "kestrelpy.config")
+    assert first["message"] == f"Configuration from {tmp_path / 'kestrelpy.toml'}"
+    (crash,) = [r for r in records if "exception" in r]
+    assert crash["level"] == "ERROR" and crash["logger"] == "kestrelpy.error"
+    assert crash["exception"].startswith("Traceback (most recent call last):")
+    assert crash["exception"].endswith("RuntimeError: boom")
+
+
+@pytest.mark.parametrize("kind", ["json", "toml", "yaml"])
+def test_log_config_routes_the_access_log_to_a_file(
+    tmp_path: Path, procs: list[subprocess.Popen[str]], kind: str
+) -> None:
+    access = tmp_path / "access.log"
+    schema = {
+        "formatters": {"bare": {"format": "ACCESS %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(access), "formatter": "bare"}},
+        "loggers": {"kestrelpy.access": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }
+    if kind == "json":
+        text = json.dumps(schema)
+    elif kind == "toml":
+        text = (
+            '[formatters.bare]\nformat = "ACCESS %(message)s"\n'
+            f'[handlers.file]\nclass = "logging.FileHandler"\nfilename = "{access}"\nformatter = "bare"\n'
+            '[loggers."kestrelpy.access"]\nhandlers = ["file"]\nlevel = "INFO"\npropagate = false\n'
+        )
+    else:
+        yaml = pytest.importorskip("yaml")
+        text = yaml.safe_dump(schema)
+    (tmp_path / f"logging.{kind}").write_text(text)
+    proc = kestrelpy(
+        tmp_path, "cli_apps:hello", "--app-dir", str(APPS), "--port", "0", "--log-config", f"logging.{kind}"
+    )
+    log = serve_and_stop(proc, procs)
+    assert "Listening on" in log  # the server's own lines keep their default handler
+    assert access.read_text().startswith("ACCESS 127.0.0.1:")
+    assert '"GET / HTTP/1.1" 200' in access.read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "log.json",
+            "{",
+            "not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
+        ("log.toml", "version = ", "not valid TOML: Invalid value"),  # then where, worded by the Python version
+        ("log.ini", "[loggers]", "give a .json, .toml, .yaml or .yml file"),
+        ("log.json", "[]", "expected a table of logging settings (dictConfig), not a list"),
+        (
+            "log.json",
+            '{"handlers": {"h": {"class": "no.such.Handler"}}}',
+            "logging refused it: Unable to configure handler 'h'",  # then the cause, worded by the Python version
+        ),
+    ],
+)
+def test_a_bad_log_config_exits_2_with_one_line(tmp_path: Path, name: str, text: str, message: str) -> None:
+    (tmp_path / name).write_text(text)
+    proc = kestrelpy(tmp_path, "cli_apps:hello", "--app-dir", str(APPS), "--log-config", name)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.startswith(f"kestrelpy: error: --log-config {name}: {message}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    if name.endswith(".json") and "refused" not in message:
+        assert err == f"kestrelpy: error: --log-config {name}: {message}\n"

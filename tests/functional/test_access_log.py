@@ -13,6 +13,8 @@ import pytest
 
 from kestrelpy.config import Config
 from kestrelpy.errors import ConfigError
+from tests.support.manual_clock import ManualClock
+from tests.support.waiting import WAIT
 
 Start = Callable[..., Any]
 
@@ -238,3 +240,28 @@ def test_an_unknown_template_field_is_a_config_error() -> None:
 def test_malformed_templates_are_config_errors(template: str) -> None:
     with pytest.raises(ConfigError, match="--access-log-format"):
         Config(app="a:b", access_log_format=template)
+
+
+async def websocket_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "websocket":
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message.get("text")})
+
+
+def test_a_websocket_session_is_logged_when_it_ends_with_its_length(
+    running_server: Start, caplog: pytest.LogCaptureFixture, manual_clock: ManualClock
+) -> None:
+    client = pytest.importorskip("websockets.sync.client")
+    live = running_server(websocket_echo, access_log=True, access_log_format="json")
+    with client.connect(f"ws://127.0.0.1:{live.port}/chat", open_timeout=WAIT, close_timeout=WAIT) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=WAIT) == "hi"
+        assert access_lines(caplog, wait=0.2) == []  # nothing while the session is open
+        manual_clock.beat(2.5)
+    (line,) = access_lines(caplog)
+    record = json.loads(line)
+    assert (record["status"], record["path"], record["websocket"]) == (101, "/chat", True)
+    assert record["duration_ms"] == 2500.0
