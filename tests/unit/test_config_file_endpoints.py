@@ -257,3 +257,18 @@ def test_an_endpoint_without_a_certificate_uses_the_server_wide_one(tmp_path: Pa
     config = resolved(file, "--ssl-certfile", "server.pem")
     (endpoint,) = config.endpoints()
     assert endpoint.settings is None and config.tls.for_endpoint(endpoint) == TlsOptions(ssl_certfile="server.pem")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/config-file.md", "docs/tls.md"])
+def test_the_endpoint_examples_of_the_docs_are_valid_files(doc: str) -> None:
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    blocks = [b.split("\n", 1)[1].split("```", 1)[0] for b in text.split("```toml")[1:]]
+    examples = [b for b in blocks if "[endpoints." in b]
+    assert examples, f"{doc} has no [endpoints] example"
+    for example in examples:
+        file = config_file.parse(example, doc)
+        config = resolve(build_parser().parse_args([]), {"API_KEY_PASSWORD": "x", "ADMIN_KEY_PASSWORD": "x"}, file)[0]
+        assert config.named_endpoints
