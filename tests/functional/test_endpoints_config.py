@@ -268,3 +268,53 @@ certificate = {{ path = "{tmp_path / "missing.pem"}" }}
     assert f"[endpoints.broken] certificate.path {tmp_path / 'missing.pem'} does not exist." in err
     assert "([endpoints.broken]) will fail [KP-TLS-FILE-MISSING]\n" in err
     assert "[endpoints.good]" not in err
+
+
+def test_client_certificate_mode_applies_to_its_endpoint_only(
+    ca: trustme.CA, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    server_pair = write_pair(ca, tmp_path / "server", "127.0.0.1")
+    client_cert = ca.issue_cert("client@example.com")
+    client_cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
+    ports = {"mtls": free_port(), "open": free_port()}
+    proc = start(
+        tmp_path,
+        f"""ssl_certfile = "{server_pair.cert}"
+ssl_keyfile = "{server_pair.key}"
+ssl_ca_certs = "{tmp_path / "ca.pem"}"
+
+[endpoints.mtls]
+url = "https://127.0.0.1:{ports["mtls"]}"
+client_certificate_mode = "required"
+
+[endpoints.open]
+url = "https://127.0.0.1:{ports["open"]}"
+""",
+    )
+    procs.append(proc)
+    server = Running(proc)
+    for port in ports.values():
+        server.expect(rf"Listening on https://127\.0\.0\.1:{port}")
+
+    def get(port: int, with_certificate: bool) -> bytes:
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        if with_certificate:
+            context.load_cert_chain(str(tmp_path / "client.pem"))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+        return data.partition(b"\r\n\r\n")[2]
+
+    assert get(ports["mtls"], with_certificate=True) == b"https"
+    try:  # TLS 1.3: the refusal may come as an alert, or as the connection closed, after the handshake
+        refused = get(ports["mtls"], with_certificate=False)
+    except (ssl.SSLError, ConnectionResetError):
+        refused = b""
+    assert refused == b""
+    assert get(ports["open"], with_certificate=False) == b"https"
+    stop(proc, server)
