@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,18 +216,33 @@ def take_systemd_sockets(environ: MutableMapping[str, str]) -> tuple[FdEndpoint,
     return found
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, reread: Callable[[], Config] | None = None) -> None:
     """Run `config` to completion: one server in this process, or, for several workers, --reload or a
-    recycling limit, a supervisor whose worker processes each run `worker.run_worker`."""
+    recycling limit, a supervisor whose worker processes each run `worker.run_worker` (and which reads the
+    configuration again with `reread` on SIGHUP)."""
     if config.multiprocess:
         from kestrelpy.supervisor import run_supervisor
         from kestrelpy.worker import run_worker
 
-        run_supervisor(config, run_worker)
+        run_supervisor(config, run_worker, reread)
     else:
         from kestrelpy.server import run_server
 
         run_server(config)
+
+
+def read_again(args: argparse.Namespace, inherited: tuple[FdEndpoint, ...]) -> Config:
+    """The configuration as a start with the same command line would read it now (for SIGHUP)."""
+    config = config_from(args, os.environ, load_config_file(args))
+    require_app(config)
+    return config.replace(inherited=inherited)
+
+
+def require_app(config: Config) -> None:
+    if config.app is None:
+        raise ConfigError(
+            'no application given: name it as APP (kestrelpy main:app) or as app = "main:app" in the config file'
+        )
 
 
 def load_config_file(args: argparse.Namespace) -> config_file.FileValues | None:
@@ -343,11 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         file = load_config_file(args)
         config, sources = resolve(args, os.environ, file)
-        if config.app is None:
-            raise ConfigError(
-                'no application given: name it as APP (kestrelpy main:app) or as app = "main:app" in the config file'
-            )
+        require_app(config)
         config = config.replace(inherited=take_systemd_sockets(os.environ))
+        inherited = config.inherited
         from kestrelpy import logs
 
         logs.configure_for(config)
@@ -356,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = replaced_endpoints_note(file, sources)
         if note is not None:
             logging.getLogger("kestrelpy.config").warning("%s", note)
-        serve(config)
+        serve(config, lambda: read_again(args, inherited))
     except KestrelpyError as exc:
         print(f"kestrelpy: error: {exc}", file=sys.stderr)
         return exc.exit_code

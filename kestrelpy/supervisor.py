@@ -258,8 +258,10 @@ class Supervisor:
         *,
         starter: Starter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reread: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
+        self._reread = reread  # SIGHUP reads the configuration again with it (config_reload.py)
         self.worker_main = worker_main
         self.target = config.workers
         self._start = starter or default_starter()
@@ -428,6 +430,8 @@ class Supervisor:
             logger.info("Supervisor received %s; stopping %d worker(s)", name, len(self.workers))
             self._stop_all(now)
         elif role == "roll" and not self._stopping:
+            if self._reread is not None and not self._reload_config():
+                return
             self._rolling = deque(w for w in self.workers if w.state in ("starting", "serving"))
             logger.info("Supervisor received %s; replacing %d worker(s) one at a time", name, len(self._rolling))
         elif role == "add" and not self._stopping:
@@ -437,6 +441,18 @@ class Supervisor:
             if self.target > 1:
                 self.target -= 1
             logger.info("Supervisor received %s; now %d worker(s)", name, self.target)
+
+    def _reload_config(self) -> bool:
+        """SIGHUP: the configuration read again, and the sockets it needs, for the workers started from now
+        on; False when the new one cannot be used (the running one stays, nothing is replaced)."""
+        from kestrelpy.config_reload import reload_config
+
+        assert self._reread is not None
+        reloaded = reload_config(self.config, self.sockets, self._reread)
+        if reloaded is None:
+            return False
+        self.config, self.sockets, self.target = reloaded.config, reloaded.sockets, reloaded.config.workers
+        return True
 
     def _stop_all(self, now: float) -> None:
         self._stopping = True
@@ -670,5 +686,5 @@ class Supervisor:
         return threading.Thread(target=watch, args=(on_changes, self._watch_stop), name="kestrelpy-reload", daemon=True)
 
 
-def run_supervisor(config: Config, worker_main: WorkerMain) -> int:
-    return Supervisor(config, worker_main).run()
+def run_supervisor(config: Config, worker_main: WorkerMain, reread: Callable[[], Config] | None = None) -> int:
+    return Supervisor(config, worker_main, reread=reread).run()

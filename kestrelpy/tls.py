@@ -358,7 +358,12 @@ def _load_certificate(context: ssl.SSLContext, source: CertSource) -> None:
     try:
         context.load_cert_chain(certfile, keyfile, password=ask_password)
     except FileNotFoundError as exc:
-        if source.name is not None or source.origin:
+        missing = exc.filename or certfile
+        if source.origin:
+            key = "key_path" if keyfile and missing == keyfile else "path"
+            where = "certificate" if source.name is None else f'sni."{source.name}"'
+            raise ConfigError(f"[{source.origin}] {where}.{key} {missing}: no such file") from None
+        if source.name is not None:
             raise ConfigError(f"{source.describe()}: no such file {exc.filename or certfile}") from None
         flag = "--ssl-keyfile" if keyfile and exc.filename == keyfile else "--ssl-certfile"
         raise ConfigError(f"{flag} {exc.filename or certfile}: no such file") from None
