@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -121,3 +122,14 @@ def raw_client() -> Iterator[Callable[..., RawClient]]:
     yield connect
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """kestrelpy processes a test starts, killed if the test leaves them running."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

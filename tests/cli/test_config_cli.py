@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,21 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.process_log import LISTENING, Running
+from tests.support.process_log import LISTENING, Running, kestrelpy_in
 
 APPS = Path(__file__).parent  # cli_apps.py
-
-
-def kestrelpy(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KESTRELPY_") and k != "WEB_CONCURRENCY"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "kestrelpy", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**environ, **(env or {})},
-    )
 
 
 def serve_and_stop(proc: subprocess.Popen[str], procs: list[subprocess.Popen[str]]) -> str:
@@ -45,7 +32,7 @@ def serve_and_stop(proc: subprocess.Popen[str], procs: list[subprocess.Popen[str
 def test_config_flag_names_the_file_that_sets_app_and_port(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
     config = tmp_path / "site.toml"
     config.write_text(f'app = "cli_apps:hello"\napp_dir = "{APPS}"\nhost = "127.0.0.1"\nport = 0\n')
-    log = serve_and_stop(kestrelpy(tmp_path, "--config", str(config)), procs)
+    log = serve_and_stop(kestrelpy_in(tmp_path, "--config", str(config)), procs)
     assert f"Configuration from {config}" in log
 
 
@@ -55,13 +42,13 @@ def test_kestrelpy_alone_reads_kestrelpy_toml_in_the_working_directory(
     (tmp_path / "kestrelpy.toml").write_text(
         f'app = "cli_apps:hello"\napp_dir = "{APPS}"\nhost = "127.0.0.1"\nport = 0\nserver_header = false\n'
     )
-    log = serve_and_stop(kestrelpy(tmp_path), procs)
+    log = serve_and_stop(kestrelpy_in(tmp_path), procs)
     assert f"Configuration from {tmp_path / 'kestrelpy.toml'}" in log
 
 
 def test_config_json_reports_where_each_value_came_from(tmp_path: Path) -> None:
     (tmp_path / "kestrelpy.toml").write_text('app = "main:app"\nport = 9001\nbacklog = 10\ntimeout_keep_alive = 7\n')
-    proc = kestrelpy(tmp_path, "config", "--json", "--port", "9002", env={"KESTRELPY_BACKLOG": "20"})
+    proc = kestrelpy_in(tmp_path, "config", "--json", "--port", "9002", env={"KESTRELPY_BACKLOG": "20"})
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     report = json.loads(out)
@@ -77,7 +64,7 @@ def test_config_json_reports_where_each_value_came_from(tmp_path: Path) -> None:
 
 def test_a_typo_exits_2_with_the_file_line_and_a_suggestion(tmp_path: Path) -> None:
     (tmp_path / "kestrelpy.toml").write_text('app = "main:app"\ntimeout_keepalive = 3\n')
-    proc = kestrelpy(tmp_path)
+    proc = kestrelpy_in(tmp_path)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     path = tmp_path / "kestrelpy.toml"
@@ -116,21 +103,21 @@ certificate = {{ path = "{missing}" }}
 def test_check_reads_the_endpoints_of_the_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     (tmp_path / "kestrelpy.toml").write_text(ENDPOINT_FILE.format(apps=APPS, missing=missing))
-    proc = kestrelpy(tmp_path, "check")
+    proc = kestrelpy_in(tmp_path, "check")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
     assert out.splitlines()[:2] == [
         "Listening on 127.0.0.1:18443 ([endpoints.secure]) will fail [KP-TLS-FILE-MISSING]",
         f"[endpoints.secure] certificate.path {missing} does not exist.",
     ]
-    proc = kestrelpy(tmp_path, "check", "--json")
+    proc = kestrelpy_in(tmp_path, "check", "--json")
     out, _ = proc.communicate(timeout=30)
     assert json.loads(out)["endpoints"] == ["127.0.0.1:0 ([endpoints.web])", "127.0.0.1:18443 ([endpoints.secure])"]
 
 
 def test_check_with_an_address_flag_looks_at_it_instead_of_the_tables(tmp_path: Path) -> None:
     (tmp_path / "kestrelpy.toml").write_text(ENDPOINT_FILE.format(apps=APPS, missing=tmp_path / "missing.pem"))
-    proc = kestrelpy(tmp_path, "check", "--json", "--port", "18001")
+    proc = kestrelpy_in(tmp_path, "check", "--json", "--port", "18001")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert json.loads(out)["endpoints"] == ["127.0.0.1:18001"]
@@ -138,7 +125,7 @@ def test_check_with_an_address_flag_looks_at_it_instead_of_the_tables(tmp_path: 
 
 def test_check_reports_a_bad_config_file_as_the_server_does(tmp_path: Path) -> None:
     (tmp_path / "site.toml").write_text('[endpoints.web]\nurl = "http://127.0.0.1:80"\ncertificate = { path = "c" }\n')
-    proc = kestrelpy(tmp_path, "check", "--config", "site.toml")
+    proc = kestrelpy_in(tmp_path, "check", "--config", "site.toml")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert err == (
@@ -153,9 +140,9 @@ def test_endpoints_are_served_and_a_command_line_address_replaces_them(
     (tmp_path / "kestrelpy.toml").write_text(
         f'app = "cli_apps:hello"\napp_dir = "{APPS}"\n\n[endpoints.web]\nurl = "http://127.0.0.1:0"\n'
     )
-    log = serve_and_stop(kestrelpy(tmp_path), procs)
+    log = serve_and_stop(kestrelpy_in(tmp_path), procs)
     assert "Not listening on" not in log
-    log = serve_and_stop(kestrelpy(tmp_path, "--port", "0"), procs)
+    log = serve_and_stop(kestrelpy_in(tmp_path, "--port", "0"), procs)
     assert (
         f"WARNING  Not listening on [endpoints.web] from {tmp_path / 'kestrelpy.toml'}: --port names the endpoints "
         "instead\n" in log
@@ -167,7 +154,7 @@ def test_config_prints_the_endpoint_tables(tmp_path: Path) -> None:
         'app = "main:app"\n[endpoints.secure]\nurl = "https://127.0.0.1:8443"\nprotocols = "http1"\n'
         'certificate = { path = "c.pem", password_env = "SECURE_PW" }\n'
     )
-    proc = kestrelpy(tmp_path, "config", env={"SECURE_PW": "hunter2"})
+    proc = kestrelpy_in(tmp_path, "config", env={"SECURE_PW": "hunter2"})
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out.endswith(
@@ -176,7 +163,7 @@ def test_config_prints_the_endpoint_tables(tmp_path: Path) -> None:
         'certificate = { "path" = "c.pem", "password_env" = "SECURE_PW" }\n'
     )
     assert "hunter2" not in out
-    proc = kestrelpy(tmp_path, "config", "--json", "--urls", "http://127.0.0.1:1", env={"SECURE_PW": "x"})
+    proc = kestrelpy_in(tmp_path, "config", "--json", "--urls", "http://127.0.0.1:1", env={"SECURE_PW": "x"})
     report = json.loads(proc.communicate(timeout=30)[0])
     assert report["endpoints"] == {}
     assert report["endpoints_not_used"].endswith("--urls names the endpoints instead")
@@ -195,7 +182,7 @@ async def app(scope, receive, send):
 def test_log_format_json_writes_one_object_per_server_line(tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
     (tmp_path / "crashing.py").write_text(CRASHING_APP)
     (tmp_path / "kestrelpy.toml").write_text('app = "crashing:app"\nport = 0\nlog_format = "json"\n')
-    proc = kestrelpy(tmp_path, "--app-dir", str(tmp_path), "--no-access-log")
+    proc = kestrelpy_in(tmp_path, "--app-dir", str(tmp_path), "--no-access-log")
     procs.append(proc)
     server = Running(proc)
     server.port = int(server.expect(LISTENING.pattern).group(1))
@@ -239,7 +226,7 @@ def test_log_config_routes_the_access_log_to_a_file(
         yaml = pytest.importorskip("yaml")
         text = yaml.safe_dump(schema)
     (tmp_path / f"logging.{kind}").write_text(text)
-    proc = kestrelpy(
+    proc = kestrelpy_in(
         tmp_path, "cli_apps:hello", "--app-dir", str(APPS), "--port", "0", "--log-config", f"logging.{kind}"
     )
     log = serve_and_stop(proc, procs)
@@ -268,7 +255,7 @@ def test_log_config_routes_the_access_log_to_a_file(
 )
 def test_a_bad_log_config_exits_2_with_one_line(tmp_path: Path, name: str, text: str, message: str) -> None:
     (tmp_path / name).write_text(text)
-    proc = kestrelpy(tmp_path, "cli_apps:hello", "--app-dir", str(APPS), "--log-config", name)
+    proc = kestrelpy_in(tmp_path, "cli_apps:hello", "--app-dir", str(APPS), "--log-config", name)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert err.startswith(f"kestrelpy: error: --log-config {name}: {message}")

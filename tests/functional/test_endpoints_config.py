@@ -5,14 +5,11 @@ are the ssl module and curl; certificates are made by trustme for each run."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +18,8 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from tests.support.process_log import Running
+from tests.support.process_log import Running, kestrelpy_in
+from tests.support.tls_client import tls_get
 from tests.support.waiting import WAIT, wait_until
 
 APP = """\
@@ -57,17 +55,6 @@ def ca(tmp_path: Path) -> trustme.CA:
     return authority
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """kestrelpy processes, killed if a test leaves them running."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -77,31 +64,14 @@ def free_port() -> int:
 def start(tmp_path: Path, toml: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     (tmp_path / "epapp.py").write_text(APP)
     (tmp_path / "kestrelpy.toml").write_text(f'app = "epapp:app"\napp_dir = "{tmp_path}"\n{toml}')
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KESTRELPY_") and k != "WEB_CONCURRENCY"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "kestrelpy", *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**environ, **(env or {})},
-    )
+    return kestrelpy_in(tmp_path, *args, env=env, stdout=subprocess.DEVNULL)
 
 
 def presented(port: int, ca_file: Path, server_name: str | None = None) -> tuple[bytes, bytes]:
     """A new TLS connection verified against the CA: (the certificate presented as DER, the response body)."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.check_hostname = False
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
-        context.wrap_socket(raw, server_hostname=server_name) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
+    der, data = tls_get(port, context, server_name)
     return der, data.partition(b"\r\n\r\n")[2]
 
 
@@ -300,15 +270,7 @@ url = "https://127.0.0.1:{ports["open"]}"
         context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
         if with_certificate:
             context.load_cert_chain(str(tmp_path / "client.pem"))
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-        ):
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-        return data.partition(b"\r\n\r\n")[2]
+        return tls_get(port, context, "127.0.0.1")[1].partition(b"\r\n\r\n")[2]
 
     assert get(ports["mtls"], with_certificate=True) == b"https"
     try:  # TLS 1.3: the refusal may come as an alert, or as the connection closed, after the handshake

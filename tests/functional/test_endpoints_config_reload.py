@@ -10,14 +10,14 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
 from tests.support.supervised import APP_DIR, SteadyClient, Supervised, get, launch, pids_answering, stop
-from tests.support.waiting import WAIT, wait_until
+from tests.support.tls_client import tls_get
+from tests.support.waiting import wait_until
 
 
 def free_port() -> int:
@@ -29,13 +29,7 @@ def free_port() -> int:
 def presented(port: int, ca_file: Path) -> bytes:
     context = ssl.create_default_context(cafile=str(ca_file))
     context.check_hostname = False
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
-        context.wrap_socket(raw) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
+    return tls_get(port, context, None)[0]
 
 
 def refused(port: int) -> bool:
@@ -46,12 +40,12 @@ def refused(port: int) -> bool:
     return False
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Supervised]]:
-    started: list[Supervised] = []
-    yield started
-    for server in started:
-        stop(server.proc)
+def launched(request: pytest.FixtureRequest, cwd: Path) -> Supervised:
+    """kestrelpy started in `cwd` (stopped when the test ends), once its two workers serve."""
+    server = Supervised(launch(cwd=cwd))
+    request.addfinalizer(lambda: stop(server.proc))
+    server.expect(r"All 2 worker\(s\) are serving")
+    return server
 
 
 def write_config(path: Path, endpoints: str) -> None:
@@ -60,7 +54,7 @@ def write_config(path: Path, endpoints: str) -> None:
 
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "keep-alive"])
 def test_a_reload_moves_adds_and_changes_endpoints_without_failing_the_unchanged_one(
-    tmp_path: Path, servers: list[Supervised], keep_alive: bool
+    tmp_path: Path, request: pytest.FixtureRequest, keep_alive: bool
 ) -> None:
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
@@ -83,9 +77,7 @@ url = "https://127.0.0.1:{ports["secure"]}"
 certificate = {{ path = "{tmp_path / "first.pem"}" }}
 """
     write_config(config, endpoints)
-    server = Supervised(launch(cwd=tmp_path))
-    servers.append(server)
-    server.expect(r"All 2 worker\(s\) are serving")
+    server = launched(request, tmp_path)
     old_workers = server.worker_pids()
     assert get(ports["old"])[0] == 200 and presented(ports["secure"], tmp_path / "ca.pem") == pems["first"]
 
@@ -118,14 +110,12 @@ certificate = {{ path = "{tmp_path / "first.pem"}" }}
 
 
 def test_a_file_that_cannot_be_used_is_reported_and_the_running_configuration_stays(
-    tmp_path: Path, servers: list[Supervised]
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     port = free_port()
     config = tmp_path / "kestrelpy.toml"
     write_config(config, f'[endpoints.web]\nurl = "http://127.0.0.1:{port}"\n')
-    server = Supervised(launch(cwd=tmp_path))
-    servers.append(server)
-    server.expect(r"All 2 worker\(s\) are serving")
+    server = launched(request, tmp_path)
     workers = server.worker_pids()
     for broken, message in (
         (

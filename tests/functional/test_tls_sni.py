@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import trustme
 from kestrelpy.config import TlsOptions
 from tests.support.live_server import LiveServer
 from tests.support.process_log import wait_for_log_line
+from tests.support.tls_client import tls_get
 from tests.support.waiting import WAIT, wait_until
 
 
@@ -70,21 +70,6 @@ async def server_cert_app(scope: dict[str, Any], receive: Callable[..., Any], se
 class Served:
     cert: str  # the certificate the handshake presented, as PEM
     extension: str  # what the app saw as server_cert
-
-
-def tls_get(port: int, context: ssl.SSLContext, server_name: str | None) -> tuple[bytes, bytes]:
-    """One new TLS connection and one GET on it: (the certificate presented, as DER; the whole answer)."""
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
-        context.wrap_socket(raw, server_hostname=server_name) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-    return der, data
 
 
 def fetch(live: LiveServer, ca_file: Path, server_name: str | None, check_hostname: bool = True) -> Served:

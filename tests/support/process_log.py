@@ -6,9 +6,27 @@ import os
 import re
 import selectors
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
+
+
+def kestrelpy_in(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, stdout: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """`python -m kestrelpy ARGS` started in `cwd` (where a kestrelpy.toml may be), with no KESTRELPY_*
+    variable or WEB_CONCURRENCY of the test run's environment, plus `env`."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KESTRELPY_") and k != "WEB_CONCURRENCY"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kestrelpy", *args],
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**environ, **(env or {})},
+    )
 
 
 class Running:
@@ -42,9 +60,10 @@ class Running:
                 if not data:
                     break
                 *lines, self._pending = (self._pending + data).split(b"\n")
-                for raw in lines:
-                    self.log.append(raw.decode() + "\n")
-                    if found := regex.search(self.log[-1]):
+                seen = len(self.log)
+                self.log.extend(raw.decode() + "\n" for raw in lines)  # all of them: later calls search them
+                for line in self.log[seen:]:
+                    if found := regex.search(line):
                         return found
         raise AssertionError(f"no line matching {pattern!r}:\n" + "".join(self.log))
 
