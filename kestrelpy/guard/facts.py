@@ -225,6 +225,7 @@ class TlsFacts:
     error: str | None = None  # what the parser said when something could not be loaded
     deep: bool = False
     now: float = 0.0  # when the facts were gathered, for the validity rules
+    origin: str = ""  # "endpoints.NAME" for the certificate of a config file endpoint; "" for --ssl-certfile
 
     def file(self, role: str) -> TlsFile | None:
         for f in self.files:

@@ -351,8 +351,8 @@ MESSAGES: dict[str, Message] = {
         "KP-TLS-FILE-MISSING",
         "{role} {path} does not exist.",
         (
-            "Give the path of the PEM file that exists, for example `{role} /etc/letsencrypt/live/NAME/{example}` "
-            "(a relative path is taken from the directory kestrelpy starts in).",
+            "Give the path of the PEM file that exists, for example {setting} (a relative path is taken from "
+            "the directory kestrelpy starts in).",
         ),
     ),
     "tls_file_unreachable": Message(
@@ -392,6 +392,24 @@ MESSAGES: dict[str, Message] = {
             "--ssl-keyfile-password, which other users can see in the process list).",
             "Or store the key unencrypted, readable by this user only: `openssl pkey -in {keyfile} -out KEY.pem && "
             "chmod 0600 KEY.pem`.",
+        ),
+    ),
+    "tls_endpoint_key_no_password": Message(
+        "KP-TLS-KEY-PASSWORD",
+        "The private key in {keyfile} is encrypted and no password was given.",
+        (
+            "Name the environment variable that holds its password in the endpoint's certificate, "
+            '`certificate = {{ ..., password_env = "KEY_PASSWORD" }}` in [{origin}], and set that variable.',
+            "Or store the key unencrypted, readable by this user only: `openssl pkey -in {keyfile} -out KEY.pem && "
+            "chmod 0600 KEY.pem`.",
+        ),
+    ),
+    "tls_endpoint_key_wrong_password": Message(
+        "KP-TLS-KEY-PASSWORD",
+        "The password given for the encrypted private key in {keyfile} is wrong.",
+        (
+            "Check the variable that password_env names in [{origin}]: `openssl pkey -in {keyfile} -noout` asks "
+            "for the password and says whether it opens the key.",
         ),
     ),
     "tls_key_wrong_password": Message(

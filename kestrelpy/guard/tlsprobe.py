@@ -13,6 +13,7 @@ import logging
 import re
 import ssl
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kestrelpy.guard.facts import TlsCertificate, TlsFacts, TlsKeyState
@@ -39,7 +40,7 @@ def collect_tls(io: HostIO, options: TlsOptions, now: float | None = None) -> Tl
     files = [io.file_access(certfile, cert_role)]
     if keyfile:
         files.append(io.file_access(keyfile, key_role))
-    base = TlsFacts(certfile, keyfile, tuple(files), now=when)
+    base = TlsFacts(certfile, keyfile, tuple(files), now=when, origin=options.origin)
     if not all(f.exists and f.readable for f in files):
         return base  # the file rules say everything that can be said
     cert_text = io.read_text(certfile) or ""
@@ -52,12 +53,10 @@ def collect_tls(io: HostIO, options: TlsOptions, now: float | None = None) -> Tl
     try:
         return _parsed(base, cert_text, key_text or "", options.ssl_keyfile_password)
     except Exception as exc:  # a parser surprise must not hide the file-level facts
-        return TlsFacts(certfile, keyfile, tuple(files), error=str(exc) or type(exc).__name__, now=when)
+        return replace(base, error=str(exc) or type(exc).__name__)
 
 
 def _parsed(base: TlsFacts, cert_text: str, key_text: str, password: str) -> TlsFacts:
-    from dataclasses import replace
-
     from cryptography import x509
 
     try:
@@ -160,8 +159,6 @@ def _epoch(moment: Any) -> float:
 
 def _ssl_only(base: TlsFacts, options: TlsOptions) -> TlsFacts:
     """What `load_cert_chain` says about the real files, told apart by OpenSSL's reason."""
-    from dataclasses import replace
-
     asked: list[bool] = []
 
     def password() -> str:

@@ -76,9 +76,9 @@ def _file_findings(endpoint: Endpoint, tls: TlsFacts, euid: int | None, user: st
     who = _who(euid, user)
     name = user or (str(euid) if euid is not None else "USER")
     for f in tls.files:
-        example = "privkey.pem" if f.role.endswith(("--ssl-keyfile", "key_path")) else "fullchain.pem"
         if f.exists is False:
-            findings.append(build("tls_file_missing", endpoint, "error", role=f.role, path=f.path, example=example))
+            setting = _example_setting(f.role, tls.origin)
+            findings.append(build("tls_file_missing", endpoint, "error", role=f.role, path=f.path, setting=setting))
         elif f.exists is None:
             findings.append(
                 build("tls_file_unreachable", endpoint, "error", role=f.role, path=f.path, who=who, user=name)
@@ -86,6 +86,15 @@ def _file_findings(endpoint: Endpoint, tls: TlsFacts, euid: int | None, user: st
         elif not f.readable:
             findings.append(_unreadable(endpoint, f, who, name))
     return findings
+
+
+def _example_setting(role: str, origin: str) -> str:
+    """How a user sets that file, with Let's Encrypt's path as the example."""
+    key = role.endswith(("--ssl-keyfile", "key_path"))
+    path = f"/etc/letsencrypt/live/NAME/{'privkey.pem' if key else 'fullchain.pem'}"
+    if origin:
+        return f'`{"key_path" if key else "path"} = "{path}"` in the certificate of [{origin}]'
+    return f"`{role} {path}`"
 
 
 def _unreadable(endpoint: Endpoint, f: TlsFile, who: str, user: str) -> Finding:
@@ -110,10 +119,11 @@ def _unreadable(endpoint: Endpoint, f: TlsFile, who: str, user: str) -> Finding:
 
 def _key_findings(endpoint: Endpoint, tls: TlsFacts) -> list[Finding]:
     keyfile = tls.keyfile or tls.certfile
+    own = "endpoint_" if tls.origin else ""  # an endpoint's password comes from its password_env
     if tls.key == "no_password":
-        return [build("tls_key_no_password", endpoint, "error", keyfile=keyfile)]
+        return [build(f"tls_{own}key_no_password", endpoint, "error", keyfile=keyfile, origin=tls.origin)]
     if tls.key == "wrong_password":
-        return [build("tls_key_wrong_password", endpoint, "error", keyfile=keyfile)]
+        return [build(f"tls_{own}key_wrong_password", endpoint, "error", keyfile=keyfile, origin=tls.origin)]
     if tls.key == "mismatch":
         return [build("tls_key_mismatch", endpoint, "error", keyfile=keyfile, certfile=tls.certfile)]
     if tls.key == "unloadable" or (tls.error and not tls.certificates):

@@ -174,6 +174,7 @@ certificate = {{ path = "{pair.cert}", key_path = "{pair.key}", password_env = "
     _, err = wrong.communicate(timeout=WAIT)
     assert wrong.returncode == 2
     assert "KP-TLS-KEY-PASSWORD" in err and "[endpoints.locked]" in err
+    assert "1. Check the variable that password_env names in [endpoints.locked]:" in err
 
 
 def test_an_endpoint_certificate_replaced_on_disk_is_served_without_a_restart(
@@ -237,6 +238,10 @@ certificate = {{ path = "{tmp_path / "missing.pem"}" }}
     assert "KP-TLS-FILE-MISSING" in err
     assert f"[endpoints.broken] certificate.path {tmp_path / 'missing.pem'} does not exist." in err
     assert "([endpoints.broken]) will fail [KP-TLS-FILE-MISSING]\n" in err
+    assert (
+        '1. Give the path of the PEM file that exists, for example `path = "/etc/letsencrypt/live/NAME/fullchain.pem"` '
+        "in the certificate of [endpoints.broken]" in err
+    )
     assert "[endpoints.good]" not in err
 
 
