@@ -451,7 +451,9 @@ class Supervisor:
         reloaded = reload_config(self.config, self.sockets, self._reread)
         if reloaded is None:
             return False
-        self.config, self.sockets, self.target = reloaded.config, reloaded.sockets, reloaded.config.workers
+        if reloaded.config.workers != self.config.workers:  # else SIGTTIN/SIGTTOU's count stays
+            self.target = reloaded.config.workers
+        self.config, self.sockets = reloaded.config, reloaded.sockets
         return True
 
     def _stop_all(self, now: float) -> None:

@@ -48,8 +48,8 @@ def launched(request: pytest.FixtureRequest, cwd: Path) -> Supervised:
     return server
 
 
-def write_config(path: Path, endpoints: str) -> None:
-    path.write_text(f'app = "sv_apps:pid"\napp_dir = "{APP_DIR}"\nworkers = 2\naccess_log = false\n{endpoints}')
+def write_config(path: Path, endpoints: str, workers: int = 2) -> None:
+    path.write_text(f'app = "sv_apps:pid"\napp_dir = "{APP_DIR}"\nworkers = {workers}\naccess_log = false\n{endpoints}')
 
 
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "keep-alive"])
@@ -137,12 +137,15 @@ def test_a_file_that_cannot_be_used_is_reported_and_the_running_configuration_st
         assert server.worker_pids(after=mark) == []
         assert not any("Replacing" in entry or "drain" in entry for entry in server.log[mark:])
         assert pids_answering(port, workers) == set(workers)
-    write_config(config, f'[endpoints.web]\nurl = "http://127.0.0.1:{port}"\nprotocols = "http1"\n')
+    write_config(config, f'[endpoints.web]\nurl = "http://127.0.0.1:{port}"\n', workers=3)
     mark = server.mark()
     server.signal(signal.SIGHUP)
     server.expect(r"Configuration read again: endpoints 1 unchanged", after=mark)
     server.expect("Every worker has been replaced", after=mark)
-    wait_until(lambda: set(server.worker_pids(after=mark)) - set(workers) != set())
+    for pid in workers:
+        server.expect(rf"Worker \[{pid}\] stopped", after=mark)
+    # the file's new count (mark() reads what the server has logged meanwhile)
+    wait_until(lambda: server.mark() > 0 and len(server.worker_pids(after=mark)) == 3)
     server.signal(signal.SIGTERM)
     code, log = server.finish()
     assert code == 0, log
