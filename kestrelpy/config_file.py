@@ -164,9 +164,11 @@ class _Locator:
         parent = self._offset(keys[:-1])
         if parent < 0:
             return -1
-        key = re.compile(rf"""(?:^|[{{,\s])["']?{re.escape(keys[-1])}["']?[ \t]*[=.]""", re.M)
+        # `key =` or `key.` at the start of the text, or after a space, `{` or `,` (an inline table) or `.`
+        # (a dotted key)
+        key = re.compile(rf"""(?<![^{{,.\s])["']?{re.escape(keys[-1])}["']?[ \t]*[=.]""")
         found = key.search(self.text, parent)
-        return found.start() + (found.group(0)[0] in "{, \t\n") if found else -1
+        return found.start() if found else -1
 
 
 def _endpoints(value: Any, locate: _Locator) -> tuple[Endpoint, ...]:

@@ -272,3 +272,11 @@ def test_the_endpoint_examples_of_the_docs_are_valid_files(doc: str) -> None:
         file = config_file.parse(example, doc)
         config = resolve(build_parser().parse_args([]), {"API_KEY_PASSWORD": "x", "ADMIN_KEY_PASSWORD": "x"}, file)[0]
         assert config.named_endpoints
+
+
+def test_dotted_keys_are_located_too(tmp_path: Path) -> None:
+    text = 'app = "a:b"\nendpoints.web.url = "http://127.0.0.1:80"\nendpoints.web.colour = "red"\n'
+    assert error_of(tmp_path, text) == (
+        "FILE:3: unknown key `colour` in [endpoints.web] (it takes url, protocols, certificate, sni, "
+        "client_certificate_mode)"
+    )
