@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import anyio
 
@@ -50,6 +51,32 @@ def connection_class(http: str) -> type[HttpConnection]:
     from kestrelpy.protocols.http11_h11 import H11Connection
 
     return H11Connection
+
+
+def http2_service(config: Config) -> Any:
+    """What serves HTTP/2 (protocols/http2.py), or None with --no-http2 or without the h2 package."""
+    if not config.http2_limits.http2:
+        return None
+    try:
+        from kestrelpy.protocols.http2 import Http2Service
+    except ImportError:
+        logger.info("HTTP/2 is off: the h2 package is not installed (pip install 'kestrelpy[http2]')")
+        return None
+    return Http2Service(config.http2_limits, config.server_header, config.headers)
+
+
+def listener_protocols(is_tls: bool, http2: bool) -> tuple[str, ...]:
+    """The protocols one listener speaks, by their ALPN names: HTTP/2 on every listener when it is served
+    (negotiated by ALPN on TLS, by the preface in cleartext), HTTP/1.1 always."""
+    return ("h2", "http/1.1") if http2 else ("http/1.1",)
+
+
+def listener_class(cls: type[HttpConnection], protocols: tuple[str, ...], http2: Any) -> type[HttpConnection]:
+    """`cls` for a listener speaking `protocols`: a subclass whose connections HTTP/2 may take over."""
+    if "h2" not in protocols or http2 is None:
+        return cls
+    namespace = {"__slots__": (), "http2": http2}
+    return cast("type[HttpConnection]", type(cls.__name__, (cls,), namespace))
 
 
 def display_url(address: tuple[str, int]) -> str:
@@ -113,7 +140,9 @@ class Server:
         # cannot be loaded is one message, not a half-started server.
         if sockets is None:  # the guard first, so a bad certificate is explained rather than only named
             _warn_predicted_failures(endpoints, config.tls)
-        tls = build_tls(config.tls) if any(e.tls for e in endpoints) else None
+        tls = None
+        if any(e.tls for e in endpoints):
+            tls = build_tls(config.tls, alpn=listener_protocols(True, config.http2_limits.http2 and _h2_importable()))
         if sockets is not None:
             await self._serve_sockets(app, upgrade, sockets, tls)
             return
@@ -166,12 +195,18 @@ class Server:
         if tls is not None:
             tls.start_watching(loop)  # each process watches its certificate files for itself
         protocol = connection_class(config.http)
+        http2 = http2_service(config)
+        plain_protocol = listener_class(protocol, listener_protocols(False, http2 is not None), http2)
 
         def factory() -> HttpConnection:
-            return protocol(state)
+            return plain_protocol(state)
 
         secure = self._tls_sockets(sockets) if tls is not None else [False] * len(sockets)
-        tls_protocol = tls_connection_class(protocol, tls.describe) if tls is not None else protocol
+        tls_protocol = protocol
+        if tls is not None:
+            tls_protocol = listener_class(
+                tls_connection_class(protocol, tls.describe), listener_protocols(True, http2 is not None), http2
+            )
         listeners = []
         for sock, is_tls in zip(sockets, secure, strict=True):
             if is_tls and tls is not None:
@@ -283,6 +318,14 @@ async def _tls_listener(
         ssl=tls.context,
         ssl_handshake_timeout=tls.handshake_timeout,
     )
+
+
+def _h2_importable() -> bool:
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None = None) -> None:

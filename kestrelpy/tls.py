@@ -104,6 +104,7 @@ class ServerTls:
     the ASGI TLS extension of a connection."""
 
     __slots__ = (
+        "_alpn",
         "_cipher_suites",
         "_contexts",
         "_digests",
@@ -122,8 +123,10 @@ class ServerTls:
         contexts: dict[str | None, ServedContext],
         digests: dict[CertSource, str],
         wallclock: Callable[[], float] = time.time,
+        alpn: Sequence[str] = ("http/1.1",),
     ) -> None:
         self._options = options
+        self._alpn = alpn
         self._contexts = contexts  # by --ssl-sni name; None: the default certificate
         self._digests = digests  # the content each source was last loaded from
         self._failed: dict[CertSource, str] = {}  # the content that failed to load, logged once
@@ -206,7 +209,7 @@ class ServerTls:
             self._failed.pop(source, None)  # back to what is served: a later bad change is news again
             return False
         try:
-            context = build_context(self._options, source)
+            context = build_context(self._options, source, self._alpn)
             expires = certificate_expiry(context.server_cert)
         except ConfigError as exc:
             self._reject(source, digest, str(exc))
@@ -258,8 +261,11 @@ def files_digest(source: CertSource) -> str:
     return digest.hexdigest()
 
 
-def build_tls(options: TlsOptions, wallclock: Callable[[], float] = time.time) -> ServerTls:
-    """The server's TLS settings from the --ssl-* options; a ConfigError names the file that is wrong."""
+def build_tls(
+    options: TlsOptions, wallclock: Callable[[], float] = time.time, alpn: Sequence[str] = ("http/1.1",)
+) -> ServerTls:
+    """The server's TLS settings from the --ssl-* options; a ConfigError names the file that is wrong.
+    `alpn`: the protocols offered, in the server's order of preference (RFC 7301)."""
     contexts: dict[str | None, ServedContext] = {}
     digests: dict[CertSource, str] = {}
     for source in certificate_sources(options):
@@ -267,16 +273,20 @@ def build_tls(options: TlsOptions, wallclock: Callable[[], float] = time.time) -
             digests[source] = files_digest(source)
         except OSError:
             digests[source] = ""  # build_context names the file that cannot be read
-        contexts[source.name] = build_context(options, source)
-    return ServerTls(options, contexts, digests, wallclock)
+        contexts[source.name] = build_context(options, source, alpn)
+    return ServerTls(options, contexts, digests, wallclock, alpn)
 
 
-def build_context(options: TlsOptions, source: CertSource | None = None) -> ServedContext:
-    """A context with the --ssl-* settings serving one certificate (the default one unless `source`)."""
+def build_context(
+    options: TlsOptions, source: CertSource | None = None, alpn: Sequence[str] = ("http/1.1",)
+) -> ServedContext:
+    """A context with the --ssl-* settings serving one certificate (the default one unless `source`),
+    offering the `alpn` protocols (every context: SNI may switch a connection to any of them)."""
     source = source or certificate_sources(options)[0]
     context = ServedContext(ssl.PROTOCOL_TLS_SERVER)  # already carries the ssl module's cipher default
     context.minimum_version = _MIN_VERSIONS[options.ssl_min_version]
     context.options |= ssl.OP_NO_COMPRESSION | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    context.set_alpn_protocols(list(alpn))
     if options.ssl_ciphers:
         try:
             context.set_ciphers(options.ssl_ciphers)
