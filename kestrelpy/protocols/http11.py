@@ -191,12 +191,7 @@ class HttpConnection(Http1Output):
         sockname = transport.get_extra_info("sockname")
         self.server = (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
         self.client = address(transport.get_extra_info("peername"))
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
         state = self.state
         now = state.clock()
         self.timeouts = timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
@@ -666,6 +661,16 @@ class HttpConnection(Http1Output):
     def cancel_app(self) -> None:
         if self.cycle is not None and self.cycle.task is not None:
             self.cycle.task.cancel()
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Responses leave as they are written: no waiting for the peer's ACK of the previous segment (Nagle)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def address(info: Any) -> tuple[str, int] | None:

@@ -52,7 +52,7 @@ from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
 from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
-from kestrelpy.protocols.http11 import METHOD_NAMES, HttpConnection, address, start_task
+from kestrelpy.protocols.http11 import METHOD_NAMES, HttpConnection, address, no_delay, start_task
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import declared_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
@@ -326,6 +326,7 @@ class Http2Connection(asyncio.Protocol):
         "_in_read",
         "_last_heard",
         "_last_stream_id",
+        "_lingering",
         "_ping_sent",
         "_ready",
         "_received",
@@ -367,6 +368,7 @@ class Http2Connection(asyncio.Protocol):
         self._in_read = False  # writes wait for the end of the read being handled
         self._send_scheduled = False  # _send_pending is due on the loop
         self._goaway_sent = False
+        self._lingering = False  # a connection error's GOAWAY is out; nothing more is read (see _linger)
         self._last_stream_id = 0  # the highest stream accepted
         self._received = False  # anything read since the last beat (for the keep-alive ping)
         self._ping_sent: float | None = None  # when the unanswered keep-alive PING went out
@@ -407,6 +409,8 @@ class Http2Connection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         self.server = (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
         self.client = address(transport.get_extra_info("peername"))
+        if self.scheme == "https":  # (a cleartext connection has had it set as HTTP/1.1)
+            no_delay(transport)
         state = self.state
         now = state.clock()
         self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
@@ -446,8 +450,8 @@ class Http2Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
-        if self._goaway_sent and self.transport.is_closing():
-            return
+        if self._lingering:
+            return  # after a connection error: read and dropped until the client closes (see _linger)
         self._in_read = True
         try:
             try:
@@ -459,7 +463,7 @@ class Http2Connection(asyncio.Protocol):
                 return
             for event in events:
                 self._on_event(event)
-                if self.transport.is_closing():
+                if self._lingering or self.transport.is_closing():
                     return
             self._pump()
         finally:
@@ -691,6 +695,7 @@ class Http2Connection(asyncio.Protocol):
         except h2.exceptions.StreamClosedError:
             stream.drop_output()
             return
+        stream.bytes_written += 1  # (the head counts as output: the response rate's grace runs from it)
         if end_stream:
             stream.ended = True
             self._after_end(stream)
@@ -828,10 +833,24 @@ class Http2Connection(asyncio.Protocol):
         self._close_streams()
         data = self.h2.data_to_send()
         transport = self.transport
-        if not transport.is_closing():
+        if not transport.is_closing() and not self._lingering:
             if data:
                 transport.write(data)
+            self._linger()
+
+    def _linger(self) -> None:
+        """Shut the write side after the GOAWAY and read (dropping it) what the client still sends until it
+        closes, or the LINGER timeout closes it: closing with unread input would reset the connection, and
+        a reset can destroy the GOAWAY in the client's receive buffer before it is read (as HTTP/1.1's
+        refusals linger, see http11.py)."""
+        transport = self.transport
+        self._lingering = True
+        if not transport.can_write_eof():
             transport.close()
+            return
+        transport.write_eof()
+        self.flow.resume_reading()
+        self.timeouts.set_timeout(TimeoutReason.LINGER, self.state.clock())
 
     def _close_streams(self) -> None:
         self._ready.clear()
@@ -872,6 +891,10 @@ class Http2Connection(asyncio.Protocol):
         """Heartbeat: reset the flood budgets, hold each stream to the data rates, and run the
         connection's timeouts (keep-alive, request headers, keep-alive ping)."""
         if self.transport.is_closing():
+            return
+        if self._lingering:
+            if self.timeouts.expired(now) is not None:
+                self.transport.close()
             return
         self._budgets = [0, 0, 0, 0, 0]
         self._refused_while_full = 0

@@ -42,6 +42,7 @@ class H2Client:
         preface: bool = True,
     ) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each frame leaves when it is sent
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
         self.sock = sock
