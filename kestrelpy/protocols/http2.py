@@ -283,29 +283,28 @@ class Http2Stream:
         sent = 0
         out = self._out
         sid = self.stream_id
+        ends_with_data = self._end_pending and not self._trailers
         while out is not None:
             size = min(budget - sent, h2conn.local_flow_control_window(sid), h2conn.max_outbound_frame_size, len(out))
             if size <= 0:
-                return sent
+                break
             last = size == len(out)
-            h2conn.send_data(
-                sid, out[:size].tobytes(), end_stream=last and self._end_pending and self._trailers is None
-            )
+            h2conn.send_data(sid, out[:size].tobytes(), end_stream=last and ends_with_data)
             sent += size
             self._conn.data_frames += 1
             if last:
                 self._out = out = None
-                if self._end_pending and self._trailers is None:
+                if ends_with_data:
                     self._end_pending = False
                     self.ended = True
             else:
                 self._out = out = out[size:]
-        if self._end_pending:
+        if self._end_pending and out is None:
             self._end_pending = False
             self.ended = True
-            if self._trailers is not None:
+            if self._trailers:
                 h2conn.send_headers(sid, self._trailers, end_stream=True)
-            else:
+            else:  # (no trailers after all: an empty DATA frame ends the stream)
                 h2conn.send_data(sid, b"", end_stream=True)
         self.bytes_written += sent
         return sent
@@ -731,7 +730,7 @@ class Http2Connection(asyncio.Protocol):
         h2conn = self.h2
         flow = self.flow
         unflushed = 0
-        while ready and not flow.write_paused and h2conn.outbound_flow_control_window > 0:
+        while ready and not flow.write_paused:
             stream = ready.popleft()
             try:
                 sent = stream.send_some(h2conn, QUANTUM)
@@ -785,8 +784,7 @@ class Http2Connection(asyncio.Protocol):
     def _forget(self, stream: Http2Stream) -> None:
         """The stream is done: its app returned and its response ended (or was reset)."""
         if stream.unacked:
-            self.h2.acknowledge_received_data(stream.unacked, stream.stream_id)
-            stream.unacked = 0
+            self.acknowledge(stream, stream.unacked)
         if self.streams.pop(stream.stream_id, None) is not None and not self.streams:
             if self._goaway_sent:
                 self._flush()
