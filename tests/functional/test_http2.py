@@ -443,6 +443,30 @@ def test_connection_loss_tells_every_stream_app(serve_app, h2_client) -> None:
     assert wait_until(lambda: seen.count("http.disconnect") == 3)
 
 
+def test_expect_continue_gets_an_interim_100_when_the_app_reads(serve_app, h2_client) -> None:
+    live = serve_app(echo_app)
+    client = h2_client(live.port)
+    sid = client.request("/", method="POST", headers=[(b"expect", b"100-continue")], end=False)
+    event = client.until(lambda e: isinstance(e, h2.events.InformationalResponseReceived))
+    assert event is not None and dict(event.headers or ())[b":status"] == b"100"
+    client.send_body(sid, b"body", True)
+    status, _headers, body = client.response(sid)
+    assert status == 200 and json.loads(body)["size"] == 4
+
+
+def test_head_response_has_the_length_and_no_body(serve_app, h2_client) -> None:
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"twelve bytes"})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    status, headers, body = client.response(client.request("/", method="HEAD"))
+    assert (status, headers[b"content-length"], body) == (200, b"12", b"")
+
+
 # -- flow control ---------------------------------------------------------------------------------------
 
 

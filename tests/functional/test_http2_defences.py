@@ -280,3 +280,17 @@ def test_body_rate_applies_per_stream(serve_app, h2_client, manual_clock) -> Non
     assert status == 408 and body == b"The request body did not arrive in time."
     client.send_body(fine, b"", True)
     assert client.response(fine)[0] == 200
+
+
+def test_unanswered_keep_alive_ping_closes_the_connection(serve_app, h2_client, manual_clock) -> None:
+    limits = Http2Limits(http2_keep_alive_ping_delay=2.0, http2_keep_alive_ping_timeout=3.0)
+    live = serve_app(echo_app, http2_limits=limits)
+    client = h2_client(live.port)
+    assert wait_until(live.has_read_everything)
+    for _ in range(6):  # the PING goes out at the third beat; the client reads nothing, so never answers
+        manual_clock.beat()
+    assert live.connections() != []
+    manual_clock.beat()
+    event = client.goaway()
+    assert event is not None and event.error_code == ErrorCodes.NO_ERROR
+    assert any(_server_ping(e) for e in client.events)
