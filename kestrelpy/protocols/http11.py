@@ -110,7 +110,7 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 BATCH_LIMIT = 64 * 1024
 
 
-METHOD_NAMES = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_METHOD_NAMES = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
 class Http2Handoff(Protocol):
@@ -293,7 +293,7 @@ class HttpConnection(Http1Output):
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "method": METHOD_NAMES.get(method) or method.decode("ascii"),
+            "method": _METHOD_NAMES.get(method) or method.decode("ascii"),
             "root_path": state.root_path,
             "path": state.root_path + decode_path(raw_path),
             "raw_path": state.root_path_bytes + raw_path,

@@ -37,7 +37,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import h2.config
 import h2.connection
@@ -49,10 +49,10 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 from kestrelpy.access_log import AccessEntry
-from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
+from kestrelpy.asgi import split_target
 from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
-from kestrelpy.protocols.http11 import METHOD_NAMES, HttpConnection, address, no_delay, start_task
+from kestrelpy.protocols.http11 import HttpConnection, address, no_delay, start_task
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import declared_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
@@ -602,29 +602,12 @@ class Http2Connection(asyncio.Protocol):
     def _scope(
         self, method: bytes, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], trailers: bool
     ) -> dict[str, Any]:
-        state = self.state
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
-            "http_version": "2",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": METHOD_NAMES.get(method) or method.decode("ascii"),
-            "root_path": state.root_path,
-            "path": state.root_path + decode_path(raw_path),
-            "raw_path": state.root_path_bytes + raw_path,
-            "query_string": query,
-            "headers": headers,
-            "state": state.lifespan_state.copy(),
-        }
-        extensions: dict[str, Any] = {}
-        if trailers:
-            extensions["http.response.trailers"] = {}
+        """The HTTP/1.1 connection's scope (it reads the same attributes: state, server, client, scheme), with
+        HTTP/2's version and, on TLS, the connection's extension."""
+        scope = HttpConnection._scope(cast("HttpConnection", self), method, raw_path, query, headers, True, trailers)
+        scope["http_version"] = "2"
         if self.tls_extension is not None:
-            extensions["tls"] = self.tls_extension
-        if extensions:
-            scope["extensions"] = extensions
+            scope.setdefault("extensions", {})["tls"] = self.tls_extension
         return scope
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
