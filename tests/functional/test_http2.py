@@ -17,10 +17,12 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import httpx
 import pytest
 import trustme
 from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 
 from kestrelpy.config import Http2Limits, Limits, TlsOptions
 from tests.support.gate import Gate
@@ -157,6 +159,16 @@ class H2Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    frames = []
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        frames.append(frame)
+        data = data[9 + length :]
+    return frames
 
 
 def _ends(event: h2.events.Event, sid: int) -> bool:
@@ -636,9 +648,17 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app
     live.request_shutdown()
     event = client.goaway()
     assert event is not None and event.error_code == ErrorCodes.NO_ERROR and event.last_stream_id == sid
+    late = HeadersFrame(sid + 2, flags=("END_HEADERS", "END_STREAM"))  # opened after the GOAWAY: refused
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/late")]
+    late.data = hpack.Encoder().encode(fields)
+    client.send_raw(late.serialize())
     gate.open()
-    client.until(lambda e: False)  # h2 reads no frames after a GOAWAY: the rest is looked at as bytes
-    assert client.closed and b"finished" in client.after_goaway
+    client.until(lambda e: False)  # h2 reads no frames after a GOAWAY: the rest is parsed here
+    assert client.closed
+    frames = parse_frames(client.after_goaway)
+    assert any(isinstance(f, DataFrame) and f.stream_id == sid and f.data == b"finished" for f in frames)
+    refused = [f for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == sid + 2]
+    assert refused and refused[0].error_code == ErrorCodes.REFUSED_STREAM
     assert live.join()
 
 
