@@ -338,6 +338,26 @@ def test_raw_h2_client_over_tls_alpn(serve_app, tls_files, h2_client) -> None:
     assert json.loads(body)["size"] == 100_000
 
 
+def test_alpn_still_offers_h2_after_sni_switches_the_certificate(serve_app, tls_files, tmp_path) -> None:
+    ca = trustme.CA()
+    other = ca.issue_cert("other.test")
+    other.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "other.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    options = TlsOptions(
+        ssl_certfile=str(tls_files[1]),
+        ssl_keyfile=str(tls_files[2]),
+        ssl_sni=(("other.test", str(tmp_path / "other.pem"), ""),),
+    )
+    live = serve_app(echo_app, tls=options)
+    context = ssl.create_default_context(cafile=str(tmp_path / "other-ca.pem"))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as raw,
+        context.wrap_socket(raw, server_hostname="other.test") as sock,
+    ):
+        assert sock.selected_alpn_protocol() == "h2"
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_http2_over_tls_and_prior_knowledge(serve_app, tls_files) -> None:
     plain = serve_app(echo_app)
@@ -626,6 +646,15 @@ def test_http2_connections_count_towards_the_connection_limit(serve_app, h2_clie
     second = h2_client(live.port)  # refused before its preface is read (with HTTP/1.1's 503)
     second.until(lambda e: False)
     assert second.closed and not any(isinstance(e, h2.events.ResponseReceived) for e in second.events)
+
+
+def test_tls_http2_connection_over_the_limit_gets_goaway_refused(serve_app, tls_files, h2_client) -> None:
+    live = serve_app(echo_app, tls=tls_options(tls_files), limits=Limits(max_concurrent_connections=1))
+    first = h2_client(live.port, context=client_context(tls_files, ["h2"]))
+    assert first.response(first.request("/"))[0] == 200
+    second = h2_client(live.port, context=client_context(tls_files, ["h2"]))
+    event = second.goaway()
+    assert event is not None and event.error_code == ErrorCodes.REFUSED_STREAM
 
 
 # -- shutdown ------------------------------------------------------------------------------------------
