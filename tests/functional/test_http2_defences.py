@@ -10,6 +10,7 @@ import asyncio
 import h2.events
 import h2.settings
 import hpack
+import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import (
     ContinuationFrame,
@@ -112,19 +113,27 @@ def flood(client: H2Client, frame: bytes, count: int) -> None:
         pass
 
 
-def test_settings_flood_ends_the_connection(serve_app, h2_client, manual_clock) -> None:
-    live = serve_app(echo_app)
-    client = h2_client(live.port)
-    flood(client, SettingsFrame(0).serialize(), 150)
-    assert calm_goaway(client)
-
-
-def test_ping_flood_ends_the_connection(serve_app, h2_client, manual_clock) -> None:
-    live = serve_app(echo_app)
-    client = h2_client(live.port)
+def ping_frame() -> PingFrame:
     ping = PingFrame(0)
     ping.opaque_data = b"12345678"
-    flood(client, ping.serialize(), 1500)
+    return ping
+
+
+def window_update_frame() -> WindowUpdateFrame:
+    update = WindowUpdateFrame(0)
+    update.window_increment = 1
+    return update
+
+
+@pytest.mark.parametrize(
+    ("make", "count"),
+    [(lambda: SettingsFrame(0), 150), (ping_frame, 1500), (window_update_frame, 1500)],
+    ids=["settings", "ping", "window_update"],
+)
+def test_control_frame_flood_ends_the_connection(serve_app, h2_client, manual_clock, make, count) -> None:
+    live = serve_app(echo_app)
+    client = h2_client(live.port)
+    flood(client, make().serialize(), count)
     assert calm_goaway(client)
 
 
@@ -144,22 +153,11 @@ def test_empty_data_flood_ends_the_connection(serve_app, h2_client, manual_clock
     gate.open()
 
 
-def test_window_update_flood_ends_the_connection(serve_app, h2_client, manual_clock) -> None:
-    live = serve_app(echo_app)
-    client = h2_client(live.port)
-    update = WindowUpdateFrame(0)
-    update.window_increment = 1
-    flood(client, update.serialize(), 1500)
-    assert calm_goaway(client)
-
-
 def test_budgets_are_per_beat_so_ordinary_pings_are_fine(serve_app, h2_client, manual_clock) -> None:
     live = serve_app(echo_app)
     client = h2_client(live.port)
-    ping = PingFrame(0)
-    ping.opaque_data = b"12345678"
     for _ in range(3):
-        flood(client, ping.serialize(), 600)
+        flood(client, ping_frame().serialize(), 600)
         assert wait_until(live.has_read_everything)
         manual_clock.beat()
     assert client.response(client.request("/"))[0] == 200
