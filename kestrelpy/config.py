@@ -275,6 +275,105 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Limits:
+    """HTTP/2 (kestrelpy[http2]): whether it is served, and its limits, after Kestrel's Http2Limits. Each
+    default is Kestrel's. protocols/http2.py applies them; the HTTP/1.1 limits above apply per stream."""
+
+    http2: bool = option(
+        True,
+        "Serve HTTP/2: offered by ALPN on TLS endpoints, and to cleartext connections that open with the "
+        "HTTP/2 preface (prior knowledge); needs the h2 package (the kestrelpy[http2] extra), and is off "
+        "without it.",
+        parse=_parse_bool,
+        negatable=True,
+        group="http2",
+    )
+    http2_max_concurrent_streams: int = option(
+        100,
+        "Streams a client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS; "
+        "Kestrel's MaxStreamsPerConnection).",
+        parse=int,
+        metavar="N",
+        group="http2",
+    )
+    http2_header_table_size: int = option(
+        4096,
+        "Size of the HPACK dynamic table the client may use for request headers (SETTINGS_HEADER_TABLE_SIZE; "
+        "Kestrel's HeaderTableSize).",
+        parse=int,
+        metavar="BYTES",
+        group="http2",
+    )
+    http2_max_frame_size: int = option(
+        16 * 1024,
+        "Largest frame payload the client may send, 16384 to 16777215 (SETTINGS_MAX_FRAME_SIZE; Kestrel's "
+        "MaxFrameSize).",
+        parse=int,
+        metavar="BYTES",
+        group="http2",
+    )
+    http2_max_request_header_field_size: int = option(
+        16 * 1024,
+        "Largest request header field, name and value decoded, before the stream is refused with 431 "
+        "(Kestrel's MaxRequestHeaderFieldSize).",
+        parse=int,
+        metavar="BYTES",
+        group="http2",
+    )
+    http2_initial_connection_window_size: int = option(
+        1024 * 1024,
+        "Request body bytes a client may send on one connection before the app reads them "
+        "(Kestrel's InitialConnectionWindowSize).",
+        parse=int,
+        metavar="BYTES",
+        group="http2",
+    )
+    http2_initial_stream_window_size: int = option(
+        768 * 1024,
+        "Request body bytes a client may send on one stream before the app reads them "
+        "(SETTINGS_INITIAL_WINDOW_SIZE; Kestrel's InitialStreamWindowSize).",
+        parse=int,
+        metavar="BYTES",
+        group="http2",
+    )
+    http2_keep_alive_ping_delay: float = option(
+        0.0,
+        "Send a PING when nothing has been received for this many seconds (Kestrel's KeepAlivePingDelay; "
+        "0 = never, Kestrel's default).",
+        parse=float,
+        metavar="SECONDS",
+        group="http2",
+    )
+    http2_keep_alive_ping_timeout: float = option(
+        20.0,
+        "Close the connection when a keep-alive PING is unanswered for this many seconds (Kestrel's "
+        "KeepAlivePingTimeout).",
+        parse=float,
+        metavar="SECONDS",
+        group="http2",
+    )
+
+    def __post_init__(self) -> None:
+        # RFC 9113 section 6.5.2 gives the ranges of the settings; a window is at most 2^31-1 (section 6.9.1).
+        if self.http2_max_concurrent_streams < 1:
+            raise ConfigError("--http2-max-concurrent-streams must be at least 1")
+        if self.http2_header_table_size < 0:
+            raise ConfigError("--http2-header-table-size must not be negative")
+        if not 2**14 <= self.http2_max_frame_size <= 2**24 - 1:
+            raise ConfigError("--http2-max-frame-size must be between 16384 and 16777215")
+        if self.http2_max_request_header_field_size < 64:
+            raise ConfigError("--http2-max-request-header-field-size must be at least 64")
+        if not 65535 <= self.http2_initial_connection_window_size <= 2**31 - 1:
+            raise ConfigError("--http2-initial-connection-window-size must be between 65535 and 2147483647")
+        if not 65535 <= self.http2_initial_stream_window_size <= 2**31 - 1:
+            raise ConfigError("--http2-initial-stream-window-size must be between 65535 and 2147483647")
+        if self.http2_keep_alive_ping_delay < 0:
+            raise ConfigError("--http2-keep-alive-ping-delay must not be negative (0 = never)")
+        if self.http2_keep_alive_ping_timeout <= 0:
+            raise ConfigError("--http2-keep-alive-ping-timeout must be greater than 0")
+
+
+@dataclass(frozen=True, slots=True)
 class TlsOptions:
     """The certificate and settings of the TLS endpoints (`https://` URLs, or every endpoint given without
     a scheme once --ssl-certfile is set). kestrelpy/tls.py turns them into an ssl.SSLContext."""
@@ -467,9 +566,9 @@ class Config:
     backlog: int = option(2048, "Maximum number of connections waiting to be accepted.", parse=int, group="listening")
     http: str = option("auto", "HTTP/1.1 parser (auto = httptools).", choices=HTTP_CHOICES, group="http")
     protocols: str = option(
-        "http1",
+        "http1+http2",
         "HTTP versions the endpoints serve, unless a config file endpoint chooses its own (Kestrel's "
-        "Protocols): http1, http2, or http1+http2.",
+        "Protocols): http1, http2, or http1+http2. HTTP/2 needs the h2 package and is off with --no-http2.",
         choices=PROTOCOL_CHOICES,
         group="http",
     )
@@ -679,6 +778,7 @@ class Config:
         group="websocket",
     )
     limits: Limits = field(default_factory=Limits)
+    http2_limits: Http2Limits = field(default_factory=Http2Limits)
     tls: TlsOptions = field(default_factory=TlsOptions)
 
     def __post_init__(self) -> None:
@@ -816,7 +916,7 @@ def _check_distinct_addresses(endpoints: list[Endpoint]) -> None:
 
 
 # The nested option groups, by the Config field that holds each.
-NESTED: dict[str, type] = {"limits": Limits, "tls": TlsOptions}
+NESTED: dict[str, type] = {"limits": Limits, "http2_limits": Http2Limits, "tls": TlsOptions}
 
 
 def options() -> Iterator[tuple[type, dataclasses.Field[Any]]]:

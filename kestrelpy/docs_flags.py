@@ -36,6 +36,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "What a client may send, and how slowly; see [Limits and rejections](limits.md) for what each refusal "
         "looks like on the wire.",
     ),
+    "http2": ("HTTP/2", "With the `kestrelpy[http2]` extra; see [HTTP/2](http2.md)."),
     "tls": ("TLS", "HTTPS endpoints: the certificate, client certificates, versions; see [HTTPS](tls.md)."),
     "timeouts": ("Timeouts", "Idle connections, slow request heads and shutdown."),
     "processes": (

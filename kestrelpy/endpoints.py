@@ -78,7 +78,7 @@ class TcpEndpoint:
     name: str = ""  # [endpoints.NAME] in the config file; "" for an endpoint given otherwise
     # One of PROTOCOL_CHOICES. Config.endpoints() sets --protocols on every endpoint but a config file one
     # that chose its own (one that did not comes with "").
-    protocols: str = "http1"
+    protocols: str = "http1+http2"
     settings: EndpointTls | None = None
 
     def display(self) -> str:
@@ -102,7 +102,7 @@ class UnixEndpoint:
     mode: int | None = None
     tls: bool = False
     name: str = ""
-    protocols: str = "http1"
+    protocols: str = "http1+http2"
     settings: EndpointTls | None = None
 
     def display(self) -> str:
@@ -116,7 +116,7 @@ class FdEndpoint:
     fd: int
     name: str = ""
     tls: bool = False
-    protocols: str = "http1"
+    protocols: str = "http1+http2"
     settings: EndpointTls | None = None
 
     def display(self) -> str:

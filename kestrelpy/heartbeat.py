@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 from kestrelpy.state import ServerState
 
 if TYPE_CHECKING:
+    from kestrelpy.protocols.http2 import Http2Connection
     from kestrelpy.protocols.http11 import HttpConnection
     from kestrelpy.protocols.websocket import WebSocketConnection
 
-    Connection = HttpConnection | WebSocketConnection
+    Connection = HttpConnection | Http2Connection | WebSocketConnection
 
 INTERVAL = 1.0
 LATE_AFTER = 2 * INTERVAL  # a gap this long between beats is worth a warning (jitter stays well below)

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import anyio
 
@@ -50,6 +51,42 @@ def connection_class(http: str) -> type[HttpConnection]:
     from kestrelpy.protocols.http11_h11 import H11Connection
 
     return H11Connection
+
+
+def http2_service(config: Config) -> Any:
+    """What serves HTTP/2 (protocols/http2.py), or None with --no-http2 or without the h2 package."""
+    if not config.http2_limits.http2:
+        return None
+    try:
+        from kestrelpy.protocols.http2 import Http2Service
+    except ImportError:
+        logger.info("HTTP/2 is off: the h2 package is not installed (pip install 'kestrelpy[http2]')")
+        return None
+    return Http2Service(config.http2_limits, config.server_header, config.headers)
+
+
+def listener_protocols(endpoint: Endpoint | None, http2: bool) -> tuple[str, ...]:
+    """The protocols one listener speaks, by their ALPN names in order of preference (RFC 7301): what its
+    endpoint asks for (`protocols`, Kestrel's), with HTTP/2 only while it is served (--http2 and the h2
+    package). HTTP/2 is negotiated by ALPN on TLS and recognised by its preface in cleartext."""
+    wanted = endpoint.protocols if endpoint is not None else "http1+http2"
+    if wanted == "http2":
+        if not http2:
+            where = endpoint.display() if endpoint is not None else "an endpoint"
+            raise ConfigError(
+                f"{where} serves only HTTP/2 (protocols = http2), but HTTP/2 is off: "
+                "install it with pip install 'kestrelpy[http2]' and drop --no-http2, or choose http1+http2"
+            )
+        return ("h2",)
+    return ("h2", "http/1.1") if http2 and wanted == "http1+http2" else ("http/1.1",)
+
+
+def listener_class(cls: type[HttpConnection], protocols: tuple[str, ...], http2: Any) -> type[HttpConnection]:
+    """`cls` for a listener speaking `protocols`: a subclass whose connections HTTP/2 may take over."""
+    if "h2" not in protocols or http2 is None:
+        return cls
+    namespace = {"__slots__": (), "http2": http2, "http1": "http/1.1" in protocols}
+    return cast("type[HttpConnection]", type(cls.__name__, (cls,), namespace))
 
 
 def display_url(address: tuple[str, int]) -> str:
@@ -113,7 +150,12 @@ class Server:
         # cannot be loaded is one message, not a half-started server.
         if sockets is None:  # the guard first, so a bad certificate is explained rather than only named
             _warn_predicted_failures(endpoints, config.tls)
-        tls = TlsListeners(config.tls, endpoints) if any(e.tls for e in endpoints) else None
+        http2_on = config.http2_limits.http2 and _h2_importable()
+        for endpoint in endpoints:
+            listener_protocols(endpoint, http2_on)  # an HTTP/2-only endpoint without HTTP/2 stops here
+        tls = None
+        if any(e.tls for e in endpoints):
+            tls = TlsListeners(config.tls, endpoints, alpn=lambda e: listener_protocols(e, http2_on))
         if sockets is not None:
             await self._serve_sockets(app, upgrade, sockets, tls)
             return
@@ -166,19 +208,19 @@ class Server:
         if tls is not None:
             tls.start_watching(loop)  # each process watches its certificate files for itself
         protocol = connection_class(config.http)
-
-        def factory() -> HttpConnection:
-            return protocol(state)
-
+        http2 = http2_service(config)
+        endpoints = self.endpoints()
         secure = self._tls_sockets(sockets, tls)
-        tls_protocols: dict[int, type[HttpConnection]] = {}  # one class per ServerTls: it describes its own
+        # One connection class per (TLS, protocols) pair: a TLS class describes its own ServerTls.
+        classes: dict[tuple[int, tuple[str, ...]], type[HttpConnection]] = {}
         listeners = []
         for sock, served in zip(sockets, secure, strict=True):
-            if served is not None:
-                tls_protocol = tls_protocols.setdefault(id(served), tls_connection_class(protocol, served.describe))
-                listeners.append(await _tls_listener(loop, sock, served, tls_protocol, state, config.backlog))
-            else:
-                listeners.append(await loop.create_server(factory, sock=sock, backlog=config.backlog))
+            protocols = listener_protocols(listener_endpoint(sock.getsockname(), endpoints), http2 is not None)
+            key = (id(served), protocols)
+            if key not in classes:
+                base = tls_connection_class(protocol, served.describe) if served is not None else protocol
+                classes[key] = listener_class(base, protocols, http2)
+            listeners.append(await _listen(loop, sock, served, classes[key], state, config.backlog))
         self.addresses = [socket_address(sock) for sock in sockets]
         logger.info(
             "Started server process [%d] (%s, %s)",
@@ -262,20 +304,22 @@ class Server:
             conn.abort()
 
 
-async def _tls_listener(
+async def _listen(
     loop: asyncio.AbstractEventLoop,
     sock: socket.socket,
-    tls: ServerTls,
+    tls: ServerTls | None,
     protocol: type[HttpConnection],
     state: ServerState,
     backlog: int,
 ) -> asyncio.AbstractServer:
-    """A listener whose connections are served only once their TLS handshake is complete; a client that
-    does not complete it within --timeout-tls-handshake is closed by the loop."""
+    """A listener on `sock`. With `tls`, its connections are served only once their handshake is complete;
+    a client that does not complete it within --timeout-tls-handshake is closed by the loop."""
 
     def factory() -> HttpConnection:
         return protocol(state)
 
+    if tls is None:
+        return await loop.create_server(factory, sock=sock, backlog=backlog)
     return await loop.create_server(
         factory,
         sock=sock,
@@ -283,6 +327,14 @@ async def _tls_listener(
         ssl=tls.context,
         ssl_handshake_timeout=tls.handshake_timeout,
     )
+
+
+def _h2_importable() -> bool:
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None = None) -> None:

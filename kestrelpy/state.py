@@ -15,6 +15,7 @@ from kestrelpy.protocols.timeouts import DataRates, timeout_durations
 from kestrelpy.protocols.writer import encode_headers, status_line
 
 if TYPE_CHECKING:
+    from kestrelpy.protocols.http2 import Http2Connection
     from kestrelpy.protocols.http11 import HttpConnection
     from kestrelpy.protocols.websocket import MissingLibrary, WebSocketConnection, WebSocketUpgrade
 
@@ -76,7 +77,7 @@ class ServerState:
         self.clock = clock
         self.access_log = access_log
         self.access_format = compile_format(config.access_log_format)  # validated by Config already
-        self.connections: set[HttpConnection | WebSocketConnection] = set()
+        self.connections: set[HttpConnection | Http2Connection | WebSocketConnection] = set()
         self.lifespan_state: dict[str, Any] = {}
         self.known_hosts: set[bytes] = set()  # Host values already found valid (see HttpConnection)
         self.root_path = config.root_path
@@ -148,7 +149,7 @@ class ServerState:
                 self._response_starts[status] = start
         return start
 
-    def connection_closed(self, conn: HttpConnection | WebSocketConnection) -> None:
+    def connection_closed(self, conn: HttpConnection | Http2Connection | WebSocketConnection) -> None:
         self.connections.discard(conn)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()

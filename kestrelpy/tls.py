@@ -115,6 +115,7 @@ class ServerTls:
     the ASGI TLS extension of a connection."""
 
     __slots__ = (
+        "_alpn",
         "_cipher_suites",
         "_contexts",
         "_digests",
@@ -133,8 +134,10 @@ class ServerTls:
         contexts: dict[str | None, ServedContext],
         digests: dict[CertSource, str],
         wallclock: Callable[[], float] = time.time,
+        alpn: Sequence[str] = ("http/1.1",),
     ) -> None:
         self._options = options
+        self._alpn = alpn
         self._contexts = contexts  # by --ssl-sni name; None: the default certificate
         self._digests = digests  # the content each source was last loaded from
         self._failed: dict[CertSource, str] = {}  # the content that failed to load, logged once
@@ -217,7 +220,7 @@ class ServerTls:
             self._failed.pop(source, None)  # back to what is served: a later bad change is news again
             return False
         try:
-            context = build_context(self._options, source)
+            context = build_context(self._options, source, self._alpn)
             expires = certificate_expiry(context.server_cert)
         except ConfigError as exc:
             self._reject(source, digest, str(exc))
@@ -240,23 +243,34 @@ class ServerTls:
 
 class TlsListeners:
     """The ServerTls of each TLS endpoint of this process: one for the endpoints that share the --ssl-*
-    settings, and one for each endpoint with settings of its own (see the module's docstring)."""
+    settings and protocols, and one for each endpoint with settings of its own (see the module's docstring).
+    `alpn` names the protocols an endpoint offers, in the server's order of preference."""
 
-    __slots__ = ("_by_settings", "_options")
+    __slots__ = ("_alpn", "_by_settings", "_options")
 
-    def __init__(self, options: TlsOptions, endpoints: Iterable[Endpoint], wallclock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        options: TlsOptions,
+        endpoints: Iterable[Endpoint],
+        wallclock: Callable[[], float] = time.time,
+        alpn: Callable[[Endpoint], Sequence[str]] = lambda _endpoint: ("http/1.1",),
+    ):
         self._options = options
-        self._by_settings: dict[TlsOptions, ServerTls] = {}
+        self._alpn = alpn
+        self._by_settings: dict[tuple[TlsOptions, tuple[str, ...]], ServerTls] = {}
         for endpoint in endpoints:
-            settings = options.for_endpoint(endpoint)
-            if endpoint.tls and settings not in self._by_settings:
-                self._by_settings[settings] = build_tls(settings, wallclock)
+            key = self._key(endpoint)
+            if endpoint.tls and key not in self._by_settings:
+                self._by_settings[key] = build_tls(key[0], wallclock, key[1])
+
+    def _key(self, endpoint: Endpoint) -> tuple[TlsOptions, tuple[str, ...]]:
+        return self._options.for_endpoint(endpoint), tuple(self._alpn(endpoint))
 
     def for_endpoint(self, endpoint: Endpoint | None) -> ServerTls | None:
         """The TLS of the listener bound for `endpoint`; None for a plain one."""
         if endpoint is None or not endpoint.tls:
             return None
-        return self._by_settings.get(self._options.for_endpoint(endpoint))
+        return self._by_settings.get(self._key(endpoint))
 
     def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
         for served in self._by_settings.values():
@@ -306,8 +320,11 @@ def files_digest(source: CertSource) -> str:
     return digest.hexdigest()
 
 
-def build_tls(options: TlsOptions, wallclock: Callable[[], float] = time.time) -> ServerTls:
-    """The server's TLS settings from the --ssl-* options; a ConfigError names the file that is wrong."""
+def build_tls(
+    options: TlsOptions, wallclock: Callable[[], float] = time.time, alpn: Sequence[str] = ("http/1.1",)
+) -> ServerTls:
+    """The server's TLS settings from the --ssl-* options; a ConfigError names the file that is wrong.
+    `alpn`: the protocols offered, in the server's order of preference (RFC 7301)."""
     contexts: dict[str | None, ServedContext] = {}
     digests: dict[CertSource, str] = {}
     for source in certificate_sources(options):
@@ -315,16 +332,20 @@ def build_tls(options: TlsOptions, wallclock: Callable[[], float] = time.time) -
             digests[source] = files_digest(source)
         except OSError:
             digests[source] = ""  # build_context names the file that cannot be read
-        contexts[source.name] = build_context(options, source)
-    return ServerTls(options, contexts, digests, wallclock)
+        contexts[source.name] = build_context(options, source, alpn)
+    return ServerTls(options, contexts, digests, wallclock, alpn)
 
 
-def build_context(options: TlsOptions, source: CertSource | None = None) -> ServedContext:
-    """A context with the --ssl-* settings serving one certificate (the default one unless `source`)."""
+def build_context(
+    options: TlsOptions, source: CertSource | None = None, alpn: Sequence[str] = ("http/1.1",)
+) -> ServedContext:
+    """A context with the --ssl-* settings serving one certificate (the default one unless `source`),
+    offering the `alpn` protocols (every context: SNI may switch a connection to any of them)."""
     source = source or certificate_sources(options)[0]
     context = ServedContext(ssl.PROTOCOL_TLS_SERVER)  # already carries the ssl module's cipher default
     context.minimum_version = _MIN_VERSIONS[options.ssl_min_version]
     context.options |= ssl.OP_NO_COMPRESSION | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    context.set_alpn_protocols(list(alpn))
     if options.ssl_ciphers:
         try:
             context.set_ciphers(options.ssl_ciphers)

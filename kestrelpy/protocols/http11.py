@@ -37,6 +37,13 @@ the same answer:
   checked by the heartbeat through the TimeoutControl; too slow a body gets 408 (or an abort once the
   response has started), too slow a reader an abort.
 
+HTTP/2 is chosen before anything is read as HTTP/1.1 (RFC 9113 section 3): on TLS, by ALPN when the
+handshake is complete; in cleartext, by the preface a prior-knowledge client opens with. That preface is
+not looked for on every read: it is malformed HTTP/1.1 (llhttp stops at its `PRI` method, the h11 path's
+screen refuses the method), so only a first request that fails to parse is checked for it, by
+`switch_to_http2`, and an ordinary request pays nothing. `http2` (a class attribute, set on a listener's
+subclass by server.listener_class) is what takes such a connection over; None serves HTTP/1.1 only.
+
 The connection is also the Stream (see cycle.py) of the response it is sending: Http1Output frames it.
 `ignore_input` marks a connection that parses nothing more: after a refusal, after its last response,
 once handed to another protocol (WebSocket), or aborted.
@@ -51,7 +58,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
@@ -96,6 +103,9 @@ else:
         return context.run(loop.create_task, coro)
 
 
+# RFC 9113 section 3.4: what an HTTP/2 client sends first.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 # Output held back during one read before it is handed to the transport anyway.
 BATCH_LIMIT = 64 * 1024
 
@@ -103,8 +113,19 @@ BATCH_LIMIT = 64 * 1024
 _METHOD_NAMES = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
+class Http2Handoff(Protocol):
+    """What takes a connection over for HTTP/2 (protocols/http2.py's Http2Service)."""
+
+    def take_over(self, conn: HttpConnection, received: bytes) -> None: ...
+
+
 class HttpConnection(Http1Output):
     """The parser-independent half of an HTTP/1.1 connection."""
+
+    # What serves HTTP/2 on this listener's connections (None: HTTP/1.1 only).
+    http2: ClassVar[Http2Handoff | None] = None
+    # False on an HTTP/2-only listener (an endpoint's `protocols = "http2"`): HTTP/2 takes every connection.
+    http1: ClassVar[bool] = True
 
     __slots__ = (
         "_batch",
@@ -170,14 +191,9 @@ class HttpConnection(Http1Output):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.flow = FlowControl(self.transport)
         sockname = transport.get_extra_info("sockname")
-        self.server = (sockname, None) if isinstance(sockname, str) and sockname else _address(sockname)
-        self.client = _address(transport.get_extra_info("peername"))
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        self.server = (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
+        self.client = address(transport.get_extra_info("peername"))
+        no_delay(transport)
         state = self.state
         now = state.clock()
         self.timeouts = timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
@@ -186,9 +202,12 @@ class HttpConnection(Http1Output):
         state.connections.add(self)
         if over_limit:
             self._refuse()
-        elif state.shutting_down or state.draining:
+            return
+        if state.shutting_down or state.draining:
             # accepted in the same batch as the last ones before the drain, or during --shutdown-delay
             self.closing = True  # answer its request with `connection: close` (see shutdown())
+        if not self.http1 and self.http2 is not None:
+            self.http2.take_over(self, b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connection_closed(self)
@@ -423,6 +442,20 @@ class HttpConnection(Http1Output):
         if head > state.max_head_size:
             self.on_reject(RequestRejection.HEADERS_TOO_LARGE)
 
+    def switch_to_http2(self, received: bytes) -> bool:
+        """Called by a parser adapter when a request does not parse: True when `received` (everything read
+        on the connection so far, or as much as the parser has shown of it) is the start of the HTTP/2
+        preface on a connection that has had no request yet, and HTTP/2 has taken the connection over."""
+        http2 = self.http2
+        if http2 is None or not self.fresh or self.cycle is not None or self._reading is not None:
+            return False
+        if self.ignore_input or self.scheme != "http" or not received:
+            return False
+        if not (received.startswith(HTTP2_PREFACE) or HTTP2_PREFACE.startswith(received)):
+            return False
+        http2.take_over(self, received)
+        return True
+
     def feed(self, data: bytes) -> None:
         """The parser adapter's part: turn bytes into hook calls."""
         raise NotImplementedError
@@ -635,7 +668,17 @@ class HttpConnection(Http1Output):
             self.cycle.task.cancel()
 
 
-def _address(info: Any) -> tuple[str, int] | None:
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Responses leave as they are written: no waiting for the peer's ACK of the previous segment (Nagle)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
         return str(info[0]), int(info[1])
     return None
@@ -655,7 +698,13 @@ class TlsConnection(HttpConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio and uvloop call this once the handshake is complete, so the session is known.
         self.scheme = "https"
-        self.tls_extension = self.describe_tls(transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.tls_extension = self.describe_tls(ssl_object)
+        http2 = self.http2
+        if http2 is not None and ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self.transport = transport  # type: ignore[assignment]
+            http2.take_over(self, b"")
+            return
         super().connection_made(transport)
 
     def _scope(

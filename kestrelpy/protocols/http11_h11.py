@@ -163,6 +163,8 @@ class H11Connection(HttpConnection):
             head = buffered[:-1] if buffered.endswith(b"\r") else buffered
         if strict_head(head, complete=end >= 0):
             return True
+        if self.http2 is not None and self.switch_to_http2(buffered):  # the screen refuses the preface's PRI
+            return False
         self.on_reject(RequestRejection.MALFORMED_REQUEST)
         return False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httptools
 
-from kestrelpy.protocols.http11 import HttpConnection
+from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.screen import CHUNK_LINE_MAX
 from kestrelpy.state import ServerState
@@ -98,9 +98,19 @@ class HttptoolsConnection(HttpConnection):
                 if not data:
                     return
             except httptools.HttpParserError as exc:
+                if self.http2 is not None and str(exc).startswith("Pause on PRI") and self._switch_with(data):
+                    return
                 # (a zero-size chunk header leaves _after_chunk set through the trailer section)
                 self.on_reject(_rejection_for(exc, self._after_chunk))
                 return
+
+    def _switch_with(self, data: bytes) -> bool:
+        """llhttp stopped at a `PRI * HTTP/2.0` head: the HTTP/2 preface, if the reads before this one (which
+        llhttp took as the start of that head) were its first bytes."""
+        before = self._head_bytes - len(data)
+        if not 0 <= before <= len(HTTP2_PREFACE):
+            return False
+        return self.switch_to_http2(HTTP2_PREFACE[:before] + data)
 
     # llhttp callbacks
 

@@ -94,6 +94,7 @@ ROOT = PACKAGE.name
 # with the imports that point down. Nothing else may close one, and these must stay type-only.
 TYPE_ONLY_UPWARD = {
     ("kestrelpy.state", "kestrelpy.protocols.http11"): "ServerState.connections holds connections",
+    ("kestrelpy.state", "kestrelpy.protocols.http2"): "ServerState.connections holds HTTP/2 connections too",
     ("kestrelpy.state", "kestrelpy.protocols.websocket"): "ServerState.upgrade is the handler the server built",
     ("kestrelpy.guard.screen", "kestrelpy.guard.runner"): "the screen reads the host through a HostIO",
 }
