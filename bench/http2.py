@@ -17,7 +17,10 @@ resident memory per connection holding 100 open streams (requests whose body has
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib.util
+import os
+import platform
 import re
 import shutil
 import socket
@@ -27,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +53,12 @@ from bench.run import (  # noqa: E402  (the runner's servers, certificate, pinni
     TlsFiles,
     choose_cpus,
     client_context,
+    cpu_model,
     fmt_number,
     log,
     make_certificate,
     median_ratio,
+    package_version,
     pinned,
     raise_open_file_limit,
     shorten,
@@ -448,6 +453,28 @@ def render(
     return "\n".join(lines)
 
 
+def header(settings: H2Settings, servers: Sequence[str]) -> str:
+    h2load = subprocess.run(["h2load", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    versions = ", ".join(f"{name} {package_version(name)}" for name in (*servers, "h2"))
+    pinning = (
+        f"server on CPU {settings.server_cpu}, h2load on CPU {settings.client_cpu}"
+        if settings.server_cpu is not None
+        else "no CPU pinning"
+    )
+    return "\n".join([
+        "# kestrelpy HTTP/2 benchmark",
+        "",
+        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {os.cpu_count()} CPUs, {cpu_model()}, Linux {platform.release()}",
+        f"- Python {platform.python_version()}",
+        f"- packages: {versions}; client: {h2load}, 1 thread, {pinning}",
+        f"- {settings.rounds} round(s) of {settings.duration_s} s after a {settings.warmup_s} s warm-up; figures are"
+        f" medians over rounds, ratios medians of per-round ratios to {BASELINE}",
+        "",
+        "",
+    ])  # fmt: skip
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -503,17 +530,27 @@ def names(value: str, known: Sequence[str], what: str) -> list[str]:
     return chosen
 
 
+def list_of(known: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    return lambda value: names(value, known, what)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], prog="bench/run.py --http2")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s runs: a smoke test")
     parser.add_argument("--rounds", type=int, help="rounds of interleaved runs (default 3)")
     parser.add_argument("--duration", type=int, help="seconds measured per run (default 10)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of h2load warm-up before each run (default 1)")
-    parser.add_argument("--servers", default=",".join(SERVER_NAMES), type=lambda v: names(v, SERVER_NAMES, "server"))
-    parser.add_argument("--transports", default=",".join(TRANSPORTS), type=lambda v: names(v, TRANSPORTS, "transport"))
-    parser.add_argument(
-        "--workloads", default=",".join(H2_WORKLOADS), type=lambda v: names(v, H2_WORKLOADS, "workload")
-    )
+    for flag, known, what in (
+        ("--servers", SERVER_NAMES, "server"),
+        ("--transports", TRANSPORTS, "transport"),
+        ("--workloads", H2_WORKLOADS, "workload"),
+    ):
+        parser.add_argument(
+            flag,
+            default=",".join(known),
+            type=list_of(known, what),
+            help=f"comma-separated (default and known: {','.join(known)})",
+        )
     parser.add_argument("--no-memory", action="store_true", help="leave out the open-streams memory table")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     return parser
@@ -531,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = H2Settings(rounds, duration, args.warmup, server_cpu, client_cpu)
     raise_open_file_limit(needed=4 * CONNECTIONS)
     loads, memory = run_all(args.servers, args.transports, args.workloads, settings, not args.no_memory)
-    report = render(loads, memory, args.servers, args.transports, args.workloads)
+    report = header(settings, args.servers) + render(loads, memory, args.servers, args.transports, args.workloads)
     print(report)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -195,7 +195,6 @@ def test_continuation_flood_is_cut_off_at_the_header_size_limit(h2_server: Calla
     for observed in attacks:
         assert observed.cut_off, observed.summary()
         assert observed.cut_off_after is not None and observed.cut_off_after < 5.0
-        assert observed.bytes_sent < 32 * MiB, observed.summary()
         assert_memory_bounded(observed)
     assert_ordinary_client_served(ordinary, "CONTINUATION flood")
 
@@ -222,8 +221,9 @@ def test_control_frame_flood_is_cut_off_or_held_back(h2_server: Callable[..., At
     """Up to a million frames that cost work and achieve nothing, the answers never read: the server
     either ends the connection (GOAWAY ENHANCE_YOUR_CALM, RFC 9113 section 10.5) or stops reading it
     while its unsent answers are bounded; it never keeps reading and queueing. Frames that need no
-    answer (empty DATA, WINDOW_UPDATE) leave only the first. Ordinary clients are served meanwhile."""
-    server = h2_server()
+    answer (empty DATA, WINDOW_UPDATE) leave only the first. Ordinary clients are served meanwhile. The
+    keep-alive timeout is long, so that closing an idle connection does not pass for a defence."""
+    server = h2_server(limits=Limits(keep_alive_timeout=60))
     with ordinary_client(server.target) as ordinary:
         attacks = repeated(lambda: control_flood(server.target, kind, server_pid=server.pid))
     for observed in attacks:

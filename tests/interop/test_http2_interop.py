@@ -33,8 +33,10 @@ from tests.support.interop import Process, kestrelpy, listening_urls, require_to
 pytestmark = pytest.mark.xdist_group("http2-interop")
 
 # h2spec's 146 cases (RFC 9113 and RFC 7541), the strict ones left out as h2spec does by default: the
-# share kestrelpy must pass on each transport.
-H2SPEC_MIN_SCORE = 0.95
+# share kestrelpy must pass on each transport. Over h2c, case 3.5 (an invalid preface must get GOAWAY)
+# cannot pass by design: a cleartext connection that does not open with the preface is HTTP/1.1.
+# For scale, hypercorn 0.18 passes 144/145 over h2c and 145/145 over TLS; granian 2.8 144 and 143.
+H2SPEC_MIN_SCORE = 0.97
 H2LOAD_REQUESTS = 2000
 
 

@@ -272,6 +272,7 @@ class RawH2:
         self.decoder = hpack.Decoder(max_header_list_size=2**24)
         self._buffer = bytearray()
         self._header_block: tuple[int, bytearray] | None = None
+        self._draining = False
         self.next_stream_id = 1
         self.send(PREFACE + SettingsFrame(0, settings or {}).serialize(), frames=1)
 
@@ -287,6 +288,9 @@ class RawH2:
             self.observed.stalled = True
             return False
         except (ssl.SSLError, OSError):
+            if not self._draining:  # what the server sent before it closed (its GOAWAY) is still there to read
+                self._draining = True
+                self.pump()
             self._closed()
             return False
         self.observed.frames_sent += frames
