@@ -241,6 +241,7 @@ def test_zero_window_reader_is_held_back_then_cut_off(h2_server: Callable[..., A
     server = h2_server(limits=Limits(min_response_rate=4096, min_response_grace=1.5))
     observed = zero_window_reader(server.target, server_pid=server.pid)
     print(observed.summary())
+    assert observed.statuses.get(1) == 200, observed.summary()  # the response had started
     assert observed.data_received == 0
     assert observed.cut_off_after is not None and observed.cut_off_after < 8.0, observed.summary()
     assert observed.rst_codes or observed.cut_off, observed.summary()

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -201,7 +200,7 @@ def test_h2spec_conformance(endpoint: H2Endpoint, tmp_path: Path) -> None:
     assert report.exists(), done.stdout[-2000:] + done.stderr[-2000:]
     score = parse_junit(report)
     print(f"h2spec over {endpoint.transport}: {score.passed}/{score.run} passed, {score.skipped} skipped")
-    for failure in score.failures:
-        print(f"  failed: {failure}", file=sys.stderr)
+    for failure in score.failures[:20]:
+        print(f"  failed: {failure}")
     assert score.run >= 140, done.stdout[-2000:]
     assert score.share >= H2SPEC_MIN_SCORE, score.failures
