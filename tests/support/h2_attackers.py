@@ -8,7 +8,7 @@ and, given the server's pid, how far the server's resident memory grew meanwhile
 Frames are built with hyperframe and header blocks with hpack (the libraries under h2), because the
 attacks send what a conforming client library refuses to: endless CONTINUATION, resets in a loop, a
 stream id below one already used. The ordinary client that measures latency meanwhile is a plain h2
-client (`H2OrdinaryClient`).
+client (`H2Client`) driven by the HTTP/1.1 tests' `OrdinaryClient`.
 
 Error codes are RFC 9113 section 7's; the attacks themselves are the ones named in CVE-2023-44487 (rapid
 reset), CVE-2024-27316 (CONTINUATION flood), CVE-2019-9512/9515/9518 (PING, SETTINGS and empty-frame floods).
@@ -43,6 +43,8 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+
+from tests.support.attackers import OrdinaryClient
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
@@ -664,6 +666,12 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else float("inf")
 
 
+@dataclass(frozen=True)
+class H2Response:
+    status: int
+    body: bytes
+
+
 class H2Client:
     """A blocking h2 client on one connection, one request at a time."""
 
@@ -674,8 +682,8 @@ class H2Client:
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
 
-    def request(self, method: str = "GET", path: str = "/ok", body: bytes | None = None) -> tuple[int, bytes]:
-        """Send one request and read its whole answer: (status, body)."""
+    def request(self, method: str = "GET", path: str = "/ok", body: bytes | None = None) -> H2Response:
+        """Send one request and read its whole answer."""
         target = self.target
         stream_id = self.conn.get_next_available_stream_id()
         headers = [(":method", method), (":scheme", target.scheme.decode()), (":path", path)]
@@ -701,7 +709,7 @@ class H2Client:
                     raise ConnectionError(f"GOAWAY {error_name(int(event.error_code or 0))}")
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
                     self.sock.sendall(self.conn.data_to_send())
-                    return status, bytes(parts)
+                    return H2Response(status, bytes(parts))
             self.sock.sendall(self.conn.data_to_send())
 
     def close(self) -> None:
@@ -709,46 +717,10 @@ class H2Client:
             self.sock.close()
 
 
-class H2OrdinaryClient(threading.Thread):
-    """Keeps asking for `path` over h2 (a new connection every 20 requests) while an attack runs, timing
-    each answer; every error is recorded in `failures`."""
-
-    def __init__(self, target: H2Target, path: str = "/ok") -> None:
-        super().__init__(daemon=True)
-        self.target = target
-        self.path = path
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            client: H2Client | None = None
-            try:
-                client = H2Client(self.target)
-                for _ in range(20):
-                    started = time.perf_counter()
-                    status, _ = client.request("GET", self.path)
-                    self.latencies.append(time.perf_counter() - started)
-                    if status != 200:
-                        self.failures.append(f"status {status}")
-                    if self.stop.wait(0.005):
-                        break
-            except Exception as exc:  # every failure is reported by the test
-                self.failures.append(repr(exc))
-                self.stop.wait(0.05)
-            finally:
-                if client is not None:
-                    client.close()
-
-    def p99(self) -> float:
-        return percentile(self.latencies, 0.99)
-
-
 @contextlib.contextmanager
-def ordinary_client(target: H2Target) -> Iterator[H2OrdinaryClient]:
-    """An H2OrdinaryClient running for the duration of the block."""
-    client = H2OrdinaryClient(target)
+def ordinary_client(target: H2Target) -> Iterator[OrdinaryClient]:
+    """The ordinary client of tests/support/attackers.py asking over h2, for the duration of the block."""
+    client = OrdinaryClient(lambda: H2Client(target))
     client.start()
     try:
         yield client
