@@ -49,7 +49,6 @@ from tests.support.attackers import OrdinaryClient
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
 MAX_STREAM_ID = 2**31 - 1
-DEFAULT_WINDOW = 65_535
 # Sends blocked this long mean the server has stopped reading the connection: backpressure.
 STALL_S = 1.0
 # The floods' socket buffers: small, so the server's unread answers pile up in the server, not the kernel.
