@@ -49,8 +49,9 @@ from tests.support.attackers import OrdinaryClient
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
 MAX_STREAM_ID = 2**31 - 1
-# Sends blocked this long mean the server has stopped reading the connection: backpressure.
-STALL_S = 1.0
+# No byte of ours taken for this long means the server has stopped reading the connection: backpressure.
+# (A server that reads slowly keeps taking some, so it does not count as stopped.)
+STALL_S = 2.0
 # The floods' socket buffers: small, so the server's unread answers pile up in the server, not the kernel.
 FLOOD_BUFFERS = 8192
 ENHANCE_YOUR_CALM = int(ErrorCodes.ENHANCE_YOUR_CALM)
@@ -141,7 +142,7 @@ class Observed:
     bytes_sent: int = 0
     streams_opened: int = 0
     closed: bool = False  # the server closed the TCP connection (or reset it)
-    stalled: bool = False  # the server stopped reading: a send blocked for STALL_S
+    stalled: bool = False  # the server stopped reading: it took no byte of ours for STALL_S
     cut_off_after: float | None = None  # when the GOAWAY or the close came
     elapsed: float = 0.0
     server_rss_growth: int | None = None  # peak VmRSS above the start, bytes, when the pid was given
@@ -283,9 +284,13 @@ class RawH2:
         """Send everything; False once the connection is gone or the server has stopped reading."""
         if self.observed.closed or self.observed.stalled:
             return False
+        view = memoryview(data)
         try:
-            self.sock.sendall(data)
+            while view:
+                # Each send waits up to STALL_S for room: a server that reads, however slowly, makes room.
+                view = view[self.sock.send(view) :]
         except TimeoutError:
+            self.observed.bytes_sent += len(data) - len(view)
             self.observed.stalled = True
             return False
         except (ssl.SSLError, OSError):
