@@ -988,6 +988,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls", action="store_true", help="serve and load every server over HTTPS (a certificate made for the run)"
     )
+    parser.add_argument(
+        "--http2", action="store_true", help="the HTTP/2 table instead, driven by h2load (options: --http2 --help)"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report, with a machine header, here")
     parser.add_argument("--raw-json", action="store_true", help="save every run's numbers under bench/out/")
     parser.add_argument("--time-limit", type=float, help="overall limit in seconds (default: 2x estimate)")
@@ -1012,6 +1015,13 @@ def save_raw(results: list[Measurement]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--http2" in given:
+        # The HTTP/2 table has its own runner (h2load instead of wrk), built on this module's parts.
+        sys.path.append(str(REPO_ROOT))
+        from bench.http2 import main as http2_main
+
+        return http2_main([a for a in given if a != "--http2"])
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--baseline-tree", type=Path)
     known, _ = early.parse_known_args(argv)
