@@ -13,7 +13,8 @@ Certificates by name, after Kestrel's SniOptionsSelector: every listener has one
 section 3) selects: the exact name (case-insensitive), else the wildcard `*.parent` of its parent domain
 (a wildcard covers one label, as clients accept it: RFC 6125 section 6.4.3), else `*` when given. A name
 that matches nothing, and a client that sends none, get the default certificate (--ssl-certfile). Every
-context is built with the same settings, so only the certificate differs.
+context is built with the same settings, so only the certificate differs. A server with one certificate
+installs no callback until that certificate is replaced: OpenSSL calls it during every handshake.
 
 Rotation: the certificate and key files (the default and every --ssl-sni one) are read every
 --ssl-watch-interval seconds, through any symlinks (a Kubernetes secret mount swaps its `..data` symlink),
@@ -22,8 +23,7 @@ the same second need not change. A changed pair
 that loads, belongs together and has not expired replaces the old one for new connections; one that does
 not is logged once and the old one stays. Each process watches for itself.
 
-The extension is computed once per connection, when its handshake is complete, from the transport's
-`ssl_object`:
+The extension is computed once per connection, on its first request, from the transport's `ssl_object`:
 - `server_cert`: the first certificate of the file the connection was served from, as PEM (read with its
   context);
 - `client_cert_chain`: what the client sent, as PEM, its certificate first. Python before 3.13 exposes only
@@ -129,9 +129,12 @@ class ServerTls:
         self._failed: dict[CertSource, str] = {}  # the content that failed to load, logged once
         self._wallclock = wallclock
         self._timer: asyncio.TimerHandle | None = None
-        # The listeners' context: the default certificate as it was at startup, and the switch.
+        # The listeners' context: the default certificate as it was at startup, and the switch, which
+        # OpenSSL calls during every handshake: only once there is something to switch to (an --ssl-sni
+        # certificate, or a new default one).
         self.context = contexts[None]
-        self.context.sni_callback = self._select_context
+        if len(contexts) > 1:
+            self.context.sni_callback = self._select_context
         self.handshake_timeout = options.tls_handshake_timeout
         self.watch_interval = options.ssl_watch_interval
         self._cipher_suites = cipher_suite_numbers(self.context.get_ciphers())
@@ -215,6 +218,7 @@ class ServerTls:
             self._reject(source, digest, "the new certificate has expired")
             return False
         self._contexts[source.name] = context
+        self.context.sni_callback = self._select_context
         self._digests[source] = digest
         self._failed.pop(source, None)
         logger.info("Serving the new certificate of %s", source.describe())

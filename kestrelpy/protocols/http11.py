@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -172,12 +171,8 @@ class HttpConnection(Http1Output):
         sockname = transport.get_extra_info("sockname")
         self.server = (sockname, None) if isinstance(sockname, str) and sockname else _address(sockname)
         self.client = _address(transport.get_extra_info("peername"))
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport they make, and asking for
+        # the socket costs uvloop a wrapper object per connection.
         state = self.state
         now = state.clock()
         self.timeouts = timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
@@ -630,6 +625,10 @@ class HttpConnection(Http1Output):
         elif self.cycle is not None and not self.cycle.response_started:
             self.keep_alive = False
 
+    def tls_scope_extension(self) -> dict[str, Any] | None:
+        """The ASGI TLS extension of this connection; None on a plain one."""
+        return None
+
     def cancel_app(self) -> None:
         if self.cycle is not None and self.cycle.task is not None:
             self.cycle.task.cancel()
@@ -643,7 +642,8 @@ def _address(info: Any) -> tuple[str, int] | None:
 
 class TlsConnection(HttpConnection):
     """What a TLS listener adds to a parser adapter (see tls_connection_class): scheme `https`, and the
-    ASGI TLS extension, computed once per connection, in every request's scope."""
+    ASGI TLS extension in every request's scope, computed once per connection, on its first request (a
+    connection that never sends one does not pay for it)."""
 
     __slots__ = ()
 
@@ -653,10 +653,16 @@ class TlsConnection(HttpConnection):
         raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # asyncio and uvloop call this once the handshake is complete, so the session is known.
+        # asyncio and uvloop call this once the handshake is complete.
         self.scheme = "https"
-        self.tls_extension = self.describe_tls(transport.get_extra_info("ssl_object"))
+        self.tls_extension: dict[str, Any] | None = None
         super().connection_made(transport)
+
+    def tls_scope_extension(self) -> dict[str, Any] | None:
+        tls = self.tls_extension
+        if tls is None:
+            tls = self.tls_extension = self.describe_tls(self.transport.get_extra_info("ssl_object"))
+        return tls
 
     def _scope(
         self,
@@ -670,9 +676,9 @@ class TlsConnection(HttpConnection):
         scope = super()._scope(method, raw_path, query, headers, http11, trailers)
         extensions = scope.get("extensions")
         if extensions is None:
-            scope["extensions"] = {"tls": self.tls_extension}
+            scope["extensions"] = {"tls": self.tls_scope_extension()}
         else:
-            extensions["tls"] = self.tls_extension
+            extensions["tls"] = self.tls_scope_extension()
         return scope
 
 

@@ -44,6 +44,10 @@ def _new_parser(conn: HttptoolsConnection) -> httptools.HttpRequestParser:
     return parser
 
 
+# What a closed connection keeps in place of its parser (see HttptoolsConnection.connection_lost).
+_DETACHED_PARSER = httptools.HttpRequestParser(object())
+
+
 class _Trailers(list):  # type: ignore[type-arg]
     """Where trailer fields go: each is counted against the limits by the connection, then dropped."""
 
@@ -101,6 +105,14 @@ class HttptoolsConnection(HttpConnection):
                 # (a zero-size chunk header leaves _after_chunk set through the trailer section)
                 self.on_reject(_rejection_for(exc, self._after_chunk))
                 return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The parser holds this connection's callbacks and the trailer list holds the connection: left in
+        # place, they keep a closed connection (and, over TLS, the loop's SSL objects) until the garbage
+        # collector runs. Without them reference counting frees it as soon as the loop lets go.
+        self._parser = _DETACHED_PARSER
+        self._headers = self._trailers = []
 
     # llhttp callbacks
 
