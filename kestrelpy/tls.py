@@ -6,7 +6,8 @@ reports about each connection.
 The context: TLS 1.2 or 1.3 at least, the ssl module's secure cipher default unless --ssl-ciphers names
 others, no TLS-level compression (CRIME), no renegotiation where OpenSSL offers the switch, client
 certificates verified against --ssl-ca-certs as --ssl-cert-reqs says. A file that cannot be read or a key
-that does not match ends in one ConfigError line, before anything is bound.
+that does not match ends in one ConfigError line, before anything is bound. A plain-HTTP request sent
+to a TLS endpoint gets nginx's 400 (TlsPortObject).
 
 Certificates by name, after Kestrel's SniOptionsSelector: every listener has one context whose
 `sni_callback` switches each connection to the context of the certificate its server name (RFC 6066
@@ -92,10 +93,60 @@ class CertSource:
         return f"--ssl-sni {self.name}={self.certfile}" + (f":{self.keyfile}" if self.keyfile else "")
 
 
+# What nginx answers a plain-HTTP request sent to a TLS port (RFC 9110 section 15.5.1).
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 46\r\n"
+    b"Connection: close\r\n\r\nThe plain HTTP request was sent to HTTPS port\n"
+)
+
+
+class TlsPortObject(ssl.SSLObject):
+    """The server side of one TLS connection, as the loop drives it through a pair of memory buffers,
+    answering a plain-HTTP request with nginx's 400 instead of closing without a word.
+
+    OpenSSL recognises a request starting GET, POST, HEAD or PUT where a TLS record should be and fails
+    the handshake with the reason HTTP_REQUEST; the loop (asyncio's and uvloop's alike) then closes the
+    socket at once, without sending what is in the outgoing buffer. So the answer goes into that buffer
+    and the loop is told the handshake wants more input: it sends the answer and waits. The client's
+    close (which follows `connection: close`), anything more it sends, or the handshake timeout then ends
+    the connection as the failed handshake it is."""
+
+    outgoing: ssl.MemoryBIO | None = None  # set by ServedContext.wrap_bio; None once answered
+
+    def do_handshake(self) -> None:
+        # Every handshake passes here, usually twice wanting more input: the C object is called directly
+        # and that case re-raised first, which keeps what this class adds to a connection (with wrap_bio)
+        # near 4,500 instructions, against 2.8 million for a resumed TLS 1.3 handshake.
+        try:
+            self._sslobj.do_handshake()  # type: ignore[attr-defined]  # (what SSLObject.do_handshake does)
+        except ssl.SSLWantReadError:
+            raise
+        except ssl.SSLError as exc:
+            outgoing = self.outgoing
+            if exc.reason != "HTTP_REQUEST" or outgoing is None:
+                raise
+            self.outgoing = None
+            outgoing.write(PLAIN_HTTP_ANSWER)
+            raise ssl.SSLWantReadError("a plain-HTTP request, answered") from None
+
+
 class ServedContext(ssl.SSLContext):
     """A context serving one certificate, which it carries (as PEM) for the ASGI TLS extension."""
 
     server_cert: str | None = None
+    sslobject_class = TlsPortObject
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        ssl_object = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        ssl_object.outgoing = outgoing  # type: ignore[attr-defined]  # (a TlsPortObject: sslobject_class)
+        return ssl_object
 
 
 class ServerTls:

@@ -340,7 +340,6 @@ def test_a_silent_client_is_closed_at_the_handshake_timeout(
 @pytest.mark.parametrize(
     "payload",
     [
-        pytest.param(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", id="plain-http"),
         pytest.param(bytes(range(256)) * 4, id="garbage"),
         pytest.param(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", id="broken-client-hello"),
     ],
@@ -364,6 +363,32 @@ def test_a_failed_handshake_closes_quietly_and_others_are_served(
         except (ConnectionResetError, TimeoutError):
             pass
     assert not received.startswith(b"HTTP/")  # no HTTP answer on the TLS port
+    assert https_get(live, certs.client_context())["scheme"] == "https"
+    live.stop()
+    assert problems(caplog) == []
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_plain_http_on_the_tls_port_gets_nginxs_400_and_is_closed(
+    serve_app: Callable[..., LiveServer],
+    loop_kind: str,
+    certs: Certs,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    live = serve_app(scope_app, loop_kind=loop_kind, tls=certs.options())
+    with socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as plain:
+        plain.sendall(f"{method} / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n".encode())
+        answer = b""
+        while not answer.endswith(b"HTTPS port\n") and (chunk := plain.recv(65536)):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b"\r\nConnection: close" in head and b"\r\nContent-Length: 46" in head
+        assert body == b"The plain HTTP request was sent to HTTPS port\n"
+        plain.shutdown(socket.SHUT_WR)  # as an HTTP client does after `connection: close`
+        assert closed_within(plain, 2.0)  # well before the 10 s handshake timeout
     assert https_get(live, certs.client_context())["scheme"] == "https"
     live.stop()
     assert problems(caplog) == []
