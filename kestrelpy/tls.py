@@ -11,8 +11,8 @@ to a TLS endpoint gets nginx's 400 (TlsPortObject).
 
 Certificates by name, after Kestrel's SniOptionsSelector: every listener has one context whose
 `sni_callback` switches each connection to the context of the certificate its server name (RFC 6066
-section 3) selects: the exact name (case-insensitive), else the wildcard `*.parent` of its parent domain
-(a wildcard covers one label, as clients accept it: RFC 6125 section 6.4.3), else `*` when given. A name
+section 3) selects: the exact name (case-insensitive), else the longest wildcard `*.domain` of a domain
+it is under, at any depth, as Kestrel matches a wildcard as a suffix, else `*` when given. A name
 that matches nothing, and a client that sends none, get the default certificate (--ssl-certfile). Every
 context is built with the same settings, so only the certificate differs. A server with one certificate
 installs no callback until that certificate is replaced: OpenSSL calls it during every handshake.
@@ -284,15 +284,22 @@ class ServerTls:
 
 def select_name(server_name: str | None, names: Container[str | None]) -> str | None:
     """Which of `names` (--ssl-sni names, lower case) serves a client asking for `server_name`; None: the
-    default certificate. Exact name, then the one-label wildcard of its parent domain, then `*`."""
+    default certificate. Exact name, then the wildcard of the nearest domain it is under (the longest
+    match: `*.b.example.com` before `*.example.com` for `a.b.example.com`), then `*`.
+
+    A wildcard chooses the certificate, whose own names decide whether the client accepts it: a
+    certificate for `*.example.com` alone is refused for `a.b.example.com` (RFC 6125 section 6.4.3),
+    one that also names `*.b.example.com` is not."""
     if not server_name:
         return None
     name = server_name.lower().rstrip(".")
     if name in names:
         return name
-    _, dot, parent = name.partition(".")
-    if dot and parent and f"*.{parent}" in names:
-        return f"*.{parent}"
+    _, dot, domain = name.partition(".")
+    while dot and domain:
+        if f"*.{domain}" in names:
+            return f"*.{domain}"
+        _, dot, domain = domain.partition(".")
     return "*" if "*" in names else None
 
 

@@ -243,7 +243,9 @@ def test_sni_options_are_validated() -> None:
         ("APP.Example.com.", "app.example.com"),  # case and a trailing dot do not matter
         ("www.example.com", "*.example.com"),
         ("www.eu.example.com", "*.eu.example.com"),  # the longer wildcard
-        ("a.b.example.com", "*"),  # one label only: *.example.com does not cover it
+        ("a.b.example.com", "*.example.com"),  # at any depth, as Kestrel matches a wildcard
+        ("x.www.eu.example.com", "*.eu.example.com"),  # the longest wildcard that matches
+        ("example.org", "*"),
         ("example.com", "*"),
         (None, None),  # no name sent (an IP address, say): the default certificate
         ("", None),
