@@ -674,11 +674,14 @@ class TlsConnection(HttpConnection):
         trailers: bool,
     ) -> dict[str, Any]:
         scope = super()._scope(method, raw_path, query, headers, http11, trailers)
+        tls = self.tls_extension
+        if tls is None:  # the connection's first request (a call less for every later one)
+            tls = self.tls_scope_extension()
         extensions = scope.get("extensions")
         if extensions is None:
-            scope["extensions"] = {"tls": self.tls_scope_extension()}
+            scope["extensions"] = {"tls": tls}
         else:
-            extensions["tls"] = self.tls_scope_extension()
+            extensions["tls"] = tls
         return scope
 
 
