@@ -1011,12 +1011,17 @@ def save_raw(results: list[Measurement]) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def register_baseline_tree(argv: Sequence[str] | None) -> None:
+    """Offer the kestrelpy-base servers when argv has --baseline-tree: before --servers is checked."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--baseline-tree", type=Path)
     known, _ = early.parse_known_args(argv)
     if known.baseline_tree is not None:
-        add_baseline_tree(known.baseline_tree)  # before --servers is checked against SERVERS
+        add_baseline_tree(known.baseline_tree)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    register_baseline_tree(argv)
     args = build_parser().parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")

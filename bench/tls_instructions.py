@@ -37,11 +37,11 @@ from bench.run import (  # noqa: E402  (the runner's servers, certificate and po
     HOST,
     SERVERS,
     TlsFiles,
-    add_baseline_tree,
     client_context,
     free_port,
     make_certificate,
     parse_list,
+    register_baseline_tree,
 )
 
 WARMUP_CONNECTIONS = 50
@@ -217,11 +217,7 @@ def report(results: list[Count], mode: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    early = argparse.ArgumentParser(add_help=False)
-    early.add_argument("--baseline-tree", type=Path)
-    known, _ = early.parse_known_args(argv)
-    if known.baseline_tree is not None:
-        add_baseline_tree(known.baseline_tree)  # before --servers is checked against SERVERS
+    register_baseline_tree(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", default="kestrelpy,uvicorn", help="comma-separated (default kestrelpy,uvicorn)")
     parser.add_argument("--count", type=int, default=200, help="measured connections or requests (default 200)")
