@@ -1014,6 +1014,15 @@ def save_raw(results: list[Measurement]) -> Path:
     return path
 
 
+def register_baseline_tree(argv: Sequence[str] | None) -> None:
+    """Offer the kestrelpy-base servers when argv has --baseline-tree: before --servers is checked."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--baseline-tree", type=Path)
+    known, _ = early.parse_known_args(argv)
+    if known.baseline_tree is not None:
+        add_baseline_tree(known.baseline_tree)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if "--http2" in given:
@@ -1022,11 +1031,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.http2 import main as http2_main
 
         return http2_main([a for a in given if a != "--http2"])
-    early = argparse.ArgumentParser(add_help=False)
-    early.add_argument("--baseline-tree", type=Path)
-    known, _ = early.parse_known_args(argv)
-    if known.baseline_tree is not None:
-        add_baseline_tree(known.baseline_tree)  # before --servers is checked against SERVERS
+    register_baseline_tree(argv)
     args = build_parser().parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")

@@ -432,8 +432,8 @@ class TlsOptions:
     ssl_sni: tuple[tuple[str, str, str], ...] = option(
         (),
         "Serve the certificate in CERTFILE (its key in KEYFILE, or in CERTFILE when left out) to clients asking "
-        "for NAME: a host name, *.example.com (one label under example.com) or * (any name nothing else "
-        "matches); repeat for more. Names that match nothing get --ssl-certfile.",
+        "for NAME: a host name, *.example.com (any name under example.com; the longest wildcard wins) or * "
+        "(any name nothing else matches); repeat for more. Names that match nothing get --ssl-certfile.",
         parse=parse_sni,
         repeatable=True,
         metavar="NAME=CERTFILE:KEYFILE",

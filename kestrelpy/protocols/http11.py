@@ -193,7 +193,8 @@ class HttpConnection(Http1Output):
         sockname = transport.get_extra_info("sockname")
         self.server = (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
         self.client = address(transport.get_extra_info("peername"))
-        no_delay(transport)
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport they make, and asking for
+        # the socket costs uvloop a wrapper object per connection.
         state = self.state
         now = state.clock()
         self.timeouts = timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
@@ -663,6 +664,10 @@ class HttpConnection(Http1Output):
         elif self.cycle is not None and not self.cycle.response_started:
             self.keep_alive = False
 
+    def tls_scope_extension(self) -> dict[str, Any] | None:
+        """The ASGI TLS extension of this connection; None on a plain one."""
+        return None
+
     def cancel_app(self) -> None:
         if self.cycle is not None and self.cycle.task is not None:
             self.cycle.task.cancel()
@@ -686,7 +691,8 @@ def address(info: Any) -> tuple[str, int] | None:
 
 class TlsConnection(HttpConnection):
     """What a TLS listener adds to a parser adapter (see tls_connection_class): scheme `https`, and the
-    ASGI TLS extension, computed once per connection, in every request's scope."""
+    ASGI TLS extension in every request's scope, computed once per connection, on its first request (a
+    connection that never sends one does not pay for it)."""
 
     __slots__ = ()
 
@@ -696,16 +702,24 @@ class TlsConnection(HttpConnection):
         raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # asyncio and uvloop call this once the handshake is complete, so the session is known.
+        # asyncio and uvloop call this once the handshake is complete.
         self.scheme = "https"
-        ssl_object = transport.get_extra_info("ssl_object")
-        self.tls_extension = self.describe_tls(ssl_object)
+        self.tls_extension: dict[str, Any] | None = None  # described on the first request (see below)
         http2 = self.http2
-        if http2 is not None and ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-            self.transport = transport  # type: ignore[assignment]
-            http2.take_over(self, b"")
-            return
+        if http2 is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self.transport = transport  # type: ignore[assignment]
+                self.tls_extension = self.describe_tls(ssl_object)  # its streams share it
+                http2.take_over(self, b"")
+                return
         super().connection_made(transport)
+
+    def tls_scope_extension(self) -> dict[str, Any] | None:
+        tls = self.tls_extension
+        if tls is None:
+            tls = self.tls_extension = self.describe_tls(self.transport.get_extra_info("ssl_object"))
+        return tls
 
     def _scope(
         self,
@@ -717,11 +731,14 @@ class TlsConnection(HttpConnection):
         trailers: bool,
     ) -> dict[str, Any]:
         scope = super()._scope(method, raw_path, query, headers, http11, trailers)
+        tls = self.tls_extension
+        if tls is None:  # the connection's first request (a call less for every later one)
+            tls = self.tls_scope_extension()
         extensions = scope.get("extensions")
         if extensions is None:
-            scope["extensions"] = {"tls": self.tls_extension}
+            scope["extensions"] = {"tls": tls}
         else:
-            extensions["tls"] = self.tls_extension
+            extensions["tls"] = tls
         return scope
 
 

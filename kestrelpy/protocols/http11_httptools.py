@@ -44,6 +44,10 @@ def _new_parser(conn: HttptoolsConnection) -> httptools.HttpRequestParser:
     return parser
 
 
+# What a closed connection keeps in place of its parser (see HttptoolsConnection.connection_lost).
+_DETACHED_PARSER = httptools.HttpRequestParser(object())
+
+
 class _Trailers(list):  # type: ignore[type-arg]
     """Where trailer fields go: each is counted against the limits by the connection, then dropped."""
 
@@ -111,6 +115,14 @@ class HttptoolsConnection(HttpConnection):
         if not 0 <= before <= len(HTTP2_PREFACE):
             return False
         return self.switch_to_http2(HTTP2_PREFACE[:before] + data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The parser holds this connection's callbacks and the trailer list holds the connection: left in
+        # place, they keep a closed connection (and, over TLS, the loop's SSL objects) until the garbage
+        # collector runs. Without them reference counting frees it as soon as the loop lets go.
+        self._parser = _DETACHED_PARSER
+        self._headers = self._trailers = []
 
     # llhttp callbacks
 

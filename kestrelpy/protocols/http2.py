@@ -121,7 +121,8 @@ class Http2Service:
         state.connections.discard(conn)
         conn.ignore_input = True
         conn.transport = LOST_TRANSPORT
-        h2conn = Http2Connection(state, self, conn.scheme, getattr(conn, "tls_extension", None))
+        describe_tls = getattr(conn, "tls_scope_extension", None)  # TLS connections only
+        h2conn = Http2Connection(state, self, conn.scheme, describe_tls() if describe_tls is not None else None)
         transport.set_protocol(h2conn)
         h2conn.connection_made(transport)
         if received:

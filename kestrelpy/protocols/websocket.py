@@ -300,7 +300,7 @@ def _scope(conn: HttpConnection, raw_path: bytes, query: bytes, headers: list[tu
 
 def _extensions(conn: HttpConnection) -> dict[str, Any]:
     extensions: dict[str, Any] = {"websocket.http.response": {}}
-    tls = getattr(conn, "tls_extension", None)  # set on TLS connections only (http11.TlsConnection)
+    tls = conn.tls_scope_extension()
     if tls is not None:
         extensions["tls"] = tls
     return extensions

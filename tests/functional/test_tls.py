@@ -24,6 +24,7 @@ import trustme
 from cryptography import x509
 
 from kestrelpy.config import TlsOptions
+from kestrelpy.protocols.http11 import HttpConnection
 from tests.support.live_server import LiveServer
 from tests.support.process_log import wait_for_log_line
 from tests.support.waiting import WAIT, wait_until
@@ -111,22 +112,23 @@ def problems(caplog: pytest.LogCaptureFixture) -> list[str]:
 # -- memory -----------------------------------------------------------------------------------------
 
 
-def live_ssl_objects() -> int:
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, ssl.SSLObject))
+def live_objects(kind: type) -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
 
 
-def test_a_closed_tls_connection_frees_its_ssl_state_without_waiting_for_the_gc(
+def test_a_closed_tls_connection_frees_itself_and_its_ssl_state_without_waiting_for_the_gc(
     running_server: Callable[..., LiveServer], certs: Certs
 ) -> None:
     """A closed connection lets go of its transport (and with it the SSL object and buffers) at once. Held
     by the connection's own reference cycles, they waited for a full collection: about 3 MiB per 4,000
-    handshakes on uvloop and 16 MiB on asyncio before that was fixed."""
+    handshakes on uvloop and 16 MiB on asyncio before that was fixed. The connection itself is freed by
+    reference counting too, so closed connections cost the collector no work."""
     live = running_server(scope_app, tls=certs.options())
     context = certs.client_context()
     gc.collect()
     gc.disable()  # (process-wide: the server's thread too) only reference counting frees anything now
     try:
-        before = live_ssl_objects()
+        before, connections_before = live_objects(ssl.SSLObject), live_objects(HttpConnection)
         for _ in range(30):
             with (
                 socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as raw,
@@ -136,10 +138,12 @@ def test_a_closed_tls_connection_frees_its_ssl_state_without_waiting_for_the_gc(
                 while tls.recv(65536):
                     pass
         assert wait_until(lambda: live.connections() == [])
-        left = live_ssl_objects() - before
+        left = live_objects(ssl.SSLObject) - before
+        connections_left = live_objects(HttpConnection) - connections_before
     finally:
         gc.enable()
     assert left <= 3, f"{left} SSL objects of closed connections are still alive"
+    assert connections_left <= 3, f"{connections_left} closed connections are still alive"
 
 
 # -- httpx on every parser and loop -----------------------------------------------------------------
@@ -336,7 +340,6 @@ def test_a_silent_client_is_closed_at_the_handshake_timeout(
 @pytest.mark.parametrize(
     "payload",
     [
-        pytest.param(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", id="plain-http"),
         pytest.param(bytes(range(256)) * 4, id="garbage"),
         pytest.param(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", id="broken-client-hello"),
     ],
@@ -360,6 +363,32 @@ def test_a_failed_handshake_closes_quietly_and_others_are_served(
         except (ConnectionResetError, TimeoutError):
             pass
     assert not received.startswith(b"HTTP/")  # no HTTP answer on the TLS port
+    assert https_get(live, certs.client_context())["scheme"] == "https"
+    live.stop()
+    assert problems(caplog) == []
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_plain_http_on_the_tls_port_gets_nginxs_400_and_is_closed(
+    serve_app: Callable[..., LiveServer],
+    loop_kind: str,
+    certs: Certs,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    live = serve_app(scope_app, loop_kind=loop_kind, tls=certs.options())
+    with socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as plain:
+        plain.sendall(f"{method} / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n".encode())
+        answer = b""
+        while not answer.endswith(b"HTTPS port\n") and (chunk := plain.recv(65536)):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b"\r\nConnection: close" in head and b"\r\nContent-Length: 46" in head
+        assert body == b"The plain HTTP request was sent to HTTPS port\n"
+        plain.shutdown(socket.SHUT_WR)  # as an HTTP client does after `connection: close`
+        assert closed_within(plain, 2.0)  # well before the 10 s handshake timeout
     assert https_get(live, certs.client_context())["scheme"] == "https"
     live.stop()
     assert problems(caplog) == []

@@ -100,7 +100,7 @@ def sni_pairs(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return {
         "default": write_pair(ca, where / "default", "127.0.0.1", "localhost"),
         "exact": write_pair(ca, where / "exact", "app.example.com"),
-        "wild": write_pair(ca, where / "wild", "*.example.com"),
+        "wild": write_pair(ca, where / "wild", "*.example.com", "*.b.example.com"),
         "longer": write_pair(ca, where / "longer", "*.eu.example.com"),
         "any": write_pair(ca, where / "any", "other.test"),
     }
@@ -118,15 +118,16 @@ def sni_options(pairs: dict[str, Pair], *, catch_all: bool = False, **changes: A
     )
 
 
-# (name the client asks for, certificate it must get) under sni_options().
+# (name the client asks for, certificate it must get, whether that certificate names it) under sni_options().
 NAME_CASES = [
-    ("app.example.com", "exact"),  # the exact name wins over the wildcard that also matches
-    ("APP.example.com", "exact"),  # names compare case-insensitively
-    ("www.example.com", "wild"),
-    ("www.eu.example.com", "longer"),  # the longer wildcard, not *.example.com
-    ("unknown.test", "default"),  # a name nothing matches gets --ssl-certfile
-    ("a.b.example.com", "default"),  # a wildcard covers one label only
-    ("example.com", "default"),
+    ("app.example.com", "exact", True),  # the exact name wins over the wildcard that also matches
+    ("APP.example.com", "exact", True),  # names compare case-insensitively
+    ("www.example.com", "wild", True),
+    ("www.eu.example.com", "longer", True),  # the longer wildcard, not *.example.com
+    ("unknown.test", "default", False),  # a name nothing matches gets --ssl-certfile
+    ("a.b.example.com", "wild", True),  # any depth, as in Kestrel (this certificate names *.b.example.com)
+    ("a.www.eu.example.com", "longer", False),  # the longest wildcard that matches, at any depth
+    ("example.com", "default", False),
 ]
 
 
@@ -134,8 +135,8 @@ def test_the_certificate_served_follows_the_name_asked_for(
     running_server: Callable[..., LiveServer], ca_file: Path, sni_pairs: dict[str, Pair]
 ) -> None:
     live = running_server(server_cert_app, tls=sni_options(sni_pairs))
-    for server_name, expected in NAME_CASES:
-        served = fetch(live, ca_file, server_name, check_hostname=expected != "default")
+    for server_name, expected, verifies in NAME_CASES:
+        served = fetch(live, ca_file, server_name, check_hostname=verifies)
         assert same_cert(served.cert, sni_pairs[expected].pem()), (server_name, expected)
         assert same_cert(served.extension, sni_pairs[expected].pem()), (server_name, "server_cert")
 

@@ -17,6 +17,7 @@ from kestrelpy.config import Config, TlsOptions
 from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint, UnixEndpoint, listener_endpoint, parse_url
 from kestrelpy.errors import ConfigError
 from kestrelpy.tls import (
+    ServerTls,
     build_context,
     build_tls,
     certificate_expiry,
@@ -246,7 +247,9 @@ def test_sni_options_are_validated() -> None:
         ("APP.Example.com.", "app.example.com"),  # case and a trailing dot do not matter
         ("www.example.com", "*.example.com"),
         ("www.eu.example.com", "*.eu.example.com"),  # the longer wildcard
-        ("a.b.example.com", "*"),  # one label only: *.example.com does not cover it
+        ("a.b.example.com", "*.example.com"),  # at any depth, as Kestrel matches a wildcard
+        ("x.www.eu.example.com", "*.eu.example.com"),  # the longest wildcard that matches
+        ("example.org", "*"),
         ("example.com", "*"),
         (None, None),  # no name sent (an IP address, say): the default certificate
         ("", None),
@@ -258,6 +261,11 @@ def test_sni_matching_order(server_name: str | None, expected: str | None) -> No
     assert select_name(server_name, names - {"*"}) == (None if expected == "*" else expected)
 
 
+def switches_context(tls: ServerTls) -> bool:
+    """Whether the listeners' context calls back during handshakes to choose a certificate."""
+    return tls.context.sni_callback is not None
+
+
 def test_sni_files_that_cannot_be_loaded_name_the_flag(files: dict[str, Path]) -> None:
     cert, key = str(files["cert"]), str(files["key"])
     cases = [
@@ -267,6 +275,8 @@ def test_sni_files_that_cannot_be_loaded_name_the_flag(files: dict[str, Path]) -
     for sni, message in cases:
         with pytest.raises(ConfigError, match=message):
             build_tls(TlsOptions(ssl_certfile=cert, ssl_keyfile=key, ssl_sni=(sni,)))
+    served = build_tls(TlsOptions(ssl_certfile=cert, ssl_keyfile=key, ssl_sni=(("a.test", cert, key),)))
+    assert switches_context(served)
 
 
 def test_the_expiry_of_a_certificate_is_read_from_its_der() -> None:
@@ -287,6 +297,7 @@ def test_a_poll_loads_only_changed_files(files: dict[str, Path], tmp_path: Path)
     shutil.copyfile(files["cert"], cert)
     shutil.copyfile(files["key"], key)
     tls = build_tls(TlsOptions(ssl_certfile=str(cert), ssl_keyfile=str(key)))
+    assert not switches_context(tls)  # one certificate: no call into Python during handshakes
     before = tls.context_for(None)
     os.utime(cert, (0, 0))  # a new mtime, the same content
     assert tls.poll() == []
@@ -297,6 +308,7 @@ def test_a_poll_loads_only_changed_files(files: dict[str, Path], tmp_path: Path)
     leaf.private_key_pem.write_to_path(str(key))
     assert [source.name for source in tls.poll()] == [None]
     assert tls.context_for(None) is not before
+    assert switches_context(tls)  # the listeners' context now switches to the new one
     assert tls.server_cert == leaf.cert_chain_pems[0].bytes().decode()
     assert tls.context_for(None).verify_mode == before.verify_mode
     assert tls.context_for(None).minimum_version == before.minimum_version
