@@ -33,6 +33,13 @@ METHODS = frozenset(
     b"BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH "
     b"PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
 )
+# Methods llhttp reads on to the request line's version before refusing them in an HTTP request: RTSP's,
+# and PRI (the HTTP/2 preface). The start of one is not wrong yet, on this path either.
+REFUSED_AT_VERSION = frozenset(
+    b"DESCRIBE ANNOUNCE SETUP PLAY PAUSE TEARDOWN GET_PARAMETER SET_PARAMETER REDIRECT RECORD FLUSH PRI".split()
+)
+_METHOD_STARTS = METHODS | REFUSED_AT_VERSION
+_HTTP_VERSION = re.compile(rb" HTTP/[0-9]\.[0-9]")
 
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -115,9 +122,12 @@ def strict_head(head: bytes, complete: bool) -> bool:
             return method in METHODS and _target_form(method, target) and _single_length(head)
     space = head.find(b" ")
     if space >= 0:
-        if head[:space] not in METHODS:
-            return False
-    elif complete or not any(method.startswith(head) for method in METHODS):
+        method = head[:space]
+        if method not in METHODS:
+            if method == b"PRI":  # llhttp reads the whole head of what may be the HTTP/2 preface
+                return not complete
+            return not complete and method in REFUSED_AT_VERSION and _HTTP_VERSION.search(head) is None
+    elif complete or not any(method.startswith(head) for method in _METHOD_STARTS):
         return False
     line_end = head.find(b"\r\n")
     if line_end >= 0:

@@ -211,6 +211,8 @@ CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\
 @example(data=b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
 @example(data=b"GET * HTTP/1.1\r\nHost: t\r\n\r\n")
 @example(data=b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: a/b\r\nContent-Type: a/b\r\nContent-Length: 0\r\n\r\n")
+@example(data=b"GET /0 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n\r\nF")  # F may start RTSP's FLUSH: wait
+@example(data=b"DESCRIBE / HTTP/1.1\r\nHost: t\r\n\r\n")  # an RTSP method is refused at the version
 def test_both_parsers_agree(data: bytes) -> None:
     httptools_out, httptools_seen, _ = exchange("httptools", [data])
     h11_out, h11_seen, _ = exchange("h11", [data])
