@@ -17,10 +17,13 @@ from kestrelpy.access_log import compile_format
 from kestrelpy.endpoints import (
     Endpoint,
     FdEndpoint,
+    TcpEndpoint,
     ambiguous_tls,
     configured_endpoints,
     display_url,
+    metrics_endpoint,
     parse_octal_mode,
+    same_address,
 )
 from kestrelpy.errors import ConfigError
 from kestrelpy.proxy import DEFAULT_TRUSTED, parse_trusted
@@ -592,6 +595,22 @@ class Config:
         metavar="GLOB",
         group="processes",
     )
+    metrics_bind: str = option(
+        "",
+        "Serve metrics in the Prometheus text format at http://HOST:PORT/metrics, a listener of their own "
+        "(never the app's port; with workers the supervisor serves the whole server's sums). Off when empty.",
+        parse=str,
+        metavar="HOST:PORT",
+        group="metrics",
+    )
+    metrics_otel: bool = option(
+        False,
+        "Also publish the metrics through an OpenTelemetry meter (needs opentelemetry-api; each serving "
+        "process publishes its own).",
+        parse=_parse_bool,
+        negatable=True,
+        group="metrics",
+    )
     ws: str = option(
         "auto",
         "WebSocket support: websockets (the kestrelpy[websockets] extra), auto (it when installed, else "
@@ -674,6 +693,7 @@ class Config:
             raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
         endpoints = self.endpoints()  # every endpoint spelling is checked here, before anything is bound
         self._check_tls_endpoints(endpoints)
+        self._check_metrics_endpoint(endpoints)
 
     @property
     def multiprocess(self) -> bool:
@@ -699,6 +719,21 @@ class Config:
                 f"{display_url(pair[0])} and {display_url(pair[1])} both ask for a free port on the same "
                 "address, one with TLS and one without; give one of them a fixed port or another address"
             )
+
+    def metrics_endpoint(self) -> TcpEndpoint | None:
+        """Where --metrics-bind listens; None when metrics are not served."""
+        return metrics_endpoint(self.metrics_bind) if self.metrics_bind else None
+
+    def _check_metrics_endpoint(self, endpoints: list[Endpoint]) -> None:
+        metrics = self.metrics_endpoint()
+        if metrics is None:
+            return
+        for endpoint in endpoints:
+            if isinstance(endpoint, TcpEndpoint) and same_address(endpoint, metrics):
+                raise ConfigError(
+                    f"--metrics-bind {self.metrics_bind} is the app's endpoint {display_url(endpoint)}: give the "
+                    "metrics a port of their own"
+                )
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -25,6 +25,9 @@ from kestrelpy.errors import ConfigError, KestrelpyError
 from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
+from kestrelpy.metrics import exposition
+from kestrelpy.metrics.listener import METRICS_BACKLOG, MetricsConnection
+from kestrelpy.metrics.recorder import Snapshot
 from kestrelpy.protocols.http11 import HttpConnection, tls_connection_class
 from kestrelpy.protocols.websocket import MissingLibrary, WebSocketUpgrade, upgrade_handler
 from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
@@ -78,6 +81,8 @@ class Server:
         self._delay_over = asyncio.Event()
         self.handle_signals = True  # a supervised worker leaves SIGINT/SIGTERM to the supervisor's protocol
         self.linger_on_shutdown = False  # a supervised worker answers a last request on idle keep-alives
+        self.serve_metrics = True  # a supervised worker leaves --metrics-bind to the supervisor
+        self.metrics_address: tuple[str, int] | None = None  # where --metrics-bind listens, once it does
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint the config names: --host/--port, --bind, --urls, --uds and inherited sockets."""
@@ -87,6 +92,13 @@ class Server:
     def requests_served(self) -> int:
         """Responses completed so far (a supervised worker recycles itself on --limit-max-requests)."""
         return self._state.requests_served if self._state is not None else 0
+
+    def metrics_snapshot(self) -> Snapshot | None:
+        """This process's metrics now (None when they are off or it is not serving yet)."""
+        state = self._state
+        if state is None or state.metrics is None:
+            return None
+        return state.metrics.snapshot(upgraded=state.upgraded)
 
     @property
     def shutdown_requested(self) -> bool:
@@ -161,6 +173,7 @@ class Server:
         state.lifespan_state = lifespan.state
         state.linger_on_shutdown = self.linger_on_shutdown
         self._state = state
+        metrics_listener = await self._metrics_listener(loop, state, sockets)  # first: it may fail to bind
         heartbeat = self._heartbeat(state, loop)
         heartbeat.start()
         if tls is not None:
@@ -198,8 +211,33 @@ class Server:
         finally:
             restore_signals()
             heartbeat.stop()
+            if metrics_listener is not None:
+                metrics_listener.close()
             if tls is not None:
                 tls.stop_watching()
+
+    async def _metrics_listener(
+        self, loop: asyncio.AbstractEventLoop, state: ServerState, sockets: list[socket.socket]
+    ) -> asyncio.AbstractServer | None:
+        """--metrics-bind in a single server: a listener of its own beside the app's, on the same loop."""
+        endpoint = self.config.metrics_endpoint()
+        metrics = state.metrics
+        if endpoint is None or metrics is None or not self.serve_metrics:
+            return None
+
+        def render() -> str:
+            queued = sum(platform.listen_queue_length(sock) or 0 for sock in sockets)
+            return exposition.render(metrics.snapshot(upgraded=state.upgraded, queued=queued))
+
+        (sock,) = bind_endpoints([endpoint], METRICS_BACKLOG)
+        try:
+            listener = await loop.create_server(lambda: MetricsConnection(render), sock=sock)
+        except BaseException:
+            close_sockets([sock])
+            raise
+        self.metrics_address = socket_address(sock)
+        logger.info("Metrics at %s/metrics", listen_url(sock))
+        return listener
 
     def _tls_sockets(self, sockets: list[socket.socket]) -> list[bool]:
         """Which sockets belong to TLS endpoints, told from each socket's address (as a worker must)."""
@@ -273,8 +311,13 @@ async def _tls_listener(
     """A listener whose connections are served only once their TLS handshake is complete; a client that
     does not complete it within --timeout-tls-handshake is closed by the loop."""
 
+    metrics = state.metrics
+
     def factory() -> HttpConnection:
-        return protocol(state)
+        conn = protocol(state)
+        if metrics is not None:  # made as the connection is accepted: its handshake starts now
+            metrics.handshake_started(conn)
+        return conn
 
     return await loop.create_server(
         factory,

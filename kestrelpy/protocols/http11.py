@@ -184,6 +184,8 @@ class HttpConnection(Http1Output):
         timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)  # before the first byte, as in Kestrel
         over_limit = 0 < state.max_connections <= len(state.connections) - state.upgraded  # (see websocket.py)
         state.connections.add(self)
+        if state.metrics is not None:
+            state.metrics.connection_opened(self, now, over_limit)
         if over_limit:
             self._refuse()
         elif state.shutting_down or state.draining:
@@ -191,7 +193,7 @@ class HttpConnection(Http1Output):
             self.closing = True  # answer its request with `connection: close` (see shutdown())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state.connection_closed(self)
+        self.state.connection_closed(self, self._pending_rejection)
         self.flow.connection_lost()
         self.transport = LOST_TRANSPORT  # (see LostTransport)
         if self.cycle is not None:
@@ -655,7 +657,10 @@ class TlsConnection(HttpConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio and uvloop call this once the handshake is complete, so the session is known.
         self.scheme = "https"
-        self.tls_extension = self.describe_tls(transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.tls_extension = self.describe_tls(ssl_object)
+        if self.state.metrics is not None:
+            self.state.metrics.handshake_done(self, ssl_object)
         super().connection_made(transport)
 
     def _scope(
@@ -679,5 +684,6 @@ class TlsConnection(HttpConnection):
 def tls_connection_class(cls: type[HttpConnection], describe: Callable[[Any], dict[str, Any]]) -> type[HttpConnection]:
     """`cls` (a parser adapter) for a TLS listener, whose connections `describe(ssl_object)` once. A plain
     listener keeps `cls` itself, so a plain request's scope costs nothing more than before."""
-    namespace = {"__slots__": (), "describe_tls": staticmethod(describe)}
+    # Weakly referable: the metrics notice a failed handshake by the loop dropping the connection unannounced.
+    namespace = {"__slots__": ("__weakref__",), "describe_tls": staticmethod(describe)}
     return cast("type[HttpConnection]", type("Tls" + cls.__name__, (TlsConnection, cls), namespace))
