@@ -25,9 +25,9 @@ from kestrelpy.errors import ConfigError, KestrelpyError
 from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
-from kestrelpy.metrics import exposition
+from kestrelpy.metrics import exposition, otel
 from kestrelpy.metrics.listener import METRICS_BACKLOG, MetricsConnection
-from kestrelpy.metrics.recorder import Snapshot
+from kestrelpy.metrics.recorder import Metrics, Snapshot
 from kestrelpy.protocols.http11 import HttpConnection, tls_connection_class
 from kestrelpy.protocols.websocket import MissingLibrary, WebSocketUpgrade, upgrade_handler
 from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
@@ -119,6 +119,8 @@ class Server:
         # A parser or WebSocket library asked for but not installed is refused here, before any bind
         # or lifespan startup, with one message rather than a traceback from inside the task group.
         connection_class(config.http)
+        if config.metrics_otel:
+            otel.check_installed()
         upgrade = upgrade_handler(config)  # built here once; ServerState is handed it
         endpoints = self.endpoints()
         # Built in every process that serves (each worker too), and before any bind: a certificate that
@@ -314,18 +316,39 @@ async def _tls_listener(
     metrics = state.metrics
 
     def factory() -> HttpConnection:
-        conn = protocol(state)
-        if metrics is not None:  # made as the connection is accepted: its handshake starts now
-            metrics.handshake_started(conn)
-        return conn
+        return protocol(state)
+
+    def metered_factory() -> asyncio.Protocol:
+        return MeteredHandshake(factory, metrics) if metrics is not None else factory()
 
     return await loop.create_server(
-        factory,
+        factory if metrics is None else metered_factory,
         sock=sock,
         backlog=backlog,
         ssl=tls.context,
         ssl_handshake_timeout=tls.handshake_timeout,
     )
+
+
+class MeteredHandshake(asyncio.Protocol):
+    """With metrics on, what a TLS listener makes for each connection it accepts: it times the handshake,
+    then hands the transport to the connection `make` builds. A failed handshake is never announced to
+    the protocol; this object, which takes part in no reference cycle, is then freed at once, and the
+    metrics' weak reference to it counts the failure (a connection object, with its parser, would wait
+    for the garbage collector)."""
+
+    __slots__ = ("__weakref__", "_make", "_metrics")
+
+    def __init__(self, make: Callable[[], HttpConnection], metrics: Metrics) -> None:
+        self._make = make
+        self._metrics = metrics
+        metrics.handshake_started(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._metrics.handshake_done(self, transport.get_extra_info("ssl_object"))
+        conn = self._make()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
 
 
 def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None = None) -> None:

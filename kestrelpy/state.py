@@ -126,7 +126,12 @@ class ServerState:
         self.requests_served = 0  # read by a supervised worker for --limit-max-requests
         # The counters behind --metrics-bind / --metrics-otel (kestrelpy/metrics/recorder.py says who calls
         # what); None when metrics are off, so each hook costs the protocols one attribute test.
-        self.metrics = Metrics(clock) if config.metrics_bind or config.metrics_otel else None
+        handshake_timeout = config.tls.tls_handshake_timeout
+        self.metrics: Metrics | None = Metrics(clock, handshake_timeout) if config.metrics_bind else None
+        if config.metrics_otel:
+            from kestrelpy.metrics.otel import OtelMetrics
+
+            self.metrics = OtelMetrics(clock, handshake_timeout, upgraded=lambda: self.upgraded)
         self._all_closed: asyncio.Event | None = None
 
     def set_date_line(self, line: bytes) -> None:

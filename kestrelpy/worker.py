@@ -121,7 +121,8 @@ class WorkerRun:
             for task in (started, listen, ping):
                 if task is not None:
                     task.cancel()
-            self.out.send_snapshot(server.metrics_snapshot())  # its last counts, before it exits
+            if self.spec.config.metrics_bind:
+                self.out.send_snapshot(server.metrics_snapshot())  # its last counts, before it exits
             self.out.finish(1.0)
 
     async def _listen(self, server: Server, serve: asyncio.Future[None]) -> None:
@@ -154,7 +155,8 @@ class WorkerRun:
         asked = False
         while True:
             self.out.send_line("ping")
-            self.out.send_snapshot(server.metrics_snapshot())
+            if spec.config.metrics_bind:  # (--metrics-otel alone publishes from here, not through the supervisor)
+                self.out.send_snapshot(server.metrics_snapshot())
             if not asked:
                 reason = None
                 served = server.requests_served

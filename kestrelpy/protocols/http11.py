@@ -632,6 +632,11 @@ class HttpConnection(Http1Output):
         elif self.cycle is not None and not self.cycle.response_started:
             self.keep_alive = False
 
+    @property
+    def active_cycles(self) -> tuple[RequestCycle, ...]:
+        """The requests whose app is running (the metrics' http.server.active_requests): one at most."""
+        return () if self.cycle is None else (self.cycle,)
+
     def cancel_app(self) -> None:
         if self.cycle is not None and self.cycle.task is not None:
             self.cycle.task.cancel()
@@ -657,10 +662,7 @@ class TlsConnection(HttpConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio and uvloop call this once the handshake is complete, so the session is known.
         self.scheme = "https"
-        ssl_object = transport.get_extra_info("ssl_object")
-        self.tls_extension = self.describe_tls(ssl_object)
-        if self.state.metrics is not None:
-            self.state.metrics.handshake_done(self, ssl_object)
+        self.tls_extension = self.describe_tls(transport.get_extra_info("ssl_object"))
         super().connection_made(transport)
 
     def _scope(
@@ -684,6 +686,5 @@ class TlsConnection(HttpConnection):
 def tls_connection_class(cls: type[HttpConnection], describe: Callable[[Any], dict[str, Any]]) -> type[HttpConnection]:
     """`cls` (a parser adapter) for a TLS listener, whose connections `describe(ssl_object)` once. A plain
     listener keeps `cls` itself, so a plain request's scope costs nothing more than before."""
-    # Weakly referable: the metrics notice a failed handshake by the loop dropping the connection unannounced.
-    namespace = {"__slots__": ("__weakref__",), "describe_tls": staticmethod(describe)}
+    namespace = {"__slots__": (), "describe_tls": staticmethod(describe)}
     return cast("type[HttpConnection]", type("Tls" + cls.__name__, (TlsConnection, cls), namespace))

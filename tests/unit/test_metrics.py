@@ -55,17 +55,35 @@ def test_a_value_on_a_bound_falls_in_that_bounds_bucket() -> None:
     assert series == [1, 2, 1, 8.6]
 
 
+class Cycle:
+    """What the recorder reads of a RequestCycle."""
+
+    def __init__(self, method: str, status: int) -> None:
+        self.scope = {"method": method, "scheme": "http", "http_version": "1.1"}
+        self.status = status
+
+
+class Connection:
+    def __init__(self, *cycles: Cycle) -> None:
+        self.active_cycles = cycles
+
+
+def start(metrics: Metrics, cycle: Cycle) -> float:
+    """What RequestCycle.run does as its app starts."""
+    return metrics.clock()
+
+
 def test_requests_are_counted_with_other_methods_folded_and_errors_typed() -> None:
     clock = Clock()
     metrics = Metrics(clock)
-    scope = {"method": "GET", "scheme": "http", "http_version": "1.1"}
-    started = metrics.request_started(scope)
+    ok, odd, gone, running = Cycle("GET", 200), Cycle("BREW", 503), Cycle("GET", 200), Cycle("GET", 0)
+    started = start(metrics, ok)
     clock.now += 0.02
-    metrics.request_ended(scope, started, 200, "")
-    odd = {**scope, "method": "BREW"}
-    metrics.request_ended(odd, metrics.request_started(odd), 503, "")
-    metrics.request_ended(scope, metrics.request_started(scope), 200, "client_gone")
-    metrics.request_started(scope)  # still running
+    metrics.request_ended(ok, started)
+    for _ in range(2):
+        metrics.request_ended(odd, start(metrics, odd))
+    metrics.request_aborted(gone, start(metrics, gone), "client_gone")
+    metrics.connection_opened(Connection(running), clock(), False)  # its app is answering it
     requests = metrics.snapshot()[inst.REQUEST_DURATION.name]
     assert sorted(requests) == [
         ("GET", "http", "1.1", "200", ""),
@@ -73,7 +91,14 @@ def test_requests_are_counted_with_other_methods_folded_and_errors_typed() -> No
         ("_OTHER", "http", "1.1", "503", "503"),
     ]
     assert requests[("GET", "http", "1.1", "200", "")] == [0, 0, 1, *[0] * 12, pytest.approx(0.02)]
+    assert requests[("_OTHER", "http", "1.1", "503", "503")] == [2, *[0] * 14, 0.0]
     assert metrics.snapshot()[inst.ACTIVE_REQUESTS.name] == {("GET", "http"): 1, ("_OTHER", "http"): 0}
+
+
+def test_the_request_fast_path_literals_match_the_bounds() -> None:
+    # request_ended writes the first bound and the sum's index as literals
+    assert inst.REQUEST_BOUNDS[0] == 0.005
+    assert len(new_series(inst.REQUEST_BOUNDS)) == 16
 
 
 def test_a_connection_is_timed_across_an_upgrade_and_typed_by_its_rejection() -> None:
@@ -105,8 +130,8 @@ def test_error_types_are_kestrels_where_it_names_the_cause() -> None:
 
 def test_the_text_format_reads_back_with_prometheus_clients_parser() -> None:
     metrics = Metrics(Clock())
-    scope = {"method": "GET", "scheme": "http", "http_version": "1.1"}
-    metrics.request_ended(scope, metrics.request_started(scope), 200, 'odd "reason"\\\n')
+    cycle = Cycle("GET", 200)
+    metrics.request_aborted(cycle, start(metrics, cycle), 'odd "reason"\\\n')
     families = {f.name: f for f in text_string_to_metric_families(render(metrics.snapshot()))}
     assert set(families) == {i.prometheus_name.removesuffix("_total") for i in inst.INSTRUMENTS}
     samples = families["http_server_request_duration_seconds"].samples
