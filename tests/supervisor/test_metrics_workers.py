@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -86,3 +87,21 @@ def test_recycled_workers_hand_over_their_last_counts(servers: list[Supervised])
     assert result.value("kestrelpy_worker_recycles_total") >= 2
     assert result.value("kestrelpy_worker_restarts_total") == 0
     check_histograms(result)
+
+
+def test_a_worker_replaced_mid_request_reports_that_request_as_it_exits(servers: list[Supervised]) -> None:
+    # The request completes while its worker drains, after the worker's last ping: only the snapshot a
+    # worker sends as it exits carries it.
+    server, port = start_with_metrics(servers, "--workers", "2")
+    answered: list[tuple[int, str]] = []
+    slow = threading.Thread(target=lambda: answered.append(get(server.port, "/slow?1.5")))
+    slow.start()
+    pid = int(server.expect(r"slow request started in (\d+)").group(1))
+    mark = server.mark()
+    server.signal(signal.SIGHUP)  # every worker is replaced, one at a time
+    server.expect(rf"Worker \[{pid}\] stopped", after=mark, timeout=30)
+    slow.join(10)
+    assert answered and answered[0][0] == 200
+    result = scrape_until(port, REQUESTS, 1)
+    assert result.value("kestrelpy_worker_restarts_total") == 0
+    assert result.value("kestrelpy_worker_recycles_total") == 0  # replaced on SIGHUP, not on its own request
