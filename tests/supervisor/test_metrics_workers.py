@@ -7,25 +7,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from tests.support.scrape import check_histograms, scrape, scrape_until
-from tests.support.supervised import Supervised, get, start, stop
+from tests.support.supervised import Supervised, get, start
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals drive these tests")
 
 REQUESTS = "http_server_request_duration_seconds_count"
 METRICS_AT = r"Metrics at http://127\.0\.0\.1:(\d+)/metrics"
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Supervised]]:
-    started: list[Supervised] = []
-    yield started
-    for server in started:
-        stop(server.proc)
 
 
 def start_with_metrics(servers: list[Supervised], *args: str) -> tuple[Supervised, int]:
