@@ -202,3 +202,25 @@ def test_metrics_bind_must_not_be_the_apps_port() -> None:
         Config(app="a:b", metrics_bind="nonsense")
     assert Config(app="a:b", port=8000, metrics_bind="127.0.0.1:9100").metrics_endpoint() is not None
     assert Config(app="a:b", port=0, metrics_bind="127.0.0.1:0").metrics_endpoint() is not None
+
+
+class Handshake:
+    """Stands for the protocol a TLS listener makes: weakly referable, in no reference cycle."""
+
+
+def test_a_handshake_is_timed_to_its_end_or_counted_failed_when_dropped_or_too_old() -> None:
+    clock = Clock()
+    metrics = Metrics(clock, handshake_timeout=10.0)
+    done, dropped, stuck = Handshake(), Handshake(), Handshake()
+    for handshake in (done, dropped, stuck):
+        metrics.handshake_started(handshake)
+    clock.now += 0.02
+    metrics.handshake_done(done, None)
+    del dropped  # the loop lets go of a failed handshake's protocol without a word
+    assert metrics.active_handshakes() == 1
+    clock.now += 11.0  # past the timeout: the loop has closed it, whether or not it is freed yet
+    assert metrics.active_handshakes() == 0
+    tls = metrics.snapshot()[inst.TLS_HANDSHAKE_DURATION.name]
+    sums = {key: value[-1] for key, value in tls.items() if isinstance(value, list)}
+    assert sums == {("", ""): pytest.approx(0.02), ("tls_handshake_failed", ""): pytest.approx(0.02 + 11.02)}
+    assert stuck is not None
