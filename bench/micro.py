@@ -10,6 +10,7 @@ the Python cost per request that the wrk runs carry on top of those.
     python bench/micro.py --http h11 --workloads plaintext
     python bench/micro.py --tree /tmp/other-checkout       # import kestrelpy from there
     python bench/micro.py --compare . /tmp/other-checkout  # interleaved, with ratios
+    python bench/micro.py --metrics                         # with the metrics counting (--metrics-bind)
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def import_tree(tree: Path) -> None:
         raise SystemExit(f"kestrelpy was imported from {origin}, not from {tree}")
 
 
-async def run_once(http: str, workload: Workload, n: int, proxy_headers: bool) -> float:
+async def run_once(http: str, workload: Workload, n: int, proxy_headers: bool, metrics: bool = False) -> float:
     """Seconds per request over n requests on one warmed-up connection."""
     from bench import apps
     from kestrelpy.config import Config
@@ -123,6 +124,8 @@ async def run_once(http: str, workload: Workload, n: int, proxy_headers: bool) -
 
     app = getattr(apps, workload.app)
     config = Config(app=app, access_log=False, http=http, proxy_headers=proxy_headers)
+    if metrics:  # counted as with --metrics-bind; no listener is needed to count
+        config = config.replace(metrics_bind="127.0.0.1:9100")
     if config.proxy_headers:  # as the server wraps the app
         from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
 
@@ -169,11 +172,13 @@ def requests_per_repeat(args: argparse.Namespace, http: str, workload: Workload)
     return workload.default_n if http == "httptools" else workload.default_n // 5
 
 
-def measure(http: str, workload: Workload, n: int, repeats: int, proxy_headers: bool) -> list[float]:
+def measure(
+    http: str, workload: Workload, n: int, repeats: int, proxy_headers: bool, metrics: bool = False
+) -> list[float]:
     """µs per request of every repeat, each on a fresh loop and connection."""
     import uvloop
 
-    return [uvloop.run(run_once(http, workload, n, proxy_headers)) * 1e6 for _ in range(repeats)]
+    return [uvloop.run(run_once(http, workload, n, proxy_headers, metrics)) * 1e6 for _ in range(repeats)]
 
 
 # --------------------------------------------------------------------------- comparing trees
@@ -270,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-proxy-headers", dest="proxy_headers", action="store_false", help="serve the app unwrapped"
     )
+    parser.add_argument("--metrics", action="store_true", help="count metrics, as --metrics-bind does")
     parser.add_argument("--tree", type=Path, help="import kestrelpy from this checkout instead")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="TREE", help="compare checkouts, interleaved")
     parser.add_argument("--rounds", type=int, default=3, help="with --compare: interleaved rounds (default 3)")
@@ -288,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for http in args.http:
         for name in args.workloads:
             workload = WORKLOADS[name]
-            runs = measure(http, workload, requests_per_repeat(args, http, workload), args.repeats, args.proxy_headers)
+            n = requests_per_repeat(args, http, workload)
+            runs = measure(http, workload, n, args.repeats, args.proxy_headers, args.metrics)
             results.setdefault(http, {})[name] = runs
             if not args.json:
                 spread = f"{min(runs):.2f} to {max(runs):.2f}"

@@ -23,7 +23,9 @@ from kestrelpy.endpoints import (
     ambiguous_tls,
     configured_endpoints,
     display_url,
+    metrics_endpoint,
     parse_octal_mode,
+    same_address,
 )
 from kestrelpy.errors import ConfigError
 from kestrelpy.proxy import DEFAULT_TRUSTED, parse_trusted
@@ -741,6 +743,22 @@ class Config:
         metavar="GLOB",
         group="processes",
     )
+    metrics_bind: str = option(
+        "",
+        "Serve metrics in the Prometheus text format at http://HOST:PORT/metrics, a listener of their own "
+        "(never the app's port; with workers the supervisor serves the whole server's sums). Off when empty.",
+        parse=str,
+        metavar="HOST:PORT",
+        group="metrics",
+    )
+    metrics_otel: bool = option(
+        False,
+        "Also publish the metrics through an OpenTelemetry meter (needs opentelemetry-api; each serving "
+        "process publishes its own).",
+        parse=_parse_bool,
+        negatable=True,
+        group="metrics",
+    )
     ws: str = option(
         "auto",
         "WebSocket support: websockets (the kestrelpy[websockets] extra), auto (it when installed, else "
@@ -827,6 +845,7 @@ class Config:
         endpoints = self.endpoints()  # every endpoint spelling is checked here, before anything is bound
         self._check_tls_endpoints(endpoints)
         _check_distinct_addresses(endpoints)
+        self._check_metrics_endpoint(endpoints)
 
     @property
     def multiprocess(self) -> bool:
@@ -880,6 +899,21 @@ class Config:
                 f"{table} sets client_certificate_mode = {mode!r}, which needs ssl_ca_certs (the CAs client "
                 "certificates are verified against)"
             )
+
+    def metrics_endpoint(self) -> TcpEndpoint | None:
+        """Where --metrics-bind listens; None when metrics are not served."""
+        return metrics_endpoint(self.metrics_bind) if self.metrics_bind else None
+
+    def _check_metrics_endpoint(self, endpoints: list[Endpoint]) -> None:
+        metrics = self.metrics_endpoint()
+        if metrics is None:
+            return
+        for endpoint in endpoints:
+            if isinstance(endpoint, TcpEndpoint) and same_address(endpoint, metrics):
+                raise ConfigError(
+                    f"--metrics-bind {self.metrics_bind} is the app's endpoint {display_url(endpoint)}: give the "
+                    "metrics a port of their own"
+                )
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -45,6 +45,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     ),
     "websocket": ("WebSocket", "With the `kestrelpy[websockets]` extra; see [WebSocket](websocket.md)."),
     "proxy": ("Behind a proxy", "Forwarded headers and URL prefixes; see [Behind nginx](nginx.md)."),
+    "metrics": ("Metrics", "Counts for Prometheus and OpenTelemetry; see [Metrics](metrics.md)."),
     "logging": ("Logging", "Server messages go to stderr, the access log (one line per request) to stdout."),
 }
 

@@ -375,6 +375,18 @@ def ambiguous_tls(endpoints: Sequence[Endpoint]) -> tuple[TcpEndpoint, TcpEndpoi
     return None
 
 
+def metrics_endpoint(text: str) -> TcpEndpoint:
+    """`--metrics-bind HOST:PORT` (or `[IPV6]:PORT`, `:PORT` for every address): plain TCP only."""
+    source = f"--metrics-bind {text!r}"
+    host, port = _split_host_port(text.strip(), source)
+    return TcpEndpoint(_normal_host(host) if host else "0.0.0.0", _port(port, source))
+
+
+def same_address(a: TcpEndpoint, b: TcpEndpoint) -> bool:
+    """Whether two endpoints with a fixed port ask for the same port on an address both would hold."""
+    return a.port == b.port != 0 and (_hosts_overlap(a, b) or _hosts_overlap(b, a))
+
+
 def _hosts_overlap(a: TcpEndpoint, b: TcpEndpoint) -> bool:
     if b.is_localhost:
         return _host_matches(a, "127.0.0.1") or _host_matches(a, "::1")

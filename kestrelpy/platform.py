@@ -199,6 +199,22 @@ def peer_hung_up(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
+_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+
+
+def listen_queue_length(sock: socket.socket) -> int | None:
+    """Connections the kernel has accepted on this listening TCP socket that no process has taken yet,
+    or None where that cannot be read. Linux: TCP_INFO on a listener reports its accept queue's current
+    length in tcpi_unacked (the 32-bit field after four others, at byte 24)."""
+    if _TCP_INFO is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.fileno() < 0:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 32)
+    except OSError:
+        return None
+    return int.from_bytes(info[24:28], sys.byteorder) if len(info) >= 28 else None
+
+
 def resident_memory() -> int | None:
     """This process's resident set size in bytes, or None where it cannot be read cheaply.
 

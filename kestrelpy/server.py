@@ -26,6 +26,9 @@ from kestrelpy.errors import ConfigError, KestrelpyError
 from kestrelpy.heartbeat import Heartbeat
 from kestrelpy.importer import load_app
 from kestrelpy.lifespan import Lifespan
+from kestrelpy.metrics import exposition, otel
+from kestrelpy.metrics.listener import METRICS_BACKLOG, MetricsConnection
+from kestrelpy.metrics.recorder import Metrics, Snapshot
 from kestrelpy.protocols.http11 import HttpConnection, tls_connection_class
 from kestrelpy.protocols.websocket import MissingLibrary, WebSocketUpgrade, upgrade_handler
 from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
@@ -115,6 +118,8 @@ class Server:
         self._delay_over = asyncio.Event()
         self.handle_signals = True  # a supervised worker leaves SIGINT/SIGTERM to the supervisor's protocol
         self.linger_on_shutdown = False  # a supervised worker answers a last request on idle keep-alives
+        self.serve_metrics = True  # a supervised worker leaves --metrics-bind to the supervisor
+        self.metrics_address: tuple[str, int] | None = None  # where --metrics-bind listens, once it does
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint the config names: --host/--port, --bind, --urls, --uds and inherited sockets."""
@@ -124,6 +129,13 @@ class Server:
     def requests_served(self) -> int:
         """Responses completed so far (a supervised worker recycles itself on --limit-max-requests)."""
         return self._state.requests_served if self._state is not None else 0
+
+    def metrics_snapshot(self) -> Snapshot | None:
+        """This process's metrics now (None when they are off or it is not serving yet)."""
+        state = self._state
+        if state is None or state.metrics is None:
+            return None
+        return state.metrics.snapshot(upgraded=state.upgraded)
 
     @property
     def shutdown_requested(self) -> bool:
@@ -144,6 +156,8 @@ class Server:
         # A parser or WebSocket library asked for but not installed is refused here, before any bind
         # or lifespan startup, with one message rather than a traceback from inside the task group.
         connection_class(config.http)
+        if config.metrics_otel:
+            otel.check_installed()
         upgrade = upgrade_handler(config)  # built here once; ServerState is handed it
         endpoints = self.endpoints()
         # Built in every process that serves (each worker too), and before any bind: a certificate that
@@ -203,6 +217,7 @@ class Server:
         state.lifespan_state = lifespan.state
         state.linger_on_shutdown = self.linger_on_shutdown
         self._state = state
+        metrics_listener = await self._metrics_listener(loop, state, sockets)  # first: it may fail to bind
         heartbeat = self._heartbeat(state, loop)
         heartbeat.start()
         if tls is not None:
@@ -241,8 +256,33 @@ class Server:
         finally:
             restore_signals()
             heartbeat.stop()
+            if metrics_listener is not None:
+                metrics_listener.close()
             if tls is not None:
                 tls.stop_watching()
+
+    async def _metrics_listener(
+        self, loop: asyncio.AbstractEventLoop, state: ServerState, sockets: list[socket.socket]
+    ) -> asyncio.AbstractServer | None:
+        """--metrics-bind in a single server: a listener of its own beside the app's, on the same loop."""
+        endpoint = self.config.metrics_endpoint()
+        metrics = state.metrics
+        if endpoint is None or metrics is None or not self.serve_metrics:
+            return None
+
+        def render() -> str:
+            queued = sum(platform.listen_queue_length(sock) or 0 for sock in sockets)
+            return exposition.render(metrics.snapshot(upgraded=state.upgraded, queued=queued))
+
+        (sock,) = bind_endpoints([endpoint], METRICS_BACKLOG)
+        try:
+            listener = await loop.create_server(lambda: MetricsConnection(render), sock=sock)
+        except BaseException:
+            close_sockets([sock])
+            raise
+        self.metrics_address = socket_address(sock)
+        logger.info("Metrics at %s/metrics", listen_url(sock))
+        return listener
 
     def _tls_sockets(self, sockets: list[socket.socket], tls: TlsListeners | None) -> list[ServerTls | None]:
         """The TLS each socket is served with (None: plain), told from the endpoint its address belongs to
@@ -315,13 +355,19 @@ async def _listen(
     """A listener on `sock`. With `tls`, its connections are served only once their handshake is complete;
     a client that does not complete it within --timeout-tls-handshake is closed by the loop."""
 
+    metrics = state.metrics
+
     def factory() -> HttpConnection:
         return protocol(state)
 
     if tls is None:
         return await loop.create_server(factory, sock=sock, backlog=backlog)
+
+    def metered_factory() -> asyncio.Protocol:
+        return MeteredHandshake(factory, metrics) if metrics is not None else factory()
+
     return await loop.create_server(
-        factory,
+        factory if metrics is None else metered_factory,
         sock=sock,
         backlog=backlog,
         ssl=tls.context,
@@ -335,6 +381,27 @@ def _h2_importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+class MeteredHandshake(asyncio.Protocol):
+    """With metrics on, what a TLS listener makes for each connection it accepts: it times the handshake,
+    then hands the transport to the connection `make` builds. A failed handshake is never announced to
+    the protocol; this object, which takes part in no reference cycle, is then freed at once, and the
+    metrics' weak reference to it counts the failure (a connection object, with its parser, would wait
+    for the garbage collector)."""
+
+    __slots__ = ("__weakref__", "_make", "_metrics")
+
+    def __init__(self, make: Callable[[], HttpConnection], metrics: Metrics) -> None:
+        self._make = make
+        self._metrics = metrics
+        metrics.handshake_started(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._metrics.handshake_done(self, transport.get_extra_info("ssl_object"))
+        conn = self._make()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
 
 
 def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None = None) -> None:

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 from kestrelpy.access_log import compile_format
 from kestrelpy.asgi import ASGIApp
 from kestrelpy.config import Config
+from kestrelpy.metrics.recorder import Metrics
 from kestrelpy.protocols.timeouts import DataRates, timeout_durations
 from kestrelpy.protocols.writer import encode_headers, status_line
 
 if TYPE_CHECKING:
     from kestrelpy.protocols.http2 import Http2Connection
     from kestrelpy.protocols.http11 import HttpConnection
+    from kestrelpy.protocols.rejection import RequestRejection
     from kestrelpy.protocols.websocket import MissingLibrary, WebSocketConnection, WebSocketUpgrade
 
 SERVER_NAME = b"kestrelpy"
@@ -50,6 +52,7 @@ class ServerState:
         "max_headers_size",
         "max_line_size",
         "max_requests_per_connection",
+        "metrics",
         "requests_served",
         "root_path",
         "root_path_bytes",
@@ -122,6 +125,14 @@ class ServerState:
         self.linger_on_shutdown = False  # see HttpConnection.shutdown()
         self.draining = False  # inside --shutdown-delay: still accepting, every response closes
         self.requests_served = 0  # read by a supervised worker for --limit-max-requests
+        # The counters behind --metrics-bind / --metrics-otel (kestrelpy/metrics/recorder.py says who calls
+        # what); None when metrics are off, so each hook costs the protocols one attribute test.
+        handshake_timeout = config.tls.tls_handshake_timeout
+        self.metrics: Metrics | None = Metrics(clock, handshake_timeout) if config.metrics_bind else None
+        if config.metrics_otel:
+            from kestrelpy.metrics.otel import OtelMetrics
+
+            self.metrics = OtelMetrics(clock, handshake_timeout, upgraded=lambda: self.upgraded)
         self._all_closed: asyncio.Event | None = None
 
     def set_date_line(self, line: bytes) -> None:
@@ -149,8 +160,16 @@ class ServerState:
                 self._response_starts[status] = start
         return start
 
-    def connection_closed(self, conn: HttpConnection | Http2Connection | WebSocketConnection) -> None:
+    def connection_closed(
+        self,
+        conn: HttpConnection | Http2Connection | WebSocketConnection,
+        why: RequestRejection | str | None = None,
+    ) -> None:
+        """Every protocol calls this once its connection is gone; `why` is what ended it, when that was
+        a rejection or an error (for the metrics' error.type)."""
         self.connections.discard(conn)
+        if self.metrics is not None:
+            self.metrics.connection_closed(conn, why)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 

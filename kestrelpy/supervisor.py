@@ -12,6 +12,8 @@ Each worker has one end of a socketpair, its *channel*, and writes one line per 
     ping               once a second from its event loop; silence means the loop is blocked
     recycle REASON     past --limit-max-requests or --limit-worker-memory: please replace me
     fatal CODE MSG     startup failed in a way that another attempt will not fix (MSG is JSON)
+    metrics JSON       with --metrics-bind: the worker's metrics totals, with each ping and on exit
+                       (kestrelpy/metrics/snapshot.py; the supervisor serves their sum)
 
 The supervisor writes `stop` (drain, as SIGTERM does) or `force` (close everything now). End of file
 on the channel tells a worker its supervisor is gone, and it drains and exits. The worker's side of
@@ -58,7 +60,10 @@ from typing import Any, Protocol
 from kestrelpy import platform
 from kestrelpy.config import Config
 from kestrelpy.errors import BindError, ConfigError, KestrelpyError
-from kestrelpy.sockets import bind_endpoints, bind_reuse_port, close_sockets
+from kestrelpy.metrics import exposition
+from kestrelpy.metrics.listener import METRICS_BACKLOG, SelectListener
+from kestrelpy.metrics.snapshot import Aggregate
+from kestrelpy.sockets import bind_endpoints, bind_reuse_port, close_sockets, listen_url
 
 logger = logging.getLogger("kestrelpy.error")
 
@@ -283,6 +288,8 @@ class Supervisor:
         self.sockets: list[socket.socket] = []
         self._placeholders: list[socket.socket] = []  # --reuse-port: hold each port, never listen
         self._reuse_groups: tuple[ReuseGroup, ...] = ()
+        self.metrics = Aggregate()  # every worker's metrics, summed (served only with --metrics-bind)
+        self._metrics_listener: SelectListener | None = None
 
     # -- running --------------------------------------------------------------------------------
 
@@ -304,6 +311,7 @@ class Supervisor:
         self.sockets = bind_endpoints(endpoints, config.backlog)
         if config.reuse_port:
             self._hold_for_reuse_port()
+        self._listen_for_metrics()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -325,6 +333,8 @@ class Supervisor:
             close_sockets(self.sockets)
             for sock in (*self._placeholders, self._wake_r, self._wake_w):
                 sock.close()
+            if self._metrics_listener is not None:
+                self._metrics_listener.close()
             if watcher is not None:
                 watcher.join(2)
         if self._failure is not None:
@@ -361,6 +371,23 @@ class Supervisor:
         self.sockets = shared
         self._reuse_groups = tuple(groups)
 
+    def _listen_for_metrics(self) -> None:
+        """--metrics-bind: the supervisor serves the whole server's metrics from its own select() loop."""
+        endpoint = self.config.metrics_endpoint()
+        if endpoint is None:
+            return
+        try:
+            (sock,) = bind_endpoints([endpoint], METRICS_BACKLOG)
+        except BaseException:
+            close_sockets([*self.sockets, *self._placeholders])
+            raise
+        self._metrics_listener = SelectListener(sock, self.render_metrics, self._clock)
+        logger.info("Metrics at %s/metrics", listen_url(sock))
+
+    def render_metrics(self) -> str:
+        queued = sum(platform.listen_queue_length(sock) or 0 for sock in self.sockets)
+        return exposition.render(self.metrics.total(queued=queued))
+
     def _finished(self) -> bool:
         return self._stopping and not self.workers
 
@@ -388,10 +415,14 @@ class Supervisor:
         if self._respawn_at > now:
             timeout = min(timeout, self._respawn_at - now)
         readable = [self._wake_r, *(w.channel for w in self.workers if w.channel is not None)]
+        if self._metrics_listener is not None:
+            readable += self._metrics_listener.sockets()
         try:
             ready, _, _ = select.select(readable, [], [], max(timeout, 0.01))
         except (InterruptedError, ValueError, OSError):
             return
+        if self._metrics_listener is not None:
+            self._metrics_listener.serve(ready)
         if self._wake_r in ready:
             try:
                 while self._wake_r.recv(4096):
@@ -492,7 +523,10 @@ class Supervisor:
             if not self._all_serving_logged and self._count("serving") >= self.target:
                 self._all_serving_logged = True
                 logger.info("All %d worker(s) are serving", self.target)
+        elif kind == "metrics":
+            self.metrics.update(worker.pid, rest)
         elif kind == "recycle" and worker.state == "serving":
+            self.metrics.recycles += 1
             worker.state = "retiring"
             logger.info("Replacing worker [%d]: it %s", worker.pid, rest)
         elif kind == "fatal":
@@ -503,8 +537,9 @@ class Supervisor:
                 worker.fatal = (1, message)
 
     def _on_exit(self, worker: Worker, code: int, now: float) -> None:
-        self._read_channel(worker, now)  # the last lines may hold its fatal error
+        self._read_channel(worker, now)  # the last lines may hold its fatal error, and its last metrics
         self.workers.remove(worker)
+        self.metrics.worker_exited(worker.pid)
         if worker.channel is not None:
             worker.channel.close()
             worker.channel = None
@@ -524,6 +559,7 @@ class Supervisor:
         if self._stopping:
             logger.info("Worker [%d] %s", worker.pid, how)
             return
+        self.metrics.restarts += 1
         if worker.killed_because:
             logger.warning("Worker [%d] %s after it %s; replacing it", worker.pid, how, worker.killed_because)
         else:

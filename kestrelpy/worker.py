@@ -16,6 +16,8 @@ import traceback
 
 from kestrelpy import platform
 from kestrelpy.errors import BindError, KestrelpyError
+from kestrelpy.metrics import snapshot as metrics_snapshot
+from kestrelpy.metrics.recorder import Snapshot
 from kestrelpy.server import Server
 from kestrelpy.sockets import bind_reuse_port
 from kestrelpy.supervisor import WorkerSpec
@@ -25,11 +27,39 @@ logger = logging.getLogger("kestrelpy.error")
 MIB = 1024 * 1024
 
 
-def _send_line(channel: socket.socket, line: str) -> None:
-    try:
-        channel.send(line.encode("utf-8") + b"\n")
-    except OSError:  # the supervisor is gone or not reading; nothing useful to do
-        pass
+class ChannelWriter:
+    """Lines to the supervisor on the non-blocking channel. What the socket does not take at once waits
+    for the next line, so a line (a metrics snapshot is a few KiB) is never cut by another."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._pending = b""
+
+    def send_line(self, line: str) -> None:
+        self._pending += line.encode("utf-8") + b"\n"
+        try:
+            sent = self._channel.send(self._pending)
+        except BlockingIOError:
+            return
+        except OSError:  # the supervisor is gone or not reading; nothing useful to do
+            sent = len(self._pending)
+        self._pending = self._pending[sent:]
+
+    def send_snapshot(self, snapshot: Snapshot | None) -> None:
+        """Totals, not changes: one the supervisor has not taken yet is simply superseded, never queued."""
+        if snapshot is not None and not self._pending:
+            self.send_line(metrics_snapshot.PREFIX + metrics_snapshot.encode(snapshot))
+
+    def finish(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until the supervisor's side holds every line: used on exit."""
+        if not self._pending:
+            return
+        try:
+            self._channel.settimeout(timeout)
+            self._channel.sendall(self._pending)
+        except OSError:
+            pass
+        self._pending = b""
 
 
 class WorkerRun:
@@ -39,6 +69,7 @@ class WorkerRun:
         self.spec = spec
         self.sockets = sockets
         self.channel = channel
+        self.out = ChannelWriter(channel)
 
     async def run(self) -> int:
         self.channel.setblocking(False)
@@ -48,11 +79,12 @@ class WorkerRun:
                 sockets.append(bind_reuse_port(family, address, self.spec.config.backlog, v6only=v6only, listen=True))
         except OSError as exc:
             message = f"Worker [{os.getpid()}] cannot listen on its own SO_REUSEPORT socket: {exc}"
-            _send_line(self.channel, f"fatal {BindError.exit_code} {json.dumps(message)}")
+            self.out.send_line(f"fatal {BindError.exit_code} {json.dumps(message)}")
             return BindError.exit_code
         server = Server(self.spec.config)
         server.handle_signals = False
         server.linger_on_shutdown = True  # a rolling replacement must not drop a keep-alive client's request
+        server.serve_metrics = False  # the supervisor serves the sum of every worker's
 
         serve = asyncio.ensure_future(server.serve(sockets))
 
@@ -70,7 +102,7 @@ class WorkerRun:
         try:
             await asyncio.wait({serve, started}, return_when=asyncio.FIRST_COMPLETED)
             if not serve.done():
-                _send_line(self.channel, "ready")
+                self.out.send_line("ready")
                 ping = asyncio.ensure_future(self._ping(server))
             try:
                 await serve
@@ -81,7 +113,7 @@ class WorkerRun:
             except KestrelpyError as exc:
                 if started.done():
                     raise
-                _send_line(self.channel, f"fatal {exc.exit_code} {json.dumps(str(exc))}")
+                self.out.send_line(f"fatal {exc.exit_code} {json.dumps(str(exc))}")
                 return exc.exit_code
             return 0
         finally:
@@ -89,6 +121,9 @@ class WorkerRun:
             for task in (started, listen, ping):
                 if task is not None:
                     task.cancel()
+            if self.spec.config.metrics_bind:
+                self.out.send_snapshot(server.metrics_snapshot())  # its last counts, before it exits
+            self.out.finish(1.0)
 
     async def _listen(self, server: Server, serve: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
@@ -119,7 +154,9 @@ class WorkerRun:
         memory_limit = int(spec.config.limit_worker_memory * MIB)
         asked = False
         while True:
-            _send_line(self.channel, "ping")
+            self.out.send_line("ping")
+            if spec.config.metrics_bind:  # (--metrics-otel alone publishes from here, not through the supervisor)
+                self.out.send_snapshot(server.metrics_snapshot())
             if not asked:
                 reason = None
                 served = server.requests_served
@@ -131,7 +168,7 @@ class WorkerRun:
                         reason = f"uses {rss / MIB:.0f} MiB (limit {spec.config.limit_worker_memory:g} MiB)"
                 if reason is not None:
                     logger.info("Worker [%d] %s; asking to be replaced", os.getpid(), reason)
-                    _send_line(self.channel, f"recycle {reason}")
+                    self.out.send_line(f"recycle {reason}")
                     asked = True
             await asyncio.sleep(spec.ping_interval)
 

@@ -171,6 +171,8 @@ class RequestCycle:
     # -- the ASGI callables ----------------------------------------------------------------------
 
     async def run(self, app: ASGIApp) -> None:
+        metrics = self._stream.state.metrics
+        started = 0.0 if metrics is None else metrics.clock()
         failure: BaseException | None = None
         try:
             await app(self.scope, self.receive, self.send)
@@ -192,6 +194,11 @@ class RequestCycle:
             self.task = None
             if self._log_started is not None and not self.response_complete:
                 self._log_access(self._abort_reason(failure))
+            if metrics is not None:
+                if self.response_complete:
+                    metrics.request_ended(self, started)
+                else:
+                    metrics.request_aborted(self, started, self._abort_reason(failure).lower())
 
     def _on_app_error(self, exc: BaseException) -> None:
         if self.disconnected:

@@ -201,6 +201,8 @@ class HttpConnection(Http1Output):
         timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)  # before the first byte, as in Kestrel
         over_limit = 0 < state.max_connections <= len(state.connections) - state.upgraded  # (see websocket.py)
         state.connections.add(self)
+        if state.metrics is not None:
+            state.metrics.connection_opened(self, now, over_limit)
         if over_limit:
             self._refuse()
             return
@@ -211,7 +213,7 @@ class HttpConnection(Http1Output):
             self.http2.take_over(self, b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state.connection_closed(self)
+        self.state.connection_closed(self, self._pending_rejection)
         self.flow.connection_lost()
         self.transport = LOST_TRANSPORT  # (see LostTransport)
         if self.cycle is not None:
@@ -667,6 +669,11 @@ class HttpConnection(Http1Output):
     def tls_scope_extension(self) -> dict[str, Any] | None:
         """The ASGI TLS extension of this connection; None on a plain one."""
         return None
+
+    @property
+    def active_cycles(self) -> tuple[RequestCycle, ...]:
+        """The requests whose app is running (the metrics' http.server.active_requests): one at most."""
+        return () if self.cycle is None else (self.cycle,)
 
     def cancel_app(self) -> None:
         if self.cycle is not None and self.cycle.task is not None:

@@ -123,6 +123,8 @@ class Http2Service:
         conn.transport = LOST_TRANSPORT
         describe_tls = getattr(conn, "tls_scope_extension", None)  # TLS connections only
         h2conn = Http2Connection(state, self, conn.scheme, describe_tls() if describe_tls is not None else None)
+        if state.metrics is not None:  # one connection to the metrics, from its accept on
+            state.metrics.connection_upgraded(conn, h2conn)
         transport.set_protocol(h2conn)
         h2conn.connection_made(transport)
         if received:
@@ -439,6 +441,11 @@ class Http2Connection(asyncio.Protocol):
             stream.flow.connection_lost()
             if stream.cycle is not None:
                 stream.cycle.on_disconnect()
+
+    @property
+    def active_cycles(self) -> tuple[RequestCycle, ...]:
+        """The requests whose app is running, one per open stream (the metrics' active requests)."""
+        return tuple(s.cycle for s in self.streams.values() if s.cycle is not None)  # (cleared as it returns)
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()

@@ -243,6 +243,8 @@ class WebSocketUpgrade:
         state.connections.discard(conn)
         state.connections.add(ws)
         state.upgraded += 1
+        if state.metrics is not None:
+            state.metrics.connection_upgraded(conn, ws)
         ws.start()
         return True
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,6 @@ from tests.support.supervised import (
 )
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals drive these tests")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Supervised]]:
-    started: list[Supervised] = []
-    yield started
-    for server in started:
-        stop(server.proc)
 
 
 def test_workers_share_the_socket_and_sigterm_exits_zero(servers: list[Supervised]) -> None:

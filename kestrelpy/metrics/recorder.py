@@ -1,0 +1,234 @@
+"""Metrics: what one serving process counts, in plain attributes, and its snapshot.
+
+ServerState holds one when metrics are on (`state.metrics`) and None otherwise, so the protocols pay
+one attribute test for it when off. What a protocol calls, whichever protocol it is:
+
+    connection_opened(conn, now, rejected)   when a connection is accepted (after its TLS handshake);
+                                             `rejected`: it is refused for --limit-concurrency
+    connection_upgraded(old, new)            when another protocol object takes the connection over
+    ServerState.connection_closed(conn, why) when it is gone; `why` is the RequestRejection that ended
+                                             it, an error.type string, or None
+    handshake_started(conn) / handshake_done(conn, ssl_object)   around a TLS handshake
+    clock() / request_ended(cycle, started)  once per request, as its app starts and ends (or
+        / request_aborted(cycle, started, why)   request_aborted, its response cut short): the
+                                             RequestCycle does this, so a protocol that carries its
+                                             requests in RequestCycles has nothing more to do
+    conn.active_cycles                       the RequestCycles a connection's apps are answering now,
+                                             read for each snapshot (http.server.active_requests):
+                                             no per-request cost
+
+Requests are counted by the methods of RFC 9110 (others as `_OTHER`), scheme, HTTP version and status,
+so the number of series stays small whatever clients send. Histogram series keep per-bucket counts
+(not cumulative) and the sum; the exposition adds them up.
+"""
+
+from __future__ import annotations
+
+import weakref
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
+
+from kestrelpy.metrics import instruments as inst
+from kestrelpy.protocols.rejection import RequestRejection
+
+Series = list[float]  # a histogram's counts per bucket (the last is +Inf), then the sum of the values
+Value = float | Series
+Snapshot = dict[str, dict[tuple[str, ...], Value]]  # instrument name -> attribute values -> value
+
+# error.type of a connection a rejection ended: Kestrel's value where it names the same cause, else the
+# rejection's own name (Kestrel lumps the others together as invalid_request_headers / _line).
+_KESTREL_ERROR_TYPES = {
+    RequestRejection.TOO_MANY_CONNECTIONS: "max_concurrent_connections_exceeded",
+    RequestRejection.BODY_TOO_LARGE: "max_request_body_size_exceeded",
+    RequestRejection.TOO_MANY_HEADERS: "max_request_header_count_exceeded",
+    RequestRejection.HEADERS_TOO_LARGE: "max_request_headers_total_size_exceeded",
+    RequestRejection.REQUEST_HEADERS_TIMEOUT: "request_headers_timeout",
+    RequestRejection.REQUEST_BODY_TIMEOUT: "min_request_body_data_rate",
+    RequestRejection.UNSUPPORTED_HTTP_VERSION: "invalid_http_version",
+}
+TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+
+
+def error_type(why: RequestRejection | str | None) -> str:
+    if why is None:
+        return ""
+    if isinstance(why, RequestRejection):
+        return _KESTREL_ERROR_TYPES.get(why) or why.name.lower()
+    return why
+
+
+def new_series(bounds: tuple[float, ...]) -> Series:
+    return [0] * (len(bounds) + 1) + [0.0]
+
+
+def observe(series: Series, bounds: tuple[float, ...], value: float) -> None:
+    series[bisect_left(bounds, value)] += 1  # bucket i holds bounds[i-1] < value <= bounds[i]
+    series[-1] += value
+
+
+def tls_version(ssl_object: Any) -> str:
+    """`TLSv1.3` -> `1.3`, as tls.protocol.version wants it; "" when unknown."""
+    version = ssl_object.version() if ssl_object is not None else None
+    return version[4:] if isinstance(version, str) and version.startswith("TLSv") else ""
+
+
+class Metrics:
+    """The counters of one serving process (see the module docstring for who calls what)."""
+
+    __slots__ = (
+        "_connections",
+        "_handshakes",
+        "_index",
+        "_opened",
+        "_requests",
+        "_tls",
+        "clock",
+        "handshake_timeout",
+        "rejected",
+    )
+
+    def __init__(self, clock: Callable[[], float], handshake_timeout: float = 10.0) -> None:
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout  # the loop closes a handshake still running after this
+        # (method, scheme, version, status, aborted) -> Series; status 0 = none was sent
+        self._requests: dict[tuple[str, str, str, int, str], Series] = {}
+        # The same series of whole responses, by method, scheme, version and status: the fast lookup.
+        self._index: dict[str, dict[str, dict[str, dict[int, Series]]]] = {}
+        self._opened: dict[object, float] = {}  # live connection -> when it was accepted
+        self._connections: dict[tuple[str], Series] = {}  # (error.type,) -> durations of closed connections
+        self._handshakes: dict[weakref.ref[Any], float] = {}  # connection in its TLS handshake -> since
+        self._tls: dict[tuple[str, str], Series] = {}  # (error.type, TLS version) -> handshake durations
+        self.rejected = 0
+
+    # -- requests (RequestCycle.run) --------------------------------------------------------------
+
+    def request_ended(self, cycle: Any, started: float) -> None:
+        """`cycle` (a RequestCycle whose app started at `started`, by `clock`) completed its response
+        with `cycle.status`. Written for this, the common case: four dictionary subscripts and a
+        comparison (a tuple key and bisect() cost as much as the rest of the metrics together)."""
+        elapsed = self.clock() - started
+        scope = cycle.scope
+        try:
+            series = self._index[scope["method"]][scope["scheme"]][scope["http_version"]][cycle.status]
+        except KeyError:
+            series = self._request_series(cycle, "")
+        if elapsed <= 0.005:  # REQUEST_BOUNDS[0] (literals: this runs for every request)
+            series[0] += 1
+        else:
+            series[bisect_left(inst.REQUEST_BOUNDS, elapsed)] += 1
+        series[15] += elapsed  # the sum (a positive index: -1 takes Python's slower path)
+
+    def request_aborted(self, cycle: Any, started: float, reason: str) -> None:
+        """`cycle`'s response was never completed, for `reason` (its error.type); `cycle.status` is
+        the status it had sent, if any (0: none)."""
+        observe(self._request_series(cycle, reason), inst.REQUEST_BOUNDS, self.clock() - started)
+
+    def _request_series(self, cycle: Any, aborted: str) -> Series:
+        """The series of a request the index has none for. A method outside KNOWN_METHODS is counted as
+        `_OTHER` and never enters the index (it lands here each time), so a client cannot add series
+        by inventing methods; aborted requests are rare and stay out of the index too."""
+        scope, status = cycle.scope, cycle.status
+        method, scheme, version = scope["method"], scope["scheme"], scope["http_version"]
+        if method not in inst.KNOWN_METHODS:
+            method = inst.OTHER_METHOD
+        key = (method, scheme, version, status, aborted)
+        series = self._requests.get(key)
+        if series is None:
+            series = self._requests[key] = new_series(inst.REQUEST_BOUNDS)
+        if method != inst.OTHER_METHOD and not aborted:
+            self._index.setdefault(method, {}).setdefault(scheme, {}).setdefault(version, {})[status] = series
+        return series
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def connection_opened(self, conn: object, now: float, rejected: bool) -> None:
+        self._opened[conn] = now
+        if rejected:
+            self.rejected += 1
+
+    def connection_upgraded(self, old: object, new: object) -> None:
+        opened = self._opened.pop(old, None)
+        if opened is not None:
+            self._opened[new] = opened
+
+    def connection_closed(self, conn: object, why: RequestRejection | str | None) -> None:
+        opened = self._opened.pop(conn, None)
+        if opened is not None:
+            self._record(inst.CONNECTION_DURATION, self._connections, (error_type(why),), self.clock() - opened)
+
+    # -- TLS handshakes ---------------------------------------------------------------------------
+
+    def handshake_started(self, conn: object) -> None:
+        """`conn` is the protocol a TLS listener made for a connection it accepted: the loop calls its
+        connection_made once the handshake is done, and drops it unannounced when the handshake fails,
+        which the weak reference notices (so it must be weakly referable and in no reference cycle,
+        or the failure is counted only when the garbage collector frees it)."""
+        self._handshakes[weakref.ref(conn, self._handshake_failed)] = self.clock()
+
+    def handshake_done(self, conn: object, ssl_object: Any) -> None:
+        started = self._handshakes.pop(weakref.ref(conn), None)
+        if started is not None:
+            key = ("", tls_version(ssl_object))
+            self._record(inst.TLS_HANDSHAKE_DURATION, self._tls, key, self.clock() - started)
+
+    def _handshake_failed(self, ref: weakref.ref[Any]) -> None:
+        started = self._handshakes.pop(ref, None)
+        if started is not None:
+            key = (TLS_HANDSHAKE_FAILED, "")
+            self._record(inst.TLS_HANDSHAKE_DURATION, self._tls, key, self.clock() - started)
+
+    def active_handshakes(self) -> int:
+        """Handshakes in progress. One older than the handshake timeout has failed even if its protocol
+        is not freed yet (on asyncio a failed handshake's exception can hold it until the garbage
+        collector runs): it is counted as failed now, at its age."""
+        expired = self.clock() - self.handshake_timeout - 0.5
+        for ref, started in list(self._handshakes.items()):
+            if started < expired:
+                self._handshake_failed(ref)
+        return len(self._handshakes)
+
+    def _record(self, instrument: inst.Instrument, table: dict[Any, Series], key: Any, value: float) -> None:
+        """One value into `table`'s series for `key` (its attribute values, in `instrument`'s order)."""
+        series = table.get(key)
+        if series is None:
+            series = table[key] = new_series(instrument.bounds)
+        observe(series, instrument.bounds, value)
+
+    # -- the snapshot -----------------------------------------------------------------------------
+
+    def snapshot(self, *, upgraded: int = 0, queued: int = 0) -> Snapshot:
+        """Every instrument's value now, with attribute values as strings ("" = not set). `upgraded`
+        and `queued` are gauges the caller reads from where they are kept."""
+        requests: dict[tuple[str, ...], Value] = {}
+        for (method, scheme, version, status, aborted), series in self._requests.items():
+            requests[request_attributes(method, scheme, version, status, aborted)] = list(series)
+        return {
+            inst.REQUEST_DURATION.name: requests,
+            inst.ACTIVE_REQUESTS.name: {key: count for key, count in self.active_requests().items()},
+            inst.ACTIVE_CONNECTIONS.name: {(): len(self._opened)},
+            inst.CONNECTION_DURATION.name: {key: list(s) for key, s in self._connections.items()},
+            inst.REJECTED_CONNECTIONS.name: {(): self.rejected},
+            inst.QUEUED_CONNECTIONS.name: {(): queued},
+            inst.UPGRADED_CONNECTIONS.name: {(): upgraded},
+            inst.TLS_HANDSHAKE_DURATION.name: {key: list(s) for key, s in self._tls.items()},
+            inst.ACTIVE_TLS_HANDSHAKES.name: {(): self.active_handshakes()},
+        }
+
+    def active_requests(self) -> dict[tuple[str, str], int]:
+        """(method, scheme) -> requests whose app is running, read from the open connections; a pair
+        once seen stays, at 0 when idle."""
+        active = {(method, scheme): 0 for method, scheme, *_ in self._requests}
+        for conn in self._opened:
+            for cycle in getattr(conn, "active_cycles", ()):
+                method = cycle.scope["method"]
+                key = (method if method in inst.KNOWN_METHODS else inst.OTHER_METHOD, cycle.scope["scheme"])
+                active[key] = active.get(key, 0) + 1
+        return active
+
+
+def request_attributes(method: str, scheme: str, version: str, status: int, aborted: str) -> tuple[str, ...]:
+    """A request series' attribute values, in REQUEST_DURATION's order: error.type is why it was cut
+    short, or the status of a 5xx."""
+    error = aborted or (str(status) if status >= 500 else "")
+    return (method, scheme, version, str(status) if status else "", error)
