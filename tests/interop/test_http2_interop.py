@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -139,7 +140,7 @@ def test_h2load_gets_every_request_answered(endpoint: H2Endpoint) -> None:
 def test_httpx_speaks_http2(endpoint: H2Endpoint) -> None:
     """Twenty GETs and a POST on one httpx client: one connection, HTTP/2 throughout."""
     # Over cleartext, httpx uses prior knowledge only when HTTP/1.1 is switched off.
-    verify: str | bool = str(endpoint.ca) if endpoint.tls else False
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(endpoint.ca)) if endpoint.tls else False
     with httpx.Client(http1=endpoint.tls, http2=True, verify=verify, timeout=10) as client:
         for _ in range(20):
             response = client.get(endpoint.url("/"))
