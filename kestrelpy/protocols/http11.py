@@ -222,9 +222,13 @@ class HttpConnection(Http1Output):
             bound = self._read_size
         self._head_bytes = -1
         # A bound within both the line and the header-size limits needs only the fields counted (a read
-        # that carries a small body with its head lands here).
+        # that carries a small body with its head lands here). Fields are measured as `name: value\r\n`,
+        # up to two bytes more than a client may send for one (`name:value\n`): hence the margin.
+        fields = len(headers)
         if bound > state.small_head and (
-            bound > state.max_line_size or bound > state.max_headers_size or len(headers) > state.max_header_count
+            bound > state.max_line_size
+            or bound + 2 * fields > state.max_headers_size
+            or fields > state.max_header_count
         ):
             too_large = over_head_limits(state, method, target, headers)
             if too_large is not None:
