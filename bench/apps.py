@@ -80,3 +80,23 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         return
     body = await _read_body(receive)
     await _send_body(send, body, b"application/octet-stream")
+
+
+async def ws_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """WebSocket: every message sent back as it came (text as text, bytes as bytes)."""
+    if scope["type"] == "lifespan":
+        await _handle_lifespan(receive, send)
+        return
+    if scope["type"] != "websocket":
+        await _send_body(send, PLAINTEXT_BODY, b"text/plain")
+        return
+    message = await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})

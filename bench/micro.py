@@ -35,31 +35,67 @@ from bench.run import parse_list  # noqa: E402
 PARSERS = ("httptools", "h11")
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: micro\r\nAccept: */*\r\n\r\n"
 POST_BODY = b"x" * 1024
-POST = (
-    b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(POST_BODY), POST_BODY)
-)
 PIPELINE_DEPTH = 16
 WARMUP_REQUESTS = 2000
 MAX_SPINS = 10_000  # loop iterations to wait for one feed's responses before giving up
 SUBPROCESS_TIMEOUT_S = 600.0
 
 
+def post_head(content_type: bytes, length: int) -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+        content_type,
+        length,
+    )
+
+
+def json_body(size: int) -> bytes:
+    """A JSON document of about `size` bytes: a list of small objects, as an API client would send."""
+    item = b'{"id": 12345, "name": "kestrel", "tags": ["a", "b"], "ok": true}'
+    count = max(1, size // (len(item) + 2))
+    return b"[" + b", ".join([item] * count) + b"]"
+
+
+JSON_1K = json_body(1024)
+JSON_16K = json_body(16 * 1024)
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
     app: str  # attribute of bench.apps
-    data: bytes  # fed in one data_received call
-    requests: int  # requests in `data`
+    reads: tuple[bytes, ...]  # fed one data_received call each, the loop run once between them
+    requests: int  # requests in `reads`
     default_n: int  # requests per repeat with httptools; h11 is several times slower and gets a fifth
+
+
+def same_read(head: bytes, body: bytes) -> tuple[bytes, ...]:
+    return (head + body,)
+
+
+def body_after_head(head: bytes, body: bytes) -> tuple[bytes, ...]:
+    """The head in one read and its body in the next: what a client that writes them separately (or a
+    body larger than one segment) produces, and the path where the app has to wait for its body."""
+    return (head, body)
 
 
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("plaintext", "plaintext", GET, 1, 100_000),
-        Workload("pipelined", "plaintext", GET * PIPELINE_DEPTH, PIPELINE_DEPTH, 160_000),
-        Workload("echo", "echo", POST, 1, 50_000),
+        Workload("plaintext", "plaintext", (GET,), 1, 100_000),
+        Workload("pipelined", "plaintext", (GET * PIPELINE_DEPTH,), PIPELINE_DEPTH, 160_000),
+        Workload("echo", "echo", same_read(post_head(b"application/octet-stream", 1024), POST_BODY), 1, 50_000),
+        Workload("json1k", "echo", same_read(post_head(b"application/json", len(JSON_1K)), JSON_1K), 1, 50_000),
+        Workload("json16k", "echo", same_read(post_head(b"application/json", len(JSON_16K)), JSON_16K), 1, 20_000),
+        Workload(
+            "json1k-split", "echo", body_after_head(post_head(b"application/json", len(JSON_1K)), JSON_1K), 1, 50_000
+        ),
+        Workload(
+            "json16k-split",
+            "echo",
+            body_after_head(post_head(b"application/json", len(JSON_16K)), JSON_16K),
+            1,
+            20_000,
+        ),
     )
 }
 
@@ -147,13 +183,17 @@ async def run_once(http: str, workload: Workload, n: int, proxy_headers: bool, m
 
 def feeder(conn: Any, state: Any, workload: Workload) -> Callable[[int], Any]:
     """feed(k): send the workload's bytes k times, each time waiting until all its responses are out."""
-    data, per_feed = workload.data, workload.requests
+    reads, per_feed = workload.reads, workload.requests
+    first, rest = reads[0], reads[1:]
     receive = conn.data_received
 
     async def feed(k: int) -> None:
         for _ in range(k):
             target = state.requests_served + per_feed
-            receive(data)
+            receive(first)
+            for data in rest:  # the loop runs once between reads, as it would between two segments
+                await asyncio.sleep(0)
+                receive(data)
             # Responses that need the loop (a queued pipelined request, an app waiting for its body)
             # finish after a few loop iterations; an eager app has already answered.
             spins = 0

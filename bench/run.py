@@ -268,7 +268,7 @@ DEFAULT_SERVERS = ("kestrelpy", "uvicorn")
 @dataclass(frozen=True)
 class Workload:
     name: str
-    app: str
+    app: str  # an attribute of bench.apps, or a whole "module:attribute" target
     script: str  # file in bench/lua, run together with report.lua
     connections: int | None  # None: use --connections
     probe: Callable[[int, bool], str | None]  # (port, over TLS) -> problem with the response, or None
@@ -284,7 +284,15 @@ ECHO_PROBE_BODY = b"kestrel-bench-probe" * 8
 BodyCheck = Callable[[bytes, str], bool]  # (body, content-type) -> looks right
 
 
-def response_problem(port: int, tls: bool, method: str, body: bytes | None, check: BodyCheck) -> str | None:
+def response_problem(
+    port: int,
+    tls: bool,
+    method: str,
+    body: bytes | None,
+    check: BodyCheck,
+    path: str = "/",
+    content_type: str = "application/octet-stream",
+) -> str | None:
     """Return why one real request does not look right, or None when it does."""
     conn = (
         http.client.HTTPSConnection(HOST, port, timeout=2, context=client_context())
@@ -292,8 +300,8 @@ def response_problem(port: int, tls: bool, method: str, body: bytes | None, chec
         else http.client.HTTPConnection(HOST, port, timeout=2)
     )
     try:
-        headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
-        conn.request(method, "/", body=body, headers=headers)
+        headers = {"Content-Type": content_type} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         payload = response.read()
         if response.status != 200:
@@ -327,6 +335,24 @@ def probe_echo(port: int, tls: bool) -> str | None:
     return response_problem(port, tls, "POST", ECHO_PROBE_BODY, lambda b, ct: b == ECHO_PROBE_BODY)
 
 
+FASTAPI_APP = "bench.fastapi_app:app"
+FASTAPI_ITEM = b'{"name": "kestrel", "price": 12.5, "quantity": 3, "tags": ["bird", "fast"]}'  # as fastapi_post.lua
+
+
+def probe_fastapi_post(port: int, tls: bool) -> str | None:
+    def check(body: bytes, content_type: str) -> bool:
+        return is_valid_json(body) and json.loads(body).get("total") == 37.5
+
+    return response_problem(port, tls, "POST", FASTAPI_ITEM, check, "/items", "application/json")
+
+
+def probe_fastapi_get(port: int, tls: bool) -> str | None:
+    def check(body: bytes, content_type: str) -> bool:
+        return is_valid_json(body) and json.loads(body) == {"item_id": 42, "q": "kestrel"}
+
+    return response_problem(port, tls, "GET", None, check, "/items/42?q=kestrel")
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -336,6 +362,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload("pipelined", "plaintext", "pipeline_16.lua", None, probe_plaintext, False),
         Workload("conn1000", "plaintext", "get.lua", 1000, probe_plaintext),
         Workload("close", "plaintext", "close.lua", None, probe_plaintext),
+        Workload("fastapi-post", FASTAPI_APP, "fastapi_post.lua", None, probe_fastapi_post),
+        Workload("fastapi-get", FASTAPI_APP, "fastapi_get.lua", None, probe_fastapi_get),
     )
 }
 
@@ -467,7 +495,8 @@ def start_server(
     server: Server, workload: Workload, cpu: int | None, log_dir: Path, tls: TlsFiles | None = None
 ) -> RunningServer:
     port = free_port()
-    argv = pinned(cpu, server.argv(f"bench.apps:{workload.app}", port, log_dir, tls))
+    target = workload.app if ":" in workload.app else f"bench.apps:{workload.app}"
+    argv = pinned(cpu, server.argv(target, port, log_dir, tls))
     log_path = log_dir / f"{server.name}-{workload.name}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -786,6 +815,8 @@ def workload_title(name: str) -> str:
         "pipelined": "pipelined: plaintext, 16 requests per write",
         "conn1000": "conn1000: plaintext, 1000 keep-alive connections",
         "close": "close: plaintext, one request per connection (req/s = new connections/s)",
+        "fastapi-post": "fastapi-post: FastAPI, POST /items, 76-byte JSON body into a pydantic model",
+        "fastapi-get": "fastapi-get: FastAPI, GET /items/{item_id} with a query parameter",
     }.get(name, name)
 
 

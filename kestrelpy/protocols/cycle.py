@@ -117,8 +117,9 @@ class RequestCycle:
         self.scope = scope
         self.expect_continue = expect_continue
         self.task: asyncio.Task[None] | None = None
-        # request body
-        self._body = bytearray()
+        # request body: the chunk as the parser handed it over while there is one (most bodies come in
+        # one read), a bytearray once more arrive before the app takes them
+        self._body: bytes | bytearray = b""
         self._body_waiter: asyncio.Future[None] | None = None
         self.body_complete = False
         self.body_received = 0  # body bytes so far, for the minimum data rate
@@ -142,9 +143,15 @@ class RequestCycle:
     def feed_body(self, data: bytes | bytearray) -> None:  # h11 hands over bytearray slices
         if self.response_complete:
             return  # the app is done with this request; the rest of its body is dropped
-        self._body += data
+        body = self._body
+        if not body:
+            body = self._body = data  # no copy: receive() hands this very object to the app
+        elif type(body) is bytearray:
+            body += data
+        else:
+            body = self._body = bytearray(body) + data  # a second chunk: appends are cheap from now on
         self.body_received += len(data)
-        if len(self._body) > BODY_BUFFER_HIGH_WATER:
+        if len(body) > BODY_BUFFER_HIGH_WATER:
             self._stream.pause_reading()
         if self._body_waiter is not None:
             self._wake()
@@ -238,9 +245,11 @@ class RequestCycle:
         while True:
             if self.response_complete:
                 return _DISCONNECT
-            if self._body or (self.body_complete and not self._final_delivered):
-                body = bytes(self._body)
-                self._body.clear()
+            body = self._body
+            if body or (self.body_complete and not self._final_delivered):
+                self._body = b""
+                if type(body) is not bytes:  # ASGI hands the app bytes (HTTP spec, http.request)
+                    body = bytes(body)
                 more_body = not self.body_complete
                 if more_body:
                     self._stream.resume_reading_for(self)

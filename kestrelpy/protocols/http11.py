@@ -133,6 +133,7 @@ class HttpConnection(Http1Output):
         "_body_budget",
         "_bytes_out",
         "_head_bytes",
+        "_held",
         "_line_bytes",
         "_pending_rejection",
         "_pipeline",
@@ -164,6 +165,7 @@ class HttpConnection(Http1Output):
         self.scheme = "http"
         self.cycle: RequestCycle | None = None  # the request the app is answering
         self._reading: RequestCycle | None = None  # the request whose body is arriving
+        self._held: RequestCycle | None = None  # started, its app not yet run: see _start
         # Requests read ahead of their turn, with what their responses' framing depends on (see _start).
         # Made on the first one, since most connections never pipeline and an empty deque is a fifth of
         # an idle connection's memory.
@@ -241,7 +243,15 @@ class HttpConnection(Http1Output):
         if bound <= 0:  # the head began inside the current read
             bound = self._read_size
         self._head_bytes = -1
-        if bound > state.small_head:
+        # A bound within both the line and the header-size limits needs only the fields counted (a read
+        # that carries a small body with its head lands here). Fields are measured as `name: value\r\n`,
+        # up to two bytes more than a client may send for one (`name:value\n`): hence the margin.
+        fields = len(headers)
+        if bound > state.small_head and (
+            bound > state.max_line_size
+            or bound + 2 * fields > state.max_headers_size
+            or fields > state.max_header_count
+        ):
             too_large = over_head_limits(state, method, target, headers)
             if too_large is not None:
                 self.on_reject(too_large)
@@ -374,10 +384,16 @@ class HttpConnection(Http1Output):
         if reading is not None and not self.ignore_input:
             if not reading.body_complete:  # (a request without a body was marked complete at its head)
                 reading.finish_body()
+                if reading is self._held:  # its whole body came in this read: the app finds it there
+                    self._run_held()
             self._reading = None
 
     def on_reject(self, reason: RequestRejection) -> None:
         """Malformed input: stop reading, answer once the responses ahead of it are out, then close."""
+        if self._held is not None:
+            # A request refused inside the read that brought its head (its body broke a limit): its app
+            # runs first, as if it had started at the head, and then hears that the client is gone.
+            self._run_held()
         if self.ignore_input:
             return
         self.ignore_input = True
@@ -416,6 +432,8 @@ class HttpConnection(Http1Output):
         self._batch_size = 0
         try:
             self.feed(data)
+            if self._held is not None:  # the body goes on in a later read: the app takes what came in this one
+                self._run_held()
         finally:
             self._batch = None
             if batch:
@@ -538,9 +556,24 @@ class HttpConnection(Http1Output):
         self.keep_alive = keep_alive
         self._head_request = head_request
         self.timeouts.start_request()
+        if not cycle.body_complete and self._batch is not None:
+            # Inside a read, the body bytes that came with this head are parsed only after this hook
+            # returns. An app started now (eagerly, on 3.12) would find no body yet, wait for it and be
+            # woken on the next loop turn; held until the read is parsed (or the request complete) it
+            # takes the body at once and answers inside this read.
+            self._held = cycle
+            return
         state = self.state
         # Each request runs in a fresh copy of the server's context: context variables an app sets
         # never leak into the next request on the same connection.
+        cycle.task = start_task(cycle.run(state.app), state.loop, state.base_context.copy())
+
+    def _run_held(self) -> None:
+        """Run the app of the request held by _start (as _start would have, inlined there for GET)."""
+        cycle = self._held
+        assert cycle is not None
+        self._held = None
+        state = self.state
         cycle.task = start_task(cycle.run(state.app), state.loop, state.base_context.copy())
 
     def _start_queued(self) -> None:
