@@ -91,6 +91,7 @@ class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
         super().__init__(server=True)
         self.limit = limit
         self.block_bytes = 0
+        self.goaway: GoAwayFrame | None = None  # the client's, kept from h2 (see _update_header_buffer)
 
     @property
     def started(self) -> bool:
@@ -101,7 +102,13 @@ class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
             self.block_bytes = (self.block_bytes if self._headers_buffer else 0) + len(f.data)
             if self.block_bytes > self.limit:
                 raise h2.exceptions.DenialOfServiceError("header block larger than the request header limit")
-        return super()._update_header_buffer(f)
+        frame = super()._update_header_buffer(f)
+        if type(frame) is GoAwayFrame:
+            # h2 sends nothing more once it has received a GOAWAY, but RFC 9113 section 6.8 lets the streams
+            # the client opened finish: the connection reads it here instead (see Http2Connection.data_received).
+            self.goaway = frame
+            return None
+        return frame
 
 
 class Http2Service:
@@ -321,6 +328,8 @@ class Http2Connection(asyncio.Protocol):
     __slots__ = (
         "_app_running",
         "_budgets",
+        "_frames",
+        "_goaway_received",
         "_goaway_sent",
         "_in_read",
         "_last_heard",
@@ -367,6 +376,7 @@ class Http2Connection(asyncio.Protocol):
         self._in_read = False  # writes wait for the end of the read being handled
         self._send_scheduled = False  # _send_pending is due on the loop
         self._goaway_sent = False
+        self._goaway_received = False  # the client's GOAWAY: its streams finish, then the connection closes
         self._lingering = False  # a connection error's GOAWAY is out; nothing more is read (see _linger)
         self._last_stream_id = 0  # the highest stream accepted
         self._received = False  # anything read since the last beat (for the keep-alive ping)
@@ -397,7 +407,7 @@ class Http2Connection(asyncio.Protocol):
         # In force before the client acknowledges them, too: the limits defend from the first frame.
         conn.decoder.max_header_list_size = header_list
         conn.decoder.max_allowed_table_size = limits.http2_header_table_size
-        conn.incoming_buffer = HeaderBlockBuffer(header_list)
+        self._frames = conn.incoming_buffer = HeaderBlockBuffer(header_list)
         self.h2 = conn
 
     # -- transport events ------------------------------------------------------------------------
@@ -464,6 +474,8 @@ class Http2Connection(asyncio.Protocol):
                 self._on_event(event)
                 if self._lingering or self.transport.is_closing():
                     return
+            if self._frames.goaway is not None:
+                self._on_goaway(self._frames.goaway)
             self._pump()
         finally:
             self._in_read = False
@@ -498,9 +510,20 @@ class Http2Connection(asyncio.Protocol):
             self._ping_sent = None
         elif kind is h2.events.PriorityUpdated:
             self._spend(3, PRIORITY_BUDGET)
-        elif kind is h2.events.ConnectionTerminated:
-            # The client is going away; h2 accepts nothing more on this connection, so neither do we.
+
+    def _on_goaway(self, frame: GoAwayFrame) -> None:
+        """The client opens no more streams (RFC 9113 section 6.8): those it has opened finish, then the
+        connection closes. A GOAWAY with an error code ends the connection at once."""
+        self._frames.goaway = None
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            logger.debug("HTTP/2 GOAWAY from %s with error %s", self.client, frame.error_code)
             self._close_streams()
+            self._flush()
+            self.transport.close()
+            return
+        self._goaway_received = True
+        if not self.streams:
+            self._flush()
             self.transport.close()
 
     def _spend(self, which: int, budget: int) -> None:
@@ -515,8 +538,8 @@ class Http2Connection(asyncio.Protocol):
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
         state = self.state
-        if self._goaway_sent:
-            self._reset_id(sid, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY: never served (RFC 9113 6.8)
+        if self._goaway_sent or self._goaway_received:
+            self._reset_id(sid, ErrorCodes.REFUSED_STREAM)  # after a GOAWAY: never served (RFC 9113 6.8)
             return
         self._last_stream_id = sid
         limit = self.service.limits.http2_max_concurrent_streams
@@ -769,7 +792,7 @@ class Http2Connection(asyncio.Protocol):
         if stream.unacked:
             self.acknowledge(stream, stream.unacked)
         if self.streams.pop(stream.stream_id, None) is not None and not self.streams:
-            if self._goaway_sent:
+            if self._goaway_sent or self._goaway_received:
                 self._flush()
                 self.transport.close()
             else:

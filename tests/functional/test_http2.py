@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trustme
 from h2.errors import ErrorCodes
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame
 
 from kestrelpy.config import Http2Limits, Limits, TlsOptions
 from tests.support.gate import Gate
@@ -728,6 +728,35 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app
     refused = [f for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == sid + 2]
     assert refused and refused[0].error_code == ErrorCodes.REFUSED_STREAM
     assert live.join()
+
+
+def test_a_clients_goaway_lets_its_streams_in_flight_finish(serve_app, h2_client) -> None:
+    """RFC 9113 section 6.8: after the client's GOAWAY NO_ERROR the response in flight is still sent, a
+    stream opened after it is refused, and the connection closes once the last stream is done."""
+    gate = Gate()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"finished"})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    sid = client.request("/slow")
+    assert gate.reached.wait(WAIT)
+    goaway = GoAwayFrame(0)  # (written by hand: h2 would send nothing after it; last stream 0: none pushed)
+    client.send_raw(goaway.serialize() + PingFrame(0, opaque_data=b"goaway!!").serialize())
+    assert client.until(lambda e: isinstance(e, h2.events.PingAckReceived))  # the GOAWAY has been read
+    late = client.request("/late")
+    refused = client.until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == late)
+    assert refused is not None and refused.error_code == ErrorCodes.REFUSED_STREAM
+    gate.open()
+    status, _headers, body = client.response(sid)
+    assert (status, body) == (200, b"finished")
+    client.until(lambda e: False)
+    assert client.closed
 
 
 def test_shutdown_delay_keeps_accepting_streams_on_open_connections(serve_app, h2_client) -> None:
