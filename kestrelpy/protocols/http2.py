@@ -152,6 +152,7 @@ class Http2Stream:
         "flow",
         "received",
         "request_ended",
+        "state",
         "stream_id",
         "timeouts",
         "unacked",
@@ -159,10 +160,10 @@ class Http2Stream:
 
     def __init__(self, conn: Http2Connection, stream_id: int, now: float, head_request: bool) -> None:
         self._conn = conn
+        self.state = state = conn.state
         self.stream_id = stream_id
         self.cycle: RequestCycle | None = None
-        self.timeouts = TimeoutControl(conn.state.timeout_durations, conn.state.data_rates, now)
-        self.timeouts.start_request()
+        self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)  # (no timeout running)
         # The app's `send` waits on this while the stream's data is held back (by a window or the transport).
         self.flow = FlowControl(LOST_TRANSPORT)
         self._head_request = head_request
@@ -176,10 +177,6 @@ class Http2Stream:
         self.request_ended = False  # the client's END_STREAM has arrived
         self.unacked = 0  # flow-controlled bytes received and not yet handed back
         self.bytes_written = 0  # since the last heartbeat, for the response data rate
-
-    @property
-    def state(self) -> ServerState:
-        return self._conn.state
 
     @property
     def response_on_wire(self) -> bool:
@@ -236,9 +233,11 @@ class Http2Stream:
         conn = self._conn
         if head is not None:
             self._head = None
-            last = not more_body and not body and self._trailers is None
-            conn.send_headers(self, head, last)
-            if last:
+            last = not more_body and self._trailers is None
+            if last and body and conn.send_whole(self, head, body):
+                return
+            conn.send_headers(self, head, last and not body)
+            if last and not body:
                 return
         if body:
             self._out = memoryview(body)
@@ -705,6 +704,31 @@ class Http2Connection(asyncio.Protocol):
             stream.ended = True
             self._after_end(stream)
         self._send_soon()
+
+    def send_whole(self, stream: Http2Stream, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """A whole response in one go, HEADERS and one DATA frame with END_STREAM, when it takes no turn
+        from another stream (it fits in one frame and the window, and nothing waits before it); False
+        (nothing sent) otherwise. Most responses are such: they skip the queue."""
+        size = len(body)
+        h2conn = self.h2
+        if size > 16384 or self._ready or self.flow.write_paused:  # (16 KiB: the smallest frame size allowed)
+            return False
+        sid = stream.stream_id
+        try:
+            if size > h2conn.local_flow_control_window(sid):
+                return False
+            h2conn.send_headers(sid, headers)
+            h2conn.send_data(sid, body, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            stream.drop_output()
+            return True
+        stream.bytes_written += size + 1  # (the head counts as output, see send_headers)
+        self._written += size
+        self.data_frames += 1
+        stream.ended = True
+        self._after_end(stream)
+        self._send_soon()
+        return True
 
     def queue(self, stream: Http2Stream) -> None:
         """The stream has DATA (or its end) to send: send what the windows allow, and hold its app's
