@@ -730,6 +730,43 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app
     assert live.join()
 
 
+def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_read(serve_app, h2_client) -> None:
+    """An app that answers before the request body has ended: its stream gets RST_STREAM NO_ERROR (RFC 9113
+    section 8.1), and what the client sends on it afterwards is ignored, malformed trailers included
+    (section 5.1). On a stream whose app still reads the body the same trailers are a PROTOCOL_ERROR."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while scope["path"] == "/read" and (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    def bad_trailers(sid: int) -> bytes:  # a pseudo-header field in trailers (RFC 9113 section 8.1)
+        frame = HeadersFrame(sid, flags=("END_HEADERS", "END_STREAM"))
+        frame.data = client.h2.encoder.encode([(b":path", b"/trailer")])
+        return frame.serialize()
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    early = client.request("/early", method="POST", body=b"part", end=False)
+    assert client.response(early)[2] == b"done"
+    reset = client.until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == early)
+    assert reset is not None and reset.error_code == ErrorCodes.NO_ERROR
+    client.send_raw(bad_trailers(early))
+    assert client.response(client.request("/after"))[0] == 200  # the connection is untouched
+    reading = client.request("/read", method="POST", body=b"part", end=False)
+    client.send_raw(bad_trailers(reading))
+    failed = client.until(
+        lambda e: (
+            isinstance(e, (h2.events.ConnectionTerminated, h2.events.StreamReset))
+            and getattr(e, "error_code", None) == ErrorCodes.PROTOCOL_ERROR
+        )
+    )
+    assert failed is not None
+
+
 def test_a_clients_goaway_lets_its_streams_in_flight_finish(serve_app, h2_client) -> None:
     """RFC 9113 section 6.8: after the client's GOAWAY NO_ERROR the response in flight is still sent, a
     stream opened after it is refused, and the connection closes once the last stream is done."""
