@@ -386,6 +386,7 @@ class Http2Connection(asyncio.Protocol):
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
+            normalize_inbound_headers=False,  # (it only joins cookie fields, which _on_request does anyway)
             validate_outbound_headers=False,  # validated (and lower-cased) by the stream, as for HTTP/1.1
             normalize_outbound_headers=False,
             split_outbound_cookies=False,

@@ -730,6 +730,24 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app
     assert live.join()
 
 
+def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None:
+    """RFC 9113 section 8.2.3: a client may split the cookie into several fields; the app gets one."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append(scope["headers"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    cookies = [(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")]
+    assert client.response(client.request("/", headers=cookies))[0] == 204
+    assert [v for n, v in seen[0] if n == b"cookie"] == [b"a=1; b=2"]
+
+
 def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_read(serve_app, h2_client) -> None:
     """An app that answers before the request body has ended: its stream gets RST_STREAM NO_ERROR (RFC 9113
     section 8.1), and what the client sends on it afterwards is ignored, malformed trailers included
