@@ -40,6 +40,7 @@ from tests.support.h2_attackers import (  # noqa: E402
     hpack_bomb,
     ordinary_client,
     rapid_reset,
+    repeated,
     slow_body_beside_normal_streams,
     stream_id_exhaustion,
     zero_window_reader,
@@ -66,14 +67,6 @@ class Figures:
     outcome: str  # what the attacker saw, from its last connection
 
 
-def repeated(attack: Callable[[], Observed], seconds: float = ATTACK_S) -> list[Observed]:
-    started = time.monotonic()
-    observed = [attack()]
-    while time.monotonic() - started < seconds:
-        observed.append(attack())
-    return observed
-
-
 def outcome(observed: Observed) -> str:
     if observed.goaway_code is not None:
         return f"GOAWAY {error_name(observed.goaway_code)}"
@@ -87,13 +80,13 @@ def outcome(observed: Observed) -> str:
 def attacks(target: H2Target, pid: int) -> dict[str, Callable[[], list[Observed]]]:
     """Each attack as the tests run it: the quick ones repeated for ATTACK_S, the slow ones once."""
     floods = {
-        f"{kind} flood": (lambda kind=kind: repeated(lambda: control_flood(target, kind, server_pid=pid)))
+        f"{kind} flood": (lambda kind=kind: repeated(lambda: control_flood(target, kind, server_pid=pid), ATTACK_S))
         for kind in ("settings", "ping", "empty-data", "window-update")
     }
     return {
-        "rapid reset": lambda: repeated(lambda: rapid_reset(target, server_pid=pid)),
-        "CONTINUATION flood": lambda: repeated(lambda: continuation_flood(target, server_pid=pid)),
-        "HPACK bomb": lambda: repeated(lambda: hpack_bomb(target, server_pid=pid)),
+        "rapid reset": lambda: repeated(lambda: rapid_reset(target, server_pid=pid), ATTACK_S),
+        "CONTINUATION flood": lambda: repeated(lambda: continuation_flood(target, server_pid=pid), ATTACK_S),
+        "HPACK bomb": lambda: repeated(lambda: hpack_bomb(target, server_pid=pid), ATTACK_S),
         **floods,
         "zero-window reader": lambda: [zero_window_reader(target, server_pid=pid)],
         "stream id jump to 2^31-1": lambda: [stream_id_exhaustion(target, server_pid=pid)],

@@ -700,19 +700,7 @@ def test_tls_http2_connection_over_the_limit_gets_goaway_refused(serve_app, tls_
 
 
 def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app, h2_client) -> None:
-    gate = Gate()
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await gate.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"finished"})
-
-    live = serve_app(app)
-    client = h2_client(live.port)
-    sid = client.request("/slow")
-    assert gate.reached.wait(WAIT)
+    live, client, gate, sid = stream_in_flight(serve_app, h2_client)
     live.request_shutdown()
     event = client.goaway()
     assert event is not None and event.error_code == ErrorCodes.NO_ERROR and event.last_stream_id == sid
@@ -785,9 +773,8 @@ def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_
     assert failed is not None
 
 
-def test_a_clients_goaway_lets_its_streams_in_flight_finish(serve_app, h2_client) -> None:
-    """RFC 9113 section 6.8: after the client's GOAWAY NO_ERROR the response in flight is still sent, a
-    stream opened after it is refused, and the connection closes once the last stream is done."""
+def stream_in_flight(serve_app, h2_client) -> tuple[LiveServer, H2Client, Gate, int]:
+    """A server whose app answers "finished" once the gate opens, and a client with one stream waiting on it."""
     gate = Gate()
 
     async def app(scope, receive, send):
@@ -801,12 +788,19 @@ def test_a_clients_goaway_lets_its_streams_in_flight_finish(serve_app, h2_client
     client = h2_client(live.port)
     sid = client.request("/slow")
     assert gate.reached.wait(WAIT)
+    return live, client, gate, sid
+
+
+def test_a_clients_goaway_lets_its_streams_in_flight_finish(serve_app, h2_client) -> None:
+    """RFC 9113 section 6.8: after the client's GOAWAY NO_ERROR the response in flight is still sent, a
+    stream opened after it is refused, and the connection closes once the last stream is done."""
+    _live, client, gate, sid = stream_in_flight(serve_app, h2_client)
     goaway = GoAwayFrame(0)  # (written by hand: h2 would send nothing after it; last stream 0: none pushed)
     client.send_raw(goaway.serialize() + PingFrame(0, opaque_data=b"goaway!!").serialize())
     assert client.until(lambda e: isinstance(e, h2.events.PingAckReceived))  # the GOAWAY has been read
     late = client.request("/late")
     refused = client.until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == late)
-    assert refused is not None and refused.error_code == ErrorCodes.REFUSED_STREAM
+    assert isinstance(refused, h2.events.StreamReset) and refused.error_code == ErrorCodes.REFUSED_STREAM
     gate.open()
     status, _headers, body = client.response(sid)
     assert (status, body) == (200, b"finished")
