@@ -26,6 +26,8 @@ turning the cycle's calls into HEADERS and DATA frames. What is decided here:
   block is incomplete, a keep-alive PING when asked for, and each stream's TimeoutControl for the body
   and response data rates.
 - Shutdown: GOAWAY naming the last stream accepted; those streams finish, then the connection closes.
+  A client's GOAWAY (NO_ERROR) is honoured the same way: h2 would send nothing after it, so the frame
+  buffer keeps that frame from h2 and the connection acts on it.
 
     connection states: open -> (shutdown) GOAWAY sent -> streams done -> closed
                        open -> (connection error) GOAWAY with the error sent -> closed
