@@ -26,6 +26,8 @@ turning the cycle's calls into HEADERS and DATA frames. What is decided here:
   block is incomplete, a keep-alive PING when asked for, and each stream's TimeoutControl for the body
   and response data rates.
 - Shutdown: GOAWAY naming the last stream accepted; those streams finish, then the connection closes.
+  A client's GOAWAY (NO_ERROR) is honoured the same way: h2 would send nothing after it, so the frame
+  buffer keeps that frame from h2 and the connection acts on it.
 
     connection states: open -> (shutdown) GOAWAY sent -> streams done -> closed
                        open -> (connection error) GOAWAY with the error sent -> closed
@@ -91,6 +93,7 @@ class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
         super().__init__(server=True)
         self.limit = limit
         self.block_bytes = 0
+        self.goaway: GoAwayFrame | None = None  # the client's, kept from h2 (see _update_header_buffer)
 
     @property
     def started(self) -> bool:
@@ -101,7 +104,13 @@ class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
             self.block_bytes = (self.block_bytes if self._headers_buffer else 0) + len(f.data)
             if self.block_bytes > self.limit:
                 raise h2.exceptions.DenialOfServiceError("header block larger than the request header limit")
-        return super()._update_header_buffer(f)
+        frame = super()._update_header_buffer(f)
+        if type(frame) is GoAwayFrame:
+            # h2 sends nothing more once it has received a GOAWAY, but RFC 9113 section 6.8 lets the streams
+            # the client opened finish: the connection reads it here instead (see Http2Connection.data_received).
+            self.goaway = frame
+            return None
+        return frame
 
 
 class Http2Service:
@@ -148,6 +157,7 @@ class Http2Stream:
         "flow",
         "received",
         "request_ended",
+        "state",
         "stream_id",
         "timeouts",
         "unacked",
@@ -155,10 +165,10 @@ class Http2Stream:
 
     def __init__(self, conn: Http2Connection, stream_id: int, now: float, head_request: bool) -> None:
         self._conn = conn
+        self.state = state = conn.state
         self.stream_id = stream_id
         self.cycle: RequestCycle | None = None
-        self.timeouts = TimeoutControl(conn.state.timeout_durations, conn.state.data_rates, now)
-        self.timeouts.start_request()
+        self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)  # (no timeout running)
         # The app's `send` waits on this while the stream's data is held back (by a window or the transport).
         self.flow = FlowControl(LOST_TRANSPORT)
         self._head_request = head_request
@@ -172,10 +182,6 @@ class Http2Stream:
         self.request_ended = False  # the client's END_STREAM has arrived
         self.unacked = 0  # flow-controlled bytes received and not yet handed back
         self.bytes_written = 0  # since the last heartbeat, for the response data rate
-
-    @property
-    def state(self) -> ServerState:
-        return self._conn.state
 
     @property
     def response_on_wire(self) -> bool:
@@ -232,9 +238,11 @@ class Http2Stream:
         conn = self._conn
         if head is not None:
             self._head = None
-            last = not more_body and not body and self._trailers is None
-            conn.send_headers(self, head, last)
-            if last:
+            last = not more_body and self._trailers is None
+            if last and body and conn.send_whole(self, head, body):
+                return
+            conn.send_headers(self, head, last and not body)
+            if last and not body:
                 return
         if body:
             self._out = memoryview(body)
@@ -324,6 +332,8 @@ class Http2Connection(asyncio.Protocol):
     __slots__ = (
         "_app_running",
         "_budgets",
+        "_frames",
+        "_goaway_received",
         "_goaway_sent",
         "_in_read",
         "_last_heard",
@@ -370,6 +380,7 @@ class Http2Connection(asyncio.Protocol):
         self._in_read = False  # writes wait for the end of the read being handled
         self._send_scheduled = False  # _send_pending is due on the loop
         self._goaway_sent = False
+        self._goaway_received = False  # the client's GOAWAY: its streams finish, then the connection closes
         self._lingering = False  # a connection error's GOAWAY is out; nothing more is read (see _linger)
         self._last_stream_id = 0  # the highest stream accepted
         self._received = False  # anything read since the last beat (for the keep-alive ping)
@@ -380,6 +391,7 @@ class Http2Connection(asyncio.Protocol):
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
+            normalize_inbound_headers=False,  # (it only joins cookie fields, which _on_request does anyway)
             validate_outbound_headers=False,  # validated (and lower-cased) by the stream, as for HTTP/1.1
             normalize_outbound_headers=False,
             split_outbound_cookies=False,
@@ -400,7 +412,7 @@ class Http2Connection(asyncio.Protocol):
         # In force before the client acknowledges them, too: the limits defend from the first frame.
         conn.decoder.max_header_list_size = header_list
         conn.decoder.max_allowed_table_size = limits.http2_header_table_size
-        conn.incoming_buffer = HeaderBlockBuffer(header_list)
+        self._frames = conn.incoming_buffer = HeaderBlockBuffer(header_list)
         self.h2 = conn
 
     # -- transport events ------------------------------------------------------------------------
@@ -472,6 +484,8 @@ class Http2Connection(asyncio.Protocol):
                 self._on_event(event)
                 if self._lingering or self.transport.is_closing():
                     return
+            if self._frames.goaway is not None:
+                self._on_goaway(self._frames.goaway)
             self._pump()
         finally:
             self._in_read = False
@@ -506,9 +520,20 @@ class Http2Connection(asyncio.Protocol):
             self._ping_sent = None
         elif kind is h2.events.PriorityUpdated:
             self._spend(3, PRIORITY_BUDGET)
-        elif kind is h2.events.ConnectionTerminated:
-            # The client is going away; h2 accepts nothing more on this connection, so neither do we.
+
+    def _on_goaway(self, frame: GoAwayFrame) -> None:
+        """The client opens no more streams (RFC 9113 section 6.8): those it has opened finish, then the
+        connection closes. A GOAWAY with an error code ends the connection at once."""
+        self._frames.goaway = None
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            logger.debug("HTTP/2 GOAWAY from %s with error %s", self.client, frame.error_code)
             self._close_streams()
+            self._flush()
+            self.transport.close()
+            return
+        self._goaway_received = True
+        if not self.streams:
+            self._flush()
             self.transport.close()
 
     def _spend(self, which: int, budget: int) -> None:
@@ -523,8 +548,8 @@ class Http2Connection(asyncio.Protocol):
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
         state = self.state
-        if self._goaway_sent:
-            self._reset_id(sid, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY: never served (RFC 9113 6.8)
+        if self._goaway_sent or self._goaway_received:
+            self._reset_id(sid, ErrorCodes.REFUSED_STREAM)  # after a GOAWAY: never served (RFC 9113 6.8)
             return
         self._last_stream_id = sid
         limit = self.service.limits.http2_max_concurrent_streams
@@ -691,6 +716,31 @@ class Http2Connection(asyncio.Protocol):
             self._after_end(stream)
         self._send_soon()
 
+    def send_whole(self, stream: Http2Stream, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """A whole response in one go, HEADERS and one DATA frame with END_STREAM, when it takes no turn
+        from another stream (it fits in one frame and the window, and nothing waits before it); False
+        (nothing sent) otherwise. Most responses are such: they skip the queue."""
+        size = len(body)
+        h2conn = self.h2
+        if size > 16384 or self._ready or self.flow.write_paused:  # (16 KiB: the smallest frame size allowed)
+            return False
+        sid = stream.stream_id
+        try:
+            if size > h2conn.local_flow_control_window(sid):
+                return False
+            h2conn.send_headers(sid, headers)
+            h2conn.send_data(sid, body, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            stream.drop_output()
+            return True
+        stream.bytes_written += size + 1  # (the head counts as output, see send_headers)
+        self._written += size
+        self.data_frames += 1
+        stream.ended = True
+        self._after_end(stream)
+        self._send_soon()
+        return True
+
     def queue(self, stream: Http2Stream) -> None:
         """The stream has DATA (or its end) to send: send what the windows allow, and hold its app's
         next `send` until the rest is out."""
@@ -777,7 +827,7 @@ class Http2Connection(asyncio.Protocol):
         if stream.unacked:
             self.acknowledge(stream, stream.unacked)
         if self.streams.pop(stream.stream_id, None) is not None and not self.streams:
-            if self._goaway_sent:
+            if self._goaway_sent or self._goaway_received:
                 self._flush()
                 self.transport.close()
             else:

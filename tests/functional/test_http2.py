@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trustme
 from h2.errors import ErrorCodes
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame
 
 from kestrelpy.config import Http2Limits, Limits, TlsOptions
 from tests.support.gate import Gate
@@ -700,19 +700,7 @@ def test_tls_http2_connection_over_the_limit_gets_goaway_refused(serve_app, tls_
 
 
 def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app, h2_client) -> None:
-    gate = Gate()
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        await gate.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"finished"})
-
-    live = serve_app(app)
-    client = h2_client(live.port)
-    sid = client.request("/slow")
-    assert gate.reached.wait(WAIT)
+    live, client, gate, sid = stream_in_flight(serve_app, h2_client)
     live.request_shutdown()
     event = client.goaway()
     assert event is not None and event.error_code == ErrorCodes.NO_ERROR and event.last_stream_id == sid
@@ -728,6 +716,96 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app
     refused = [f for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == sid + 2]
     assert refused and refused[0].error_code == ErrorCodes.REFUSED_STREAM
     assert live.join()
+
+
+def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None:
+    """RFC 9113 section 8.2.3: a client may split the cookie into several fields; the app gets one."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append(scope["headers"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    cookies = [(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")]
+    assert client.response(client.request("/", headers=cookies))[0] == 204
+    assert [v for n, v in seen[0] if n == b"cookie"] == [b"a=1; b=2"]
+
+
+def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_read(serve_app, h2_client) -> None:
+    """An app that answers before the request body has ended: its stream gets RST_STREAM NO_ERROR (RFC 9113
+    section 8.1), and what the client sends on it afterwards is ignored, malformed trailers included
+    (section 5.1). On a stream whose app still reads the body the same trailers are a PROTOCOL_ERROR."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while scope["path"] == "/read" and (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    def bad_trailers(sid: int) -> bytes:  # a pseudo-header field in trailers (RFC 9113 section 8.1)
+        frame = HeadersFrame(sid, flags=("END_HEADERS", "END_STREAM"))
+        frame.data = client.h2.encoder.encode([(b":path", b"/trailer")])
+        return frame.serialize()
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    early = client.request("/early", method="POST", body=b"part", end=False)
+    assert client.response(early)[2] == b"done"
+    reset = client.until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == early)
+    assert reset is not None and reset.error_code == ErrorCodes.NO_ERROR
+    client.send_raw(bad_trailers(early))
+    assert client.response(client.request("/after"))[0] == 200  # the connection is untouched
+    reading = client.request("/read", method="POST", body=b"part", end=False)
+    client.send_raw(bad_trailers(reading))
+    failed = client.until(
+        lambda e: (
+            isinstance(e, (h2.events.ConnectionTerminated, h2.events.StreamReset))
+            and getattr(e, "error_code", None) == ErrorCodes.PROTOCOL_ERROR
+        )
+    )
+    assert failed is not None
+
+
+def stream_in_flight(serve_app, h2_client) -> tuple[LiveServer, H2Client, Gate, int]:
+    """A server whose app answers "finished" once the gate opens, and a client with one stream waiting on it."""
+    gate = Gate()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"finished"})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    sid = client.request("/slow")
+    assert gate.reached.wait(WAIT)
+    return live, client, gate, sid
+
+
+def test_a_clients_goaway_lets_its_streams_in_flight_finish(serve_app, h2_client) -> None:
+    """RFC 9113 section 6.8: after the client's GOAWAY NO_ERROR the response in flight is still sent, a
+    stream opened after it is refused, and the connection closes once the last stream is done."""
+    _live, client, gate, sid = stream_in_flight(serve_app, h2_client)
+    goaway = GoAwayFrame(0)  # (written by hand: h2 would send nothing after it; last stream 0: none pushed)
+    client.send_raw(goaway.serialize() + PingFrame(0, opaque_data=b"goaway!!").serialize())
+    assert client.until(lambda e: isinstance(e, h2.events.PingAckReceived))  # the GOAWAY has been read
+    late = client.request("/late")
+    refused = client.until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == late)
+    assert isinstance(refused, h2.events.StreamReset) and refused.error_code == ErrorCodes.REFUSED_STREAM
+    gate.open()
+    status, _headers, body = client.response(sid)
+    assert (status, body) == (200, b"finished")
+    client.until(lambda e: False)
+    assert client.closed
 
 
 def test_shutdown_delay_keeps_accepting_streams_on_open_connections(serve_app, h2_client) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from tests.support.h2_attackers import (
     hpack_bomb,
     ordinary_client,
     rapid_reset,
+    repeated,
     slow_body_beside_normal_streams,
     stream_id_exhaustion,
     zero_window_reader,
@@ -143,13 +143,8 @@ def h2_server(
     return start
 
 
-def repeated(attack: Callable[[], Observed], seconds: float = ATTACK_S) -> list[Observed]:
-    """The attack again on a new connection each time the server cuts it off, for at least `seconds`,
-    so that the ordinary client measures during a whole attack, not a fast defence's first second."""
-    started = time.monotonic()
-    observed = [attack()]
-    while time.monotonic() - started < seconds:
-        observed.append(attack())
+def repeated_and_shown(attack: Callable[[], Observed]) -> list[Observed]:
+    observed = repeated(attack, ATTACK_S)
     for each in observed:
         print(each.summary())
     return observed
@@ -177,7 +172,7 @@ def test_rapid_reset_gets_goaway_enhance_your_calm(h2_server: Callable[..., Atta
     long before the attack ends, with bounded memory, while an ordinary client is served."""
     server = h2_server()
     with ordinary_client(server.target) as ordinary:
-        attacks = repeated(lambda: rapid_reset(server.target, server_pid=server.pid))
+        attacks = repeated_and_shown(lambda: rapid_reset(server.target, server_pid=server.pid))
     for observed in attacks:
         assert observed.goaway_code == ENHANCE_YOUR_CALM, observed.summary()
         assert observed.streams_opened < 20_000
@@ -191,7 +186,7 @@ def test_continuation_flood_is_cut_off_at_the_header_size_limit(h2_server: Calla
     with unread input causes), within seconds and without buffering the block."""
     server = h2_server()
     with ordinary_client(server.target) as ordinary:
-        attacks = repeated(lambda: continuation_flood(server.target, server_pid=server.pid))
+        attacks = repeated_and_shown(lambda: continuation_flood(server.target, server_pid=server.pid))
     for observed in attacks:
         assert observed.cut_off, observed.summary()
         assert observed.cut_off_after is not None and observed.cut_off_after < 5.0
@@ -206,7 +201,7 @@ def test_hpack_bomb_is_refused_before_the_app(h2_server: Callable[..., Attacked]
     server = h2_server()
     HEADER_BYTES_SEEN.clear()
     with ordinary_client(server.target) as ordinary:
-        attacks = repeated(lambda: hpack_bomb(server.target, server_pid=server.pid))
+        attacks = repeated_and_shown(lambda: hpack_bomb(server.target, server_pid=server.pid))
     assert not HEADER_BYTES_SEEN, f"the app got header lists of {HEADER_BYTES_SEEN[:3]} bytes"
     for observed in attacks:
         assert 200 not in observed.statuses.values(), observed.summary()
@@ -225,7 +220,7 @@ def test_control_frame_flood_is_cut_off_or_held_back(h2_server: Callable[..., At
     keep-alive timeout is long, so that closing an idle connection does not pass for a defence."""
     server = h2_server(limits=Limits(keep_alive_timeout=60))
     with ordinary_client(server.target) as ordinary:
-        attacks = repeated(lambda: control_flood(server.target, kind, server_pid=server.pid))
+        attacks = repeated_and_shown(lambda: control_flood(server.target, kind, server_pid=server.pid))
     for observed in attacks:
         assert observed.cut_off or observed.stalled, observed.summary()
         if observed.goaway_code is not None:

@@ -32,11 +32,10 @@ from tests.support.interop import Process, kestrelpy, listening_urls, require_to
 # h2load and h2spec load the machine: one server at a time, in one worker.
 pytestmark = pytest.mark.xdist_group("http2-interop")
 
-# h2spec's 146 cases (RFC 9113 and RFC 7541), the strict ones left out as h2spec does by default: the
-# share kestrelpy must pass on each transport. Over h2c, case 3.5 (an invalid preface must get GOAWAY)
-# cannot pass by design: a cleartext connection that does not open with the preface is HTTP/1.1.
+# h2spec's 146 cases (RFC 9113 and RFC 7541), the strict ones left out as h2spec does by default: all pass
+# over TLS, all but one over h2c, where case 3.5 (an invalid preface must get GOAWAY) cannot pass by
+# design: a cleartext connection that does not open with the preface is HTTP/1.1.
 # For scale, hypercorn 0.18 passes 144/145 over h2c and 145/145 over TLS; granian 2.8 144 and 143.
-H2SPEC_MIN_SCORE = 0.97
 H2LOAD_REQUESTS = 2000
 
 
@@ -164,10 +163,6 @@ class H2specScore:
     def run(self) -> int:
         return self.passed + self.failed
 
-    @property
-    def share(self) -> float:
-        return self.passed / self.run if self.run else 0.0
-
 
 def find_h2spec() -> str:
     candidate = os.environ.get("H2SPEC") or shutil.which("h2spec")
@@ -192,10 +187,13 @@ def parse_junit(report: Path) -> H2specScore:
 
 
 def test_h2spec_conformance(endpoint: H2Endpoint, tmp_path: Path) -> None:
-    """h2spec's suite against the server; the score is printed, and must reach H2SPEC_MIN_SCORE."""
+    """h2spec's suite against the server; the score is printed, and every case passes but 3.5 #2 over h2c."""
     binary = find_h2spec()
     report = tmp_path / "h2spec.xml"
-    argv = [binary, "-h", "127.0.0.1", "-p", str(endpoint.port), "-o", "3", "-j", str(report)]
+    # /upload reads the whole request body before it answers, as Kestrel's h2spec app does: an app that
+    # answers first ends the stream (RST_STREAM NO_ERROR, RFC 9113 section 8.1), and the frames h2spec sends
+    # after that are then ignored as RFC 9113 section 5.1 requires, not answered with the error it expects.
+    argv = [binary, "-h", "127.0.0.1", "-p", str(endpoint.port), "-P", "/upload", "-o", "3", "-j", str(report)]
     argv += ["-t", "-k"] if endpoint.tls else []
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     assert report.exists(), done.stdout[-2000:] + done.stderr[-2000:]
@@ -204,4 +202,6 @@ def test_h2spec_conformance(endpoint: H2Endpoint, tmp_path: Path) -> None:
     for failure in score.failures[:20]:
         print(f"  failed: {failure}")
     assert score.run >= 140, done.stdout[-2000:]
-    assert score.share >= H2SPEC_MIN_SCORE, score.failures
+    # Over h2c, case 3.5 #2 (an invalid preface must get GOAWAY) cannot pass: such a connection is HTTP/1.1.
+    unexpected = [f for f in score.failures if endpoint.tls or "invalid connection preface" not in f]
+    assert not unexpected, unexpected

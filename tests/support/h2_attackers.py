@@ -442,6 +442,16 @@ def answered(observed: Observed, stream_id: int) -> Callable[[], bool]:
 # -- the attacks ---------------------------------------------------------------------------------------
 
 
+def repeated(attack: Callable[[], Observed], seconds: float) -> list[Observed]:
+    """The attack again on a new connection each time the server cuts it off, for at least `seconds`,
+    so that an ordinary client measures during a whole attack, not a fast defence's first second."""
+    started = time.monotonic()
+    observed = [attack()]
+    while time.monotonic() - started < seconds:
+        observed.append(attack())
+    return observed
+
+
 def rapid_reset(
     target: H2Target, *, path: bytes = b"/slow", streams: int = 20_000, batch: int = 100, seconds: float = 10.0,
     server_pid: int | None = None,
