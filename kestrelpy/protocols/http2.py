@@ -113,6 +113,12 @@ class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
         return frame
 
 
+# h2 turns all it is given into events before any is handled. A read (up to 256 KiB on uvloop) is handed
+# over in slices, so a flood is cut off after the slice that spends its budget, not after the whole read:
+# thousands of frames parsed in one go would hold the loop, and every other connection, for seconds.
+READ_SLICE = 16 * 1024
+
+
 class Http2Service:
     """What serves HTTP/2 for one server: its settings, and the hand-off from an accepted connection."""
 
@@ -473,23 +479,34 @@ class Http2Connection(asyncio.Protocol):
             return  # after a connection error: read and dropped until the client closes (see _linger)
         self._in_read = True
         try:
-            try:
-                events = self.h2.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
-                # h2 has queued a GOAWAY with the error's code: send it and close.
-                logger.debug("HTTP/2 connection error from %s: %s", self.client, exc)
-                self._close_after_error()
-                return
-            for event in events:
-                self._on_event(event)
-                if self._lingering or self.transport.is_closing():
+            if len(data) <= READ_SLICE:
+                if not self._receive(data):
                     return
+            else:
+                for start in range(0, len(data), READ_SLICE):
+                    if not self._receive(data[start : start + READ_SLICE]):
+                        return
             if self._frames.goaway is not None:
                 self._on_goaway(self._frames.goaway)
             self._pump()
         finally:
             self._in_read = False
             self._flush()
+
+    def _receive(self, data: bytes) -> bool:
+        """Hand `data` to h2 and handle its events; False once the connection has ended."""
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued a GOAWAY with the error's code: send it and close.
+            logger.debug("HTTP/2 connection error from %s: %s", self.client, exc)
+            self._close_after_error()
+            return False
+        for event in events:
+            self._on_event(event)
+            if self._lingering or self.transport.is_closing():
+                return False
+        return True
 
     # -- events ------------------------------------------------------------------------------------
 

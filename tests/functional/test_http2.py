@@ -79,6 +79,7 @@ class H2Client:
         headers: Iterable[tuple[bytes, bytes]] = (),
         end: bool = True,
         stream_id: int | None = None,
+        flush: bool = True,
     ) -> int:
         sid = stream_id if stream_id is not None else self.h2.get_next_available_stream_id()
         head = [
@@ -91,7 +92,8 @@ class H2Client:
         self.h2.send_headers(sid, head, end_stream=end and body is None)
         if body is not None:
             self.send_body(sid, body, end)
-        self.flush()
+        if flush:
+            self.flush()
         return sid
 
     def send_body(self, sid: int, body: bytes, end: bool) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import h2.connection
 import h2.events
 import h2.settings
 import hpack
@@ -74,6 +75,38 @@ def test_rapid_reset_ends_the_connection_and_bounds_running_apps(serve_app, h2_c
         pass  # the server has had enough
     assert calm_goaway(client)
     assert len(started) <= 10
+
+
+def test_a_rapid_reset_burst_in_one_read_is_parsed_only_up_to_the_cut_off(
+    serve_app, h2_client, manual_clock, monkeypatch
+) -> None:
+    fed: list[int] = []  # the sizes handed to h2 at once (the server runs in this process)
+    receive_data = h2.connection.H2Connection.receive_data
+
+    def recording(self: h2.connection.H2Connection, data: bytes) -> list[h2.events.Event]:
+        if not self.config.client_side:
+            fed.append(len(data))
+        return receive_data(self, data)
+
+    monkeypatch.setattr(h2.connection.H2Connection, "receive_data", recording)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await asyncio.sleep(3600)
+
+    live = serve_app(app, http2_limits=Http2Limits(http2_max_concurrent_streams=10), timeout_graceful_shutdown=0.1)
+    client = h2_client(live.port)
+    for _ in range(10_000):  # about 300 KiB of HEADERS and RST_STREAM, written at once
+        client.h2.reset_stream(client.request("/", end=True, flush=False), ErrorCodes.CANCEL)
+    try:
+        client.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # cut off while still writing
+    assert calm_goaway(client)
+    # Thousands of frames parsed in one call would hold the loop for seconds under load; in slices, what
+    # h2 parsed ends with the slice that spent the budget.
+    assert max(fed) <= 16 * 1024
+    assert sum(fed) <= 64 * 1024
 
 
 def test_continuation_flood_is_cut_off_at_the_header_limit(serve_app, h2_client) -> None:
