@@ -106,15 +106,21 @@ class Metrics:
     def request_ended(self, cycle: Any, started: float) -> None:
         """`cycle` (a RequestCycle whose app started at `started`, by `clock`) completed its response
         with `cycle.status`. Written for this, the common case: four dictionary subscripts and a
-        comparison (a tuple key and bisect() cost as much as the rest of the metrics together)."""
-        elapsed = self.clock() - started
+        comparison or three (a tuple key and bisect() cost as much as the rest of the metrics together)."""
+        clock = self.clock  # a slot read: calling `self.clock()` looks the attribute up unspecialised
+        elapsed = clock() - started
         scope = cycle.scope
         try:
             series = self._index[scope["method"]][scope["scheme"]][scope["http_version"]][cycle.status]
         except KeyError:
             series = self._request_series(cycle, "")
-        if elapsed <= 0.005:  # REQUEST_BOUNDS[0] (literals: this runs for every request)
+        # REQUEST_BOUNDS[:3] as literals: a comparison costs a tenth of the call to bisect()
+        if elapsed <= 0.005:
             series[0] += 1
+        elif elapsed <= 0.01:
+            series[1] += 1
+        elif elapsed <= 0.025:
+            series[2] += 1
         else:
             series[bisect_left(inst.REQUEST_BOUNDS, elapsed)] += 1
         series[15] += elapsed  # the sum (a positive index: -1 takes Python's slower path)

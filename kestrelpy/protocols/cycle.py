@@ -179,7 +179,10 @@ class RequestCycle:
 
     async def run(self, app: ASGIApp) -> None:
         metrics = self._stream.state.metrics
-        started = 0.0 if metrics is None else metrics.clock()
+        started = 0.0
+        if metrics is not None:
+            clock = metrics.clock  # called from a local: `metrics.clock()` is an unspecialised lookup
+            started = clock()
         failure: BaseException | None = None
         try:
             await app(self.scope, self.receive, self.send)

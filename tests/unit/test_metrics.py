@@ -96,9 +96,23 @@ def test_requests_are_counted_with_other_methods_folded_and_errors_typed() -> No
 
 
 def test_the_request_fast_path_literals_match_the_bounds() -> None:
-    # request_ended writes the first bound and the sum's index as literals
-    assert inst.REQUEST_BOUNDS[0] == 0.005
+    # request_ended writes the first three bounds and the sum's index as literals
+    assert inst.REQUEST_BOUNDS[:3] == (0.005, 0.01, 0.025)
     assert len(new_series(inst.REQUEST_BOUNDS)) == 16
+
+
+def test_the_request_fast_path_buckets_as_observe_does() -> None:
+    clock = Clock()
+    metrics = Metrics(clock)
+    expected = new_series(inst.REQUEST_BOUNDS)
+    for elapsed in (0.001, 0.005, 0.0075, 0.01, 0.02, 0.025, 0.03, 0.5, 11.0):
+        cycle = Cycle("GET", 200)
+        clock.now = 0.0  # from 0, a value on a bound is the bound exactly
+        started = start(metrics, cycle)
+        clock.now = elapsed
+        metrics.request_ended(cycle, started)
+        observe(expected, inst.REQUEST_BOUNDS, elapsed)
+    assert metrics.snapshot()[inst.REQUEST_DURATION.name][("GET", "http", "1.1", "200", "")] == expected
 
 
 def test_a_connection_is_timed_across_an_upgrade_and_typed_by_its_rejection() -> None:
