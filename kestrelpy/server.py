@@ -164,23 +164,29 @@ class Server:
         # cannot be loaded is one message, not a half-started server.
         if sockets is None:  # the guard first, so a bad certificate is explained rather than only named
             _warn_predicted_failures(endpoints, config.tls)
-        http2_on = config.http2_limits.http2 and _h2_importable()
+        http2 = http2_service(config)  # built here once, like `upgrade`
+        http2_on = http2 is not None
         for endpoint in endpoints:
             listener_protocols(endpoint, http2_on)  # an HTTP/2-only endpoint without HTTP/2 stops here
         tls = None
         if any(e.tls for e in endpoints):
             tls = TlsListeners(config.tls, endpoints, alpn=lambda e: listener_protocols(e, http2_on))
         if sockets is not None:
-            await self._serve_sockets(app, upgrade, sockets, tls)
+            await self._serve_sockets(app, upgrade, http2, sockets, tls)
             return
         sockets = bind_endpoints(endpoints, config.backlog)
         try:
-            await self._serve_sockets(app, upgrade, sockets, tls)
+            await self._serve_sockets(app, upgrade, http2, sockets, tls)
         finally:
             close_sockets(sockets)
 
     async def _serve_sockets(
-        self, app: ASGIApp, upgrade: UpgradeHandler, sockets: list[socket.socket], tls: TlsListeners | None
+        self,
+        app: ASGIApp,
+        upgrade: UpgradeHandler,
+        http2: Any,
+        sockets: list[socket.socket],
+        tls: TlsListeners | None,
     ) -> None:
         config = self.config
         if config.proxy_headers:
@@ -196,7 +202,7 @@ class Server:
                 except KestrelpyError as exc:
                     startup_error = exc
             if startup_error is None:
-                await self._run_until_shutdown(app, upgrade, sockets, lifespan, loop, tls)
+                await self._run_until_shutdown(app, upgrade, http2, sockets, lifespan, loop, tls)
                 if lifespan.enabled:
                     await lifespan.shutdown()
             tasks.cancel_scope.cancel()
@@ -207,6 +213,7 @@ class Server:
         self,
         app: ASGIApp,
         upgrade: UpgradeHandler,
+        http2: Any,  # what serves HTTP/2 (http2_service), None when it is off
         sockets: list[socket.socket],
         lifespan: Lifespan,
         loop: asyncio.AbstractEventLoop,
@@ -223,7 +230,6 @@ class Server:
         if tls is not None:
             tls.start_watching(loop)  # each process watches its certificate files for itself
         protocol = connection_class(config.http)
-        http2 = http2_service(config)
         endpoints = self.endpoints()
         secure = self._tls_sockets(sockets, tls)
         # One connection class per (TLS, protocols) pair: a TLS class describes its own ServerTls.
@@ -373,14 +379,6 @@ async def _listen(
         ssl=tls.context,
         ssl_handshake_timeout=tls.handshake_timeout,
     )
-
-
-def _h2_importable() -> bool:
-    try:
-        import h2  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class MeteredHandshake(asyncio.Protocol):

@@ -54,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -713,16 +712,6 @@ class HttpConnection(Http1Output):
             self.cycle.task.cancel()
 
 
-def no_delay(transport: asyncio.BaseTransport) -> None:
-    """Responses leave as they are written: no waiting for the peer's ACK of the previous segment (Nagle)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 def address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
         return str(info[0]), int(info[1])
@@ -750,8 +739,7 @@ class TlsConnection(HttpConnection):
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
                 self.transport = transport  # type: ignore[assignment]
-                self.tls_extension = self.describe_tls(ssl_object)  # its streams share it
-                http2.take_over(self, b"")
+                http2.take_over(self, b"")  # (which describes the TLS session once, for every stream)
                 return
         super().connection_made(transport)
 

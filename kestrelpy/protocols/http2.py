@@ -54,7 +54,7 @@ from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import split_target
 from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
-from kestrelpy.protocols.http11 import HttpConnection, address, no_delay, start_task
+from kestrelpy.protocols.http11 import HttpConnection, address, start_task
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import declared_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
@@ -429,8 +429,7 @@ class Http2Connection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         self.server = (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
         self.client = address(transport.get_extra_info("peername"))
-        if self.scheme == "https":  # (a cleartext connection has had it set as HTTP/1.1)
-            no_delay(transport)
+        # (TCP_NODELAY: asyncio and uvloop set it on every TCP transport, TLS ones included)
         state = self.state
         now = state.clock()
         self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
