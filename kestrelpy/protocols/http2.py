@@ -132,12 +132,12 @@ class Http2Service:
     def take_over(self, conn: HttpConnection, received: bytes) -> None:
         """Serve `conn`'s transport as HTTP/2 from now on; `received` is what was read of it so far."""
         transport = conn.transport
+        tls = conn.tls_scope_extension()  # described once, for every stream; read while conn has its transport
         state = conn.state
         state.connections.discard(conn)
         conn.ignore_input = True
         conn.transport = LOST_TRANSPORT
-        describe_tls = getattr(conn, "tls_scope_extension", None)  # TLS connections only
-        h2conn = Http2Connection(state, self, conn.scheme, describe_tls() if describe_tls is not None else None)
+        h2conn = Http2Connection(state, self, conn.scheme, tls)
         if state.metrics is not None:  # one connection to the metrics, from its accept on
             state.metrics.connection_upgraded(conn, h2conn)
         transport.set_protocol(h2conn)
