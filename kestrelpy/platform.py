@@ -84,6 +84,9 @@ def install_shutdown_handlers(loop: asyncio.AbstractEventLoop, on_signal: Callab
 # -- multi-process mode ------------------------------------------------------------------------------
 
 CAN_FORK = hasattr(os, "fork") and not IS_WINDOWS
+# A running worker is handed a new socket as a descriptor over its Unix-socket channel (SCM_RIGHTS) on POSIX;
+# on Windows, with socket.share() as a spawned one is (export_socket).
+PASSES_DESCRIPTORS = hasattr(socket, "send_fds") and not IS_WINDOWS
 
 
 REUSE_PORT_BALANCES = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
