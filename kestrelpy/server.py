@@ -8,7 +8,9 @@ A second signal closes everything at once.
 A supervised worker's listeners can change while it serves (change_listeners, for a SIGHUP reload whose
 only changes are endpoints): a listener that stays is never touched; one that is removed stops accepting
 and its connections are drained as for a graceful shutdown; one whose settings changed is drained the
-same way and served again, on the same listening socket, with its new settings.
+same way and served again, on the same listening socket, with its new settings. A single server process
+does the same on SIGHUP when it was handed `reread` and the configuration read again changed only
+endpoints (config_reload.py); any other change takes a restart, which it says.
 """
 
 from __future__ import annotations
@@ -176,6 +178,9 @@ class Server:
         self.serve_metrics = True  # a supervised worker leaves --metrics-bind to the supervisor
         self.metrics_address: tuple[str, int] | None = None  # where --metrics-bind listens, once it does
         self._serving: Serving | None = None
+        self.reread: Callable[[], Config] | None = None  # SIGHUP reads the configuration again with it (POSIX)
+        self._owned: list[socket.socket] = []  # the sockets serve() bound itself, and closes at the end
+        self._reloading: asyncio.Future[None] | None = None
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint the config names: --host/--port, --bind, --urls, --uds and inherited sockets."""
@@ -228,11 +233,11 @@ class Server:
         if sockets is not None:
             await self._serve_sockets(app, upgrade, http2, sockets, tls)
             return
-        sockets = bind_endpoints(endpoints, config.backlog)
+        self._owned = bind_endpoints(endpoints, config.backlog)
         try:
-            await self._serve_sockets(app, upgrade, http2, sockets, tls)
+            await self._serve_sockets(app, upgrade, http2, list(self._owned), tls)
         finally:
-            close_sockets(sockets)
+            close_sockets(self._owned)
 
     async def _serve_sockets(
         self,
@@ -296,11 +301,17 @@ class Server:
             restore_signals = (
                 platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
             )
+            reloads = self.handle_signals and self.reread is not None and bool(self._owned)
+            restore_reload = platform.install_reload_handler(loop, self._on_reload) if reloads else lambda: None
             self.started.set()
             try:
                 await self._shutdown_requested.wait()
+                restore_reload()
+                if self._reloading is not None:
+                    await self._reloading
                 await self._drain([listener.served for listener in serving.listeners], state)
             finally:
+                restore_reload()
                 restore_signals()
         finally:
             heartbeat.stop()
@@ -382,6 +393,45 @@ class Server:
                 )
             else:
                 logger.info("Listening on %s", listener.url())
+
+    def _on_reload(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            logger.warning("SIGHUP received while the last one is being applied; ignored")
+            return
+        self._reloading = asyncio.ensure_future(self.reload())
+        self._reloading.add_done_callback(_log_failure)
+
+    async def reload(self) -> None:
+        """SIGHUP in a single server process: the configuration read again with `reread` and, when only its
+        endpoints changed, served in place (change_listeners). Anything else takes a restart: it is said,
+        and the running configuration stays, as it does when the new one cannot be used."""
+        from kestrelpy.config_reload import reload_config
+
+        assert self.reread is not None
+        reloaded = reload_config(self.config, self._owned, self.reread)
+        if reloaded is None:
+            return
+        if reloaded.how != "listeners":
+            reloaded.abandon()
+            changed = [*reloaded.settings, *(["workers"] if reloaded.count_changed else [])]
+            if changed:
+                logger.error(
+                    "Not reloading the configuration, the running one stays: %s changed, which a single server "
+                    "process takes up only when restarted",
+                    ", ".join(changed),
+                )
+            return
+        try:
+            await self.change_listeners(
+                reloaded.config, add=reloaded.added, stop=reloaded.stopped, change=reloaded.changed
+            )
+        except KestrelpyError as exc:
+            reloaded.abandon()
+            logger.error("Not reloading the configuration, the running one stays: %s", exc)
+            return
+        reloaded.commit()
+        assert self._serving is not None
+        self._owned = [listener.sock for listener in self._serving.listeners]  # a changed one's is a new duplicate
 
     def _retire(self, listener: Listener) -> int:
         """Stop accepting on `listener` and drain what it accepted, as a graceful shutdown drains every
@@ -503,6 +553,11 @@ class Server:
             conn.abort()
 
 
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Reloading the configuration failed", exc_info=task.exception())
+
+
 def _local_address(conn: Any) -> object:
     """The local address of a connection's transport (None once it has lost its transport)."""
     try:
@@ -582,11 +637,17 @@ def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None =
             logger.warning("predicted: %s on %s — trying anyway", finding.code, where)
 
 
-def run_server(config: Config, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
-    """Run one server in this process to completion, on a new event loop of the configured kind.
-    (Several workers, --reload or a recycling limit need the supervisor instead: see cli.serve.)"""
+def run_server(
+    config: Config,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    reread: Callable[[], Config] | None = None,
+) -> None:
+    """Run one server in this process to completion, on a new event loop of the configured kind; on SIGHUP
+    it reads the configuration again with `reread` (see Server.reload). (Several workers, --reload or a
+    recycling limit need the supervisor instead: see cli.serve.)"""
     factory = loop_factory or platform.loop_factory(config.loop)
     server = Server(config)
+    server.reread = reread
     runner_cls = getattr(asyncio, "Runner", None)
     if runner_cls is not None:
         with runner_cls(loop_factory=factory) as runner:

@@ -278,3 +278,63 @@ def test_a_file_that_cannot_be_used_is_reported_and_the_running_configuration_st
     server.signal(signal.SIGTERM)
     code, log = server.finish()
     assert code == 0, log
+
+
+def test_a_single_process_changes_its_endpoints_in_place_and_says_what_takes_a_restart(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    for name in ("first", "second"):
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    context.check_hostname = False
+    ports = {name: free_port() for name in ("stable", "old", "new", "secure")}
+    config = tmp_path / "kestrelpy.toml"
+    endpoints = f"""
+[endpoints.stable]
+url = "http://127.0.0.1:{ports["stable"]}"
+
+[endpoints.moving]
+url = "http://127.0.0.1:{ports["old"]}"
+
+[endpoints.secure]
+url = "https://127.0.0.1:{ports["secure"]}"
+certificate = {{ path = "{tmp_path / "first.pem"}" }}
+"""
+    write_config(config, endpoints, workers=1)
+    server = Supervised(launch(cwd=tmp_path))
+    request.addfinalizer(lambda: stop(server.proc))
+    server.expect(rf"Listening on https://127\.0\.0\.1:{ports['secure']}")
+    stable = KeptAlive(ports["stable"])
+    assert stable.get()[2] == str(server.proc.pid)
+    secure = KeptAlive(ports["secure"], context)
+    first = secure.certificate()
+
+    moved = endpoints.replace(f':{ports["old"]}"', f':{ports["new"]}"').replace("first.pem", "second.pem")
+    write_config(config, moved, workers=1)
+    mark = server.mark()
+    with KeepRequesting([stable]) as kept:
+        kept.wait_for_count(20)
+        secure.send("/slow?2")
+        server.expect("slow request started", after=mark)
+        server.signal(signal.SIGHUP)
+        server.expect(rf"Stopped listening on http://127\.0\.0\.1:{ports['old']}", after=mark)
+        server.expect(rf"Serving https://127\.0\.0\.1:{ports['secure']} with its new settings; draining 1", after=mark)
+        server.expect(rf"Listening on http://127\.0\.0\.1:{ports['new']}", after=mark)
+        kept.wait_for_count(20)
+        assert secure.answer()[:2] == (200, "close")
+    assert kept.failures == [] and stable.same_socket, kept.failures[:3]
+    assert all(status == 200 and header != "close" for status, header, _ in kept.answers)
+    assert get(ports["new"])[1] == str(server.proc.pid)
+    assert refused(ports["old"])
+    assert presented(ports["secure"], tmp_path / "ca.pem") not in (first, None)
+
+    write_config(config, moved, workers=1, settings="server_header = false\n")
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    server.expect("server_header changed, which a single server process takes up only when restarted", after=mark)
+    assert stable.get()[:2] == (200, None) and stable.same_socket
+    server.signal(signal.SIGTERM)
+    code, log = server.finish()
+    assert code == 0, log
