@@ -13,6 +13,8 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -335,6 +337,32 @@ certificate = {{ path = "{tmp_path / "first.pem"}" }}
     server.signal(signal.SIGHUP)
     server.expect("server_header changed, which a single server process takes up only when restarted", after=mark)
     assert stable.get()[:2] == (200, None) and stable.same_socket
+    server.signal(signal.SIGTERM)
+    code, log = server.finish()
+    assert code == 0, log
+
+
+def test_spawned_workers_take_an_added_endpoint_over_their_channel(request: pytest.FixtureRequest) -> None:
+    """The Windows start method (fresh interpreters, sockets handed over), run with the POSIX hand-over of
+    descriptors: a running spawned worker is handed the new socket as a spawned one is at its start."""
+    added = free_port()
+    app = f"app='sv_apps:pid', app_dir={str(APP_DIR)!r}, workers=2, host='127.0.0.1'"
+    script = (
+        "import sys; from kestrelpy import logs; from kestrelpy.config import Config;"
+        "from kestrelpy.supervisor import Supervisor, spawn_worker; from kestrelpy.worker import run_worker;"
+        "logs.configure('info', access_log=False);"
+        f"reread = lambda: Config({app}, port=0, binds=('127.0.0.1:{added}',));"
+        f"sys.exit(Supervisor(Config({app}, port=0), run_worker, starter=spawn_worker, reread=reread).run())"
+    )
+    server = Supervised(subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE))
+    request.addfinalizer(lambda: stop(server.proc))
+    server.expect(r"All 2 worker\(s\) are serving")
+    workers = server.worker_pids()
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    for pid in workers:
+        server.expect(rf"Worker \[{pid}\] serves the new endpoints", after=mark)
+    assert pids_answering(added, workers) == set(workers)
     server.signal(signal.SIGTERM)
     code, log = server.finish()
     assert code == 0, log
