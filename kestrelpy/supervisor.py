@@ -618,14 +618,15 @@ class Supervisor:
             worker.state = "retiring"
             logger.warning("Replacing worker [%d]: it %s", worker.pid, why)
 
-    def _commit(self, worker: Worker) -> None:
-        """The first worker with the new configuration serves: the reload stands."""
+    def _commit(self, worker: Worker | None) -> None:
+        """The first worker with the new configuration serves (or none was left to replace): the reload stands."""
         trial = self._trial
         assert trial is not None
         self._trial = None
         if trial.reloaded is not None:
             trial.reloaded.commit()
-        logger.info("Worker [%d] serves the new configuration; replacing the others", worker.pid)
+        if worker is not None:
+            logger.info("Worker [%d] serves the new configuration; replacing the others", worker.pid)
 
     def _abandon(self, worker: Worker, why: str) -> None:
         """The first worker with the new configuration did not start: go back to the running one."""
@@ -801,6 +802,8 @@ class Supervisor:
                 head.state = "retiring"
                 logger.info("Replacing worker [%d]", head.pid)
             return
+        if self._trial is not None and self._trial.first is None:
+            self._commit(None)  # every worker to replace left before a replacement started
 
     def _keep_count(self, now: float) -> None:
         fresh = [w for w in self.workers if w.state in ("starting", "serving")]

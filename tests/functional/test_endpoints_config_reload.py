@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,12 @@ def launched(request: pytest.FixtureRequest, cwd: Path) -> Supervised:
     request.addfinalizer(lambda: stop(server.proc))
     server.expect(r"All 2 worker\(s\) are serving")
     return server
+
+
+def assert_stops_cleanly(server: Supervised) -> None:
+    server.signal(signal.SIGTERM)
+    code, log = server.finish()
+    assert code == 0, log
 
 
 def write_config(path: Path, endpoints: str, workers: int = 2, app: str = "sv_apps:pid", settings: str = "") -> None:
@@ -127,9 +134,19 @@ class KeepRequesting:
         assert wait_until(lambda: len(self.answers) - start >= count or bool(self.failures)), "no answers"
 
 
-def test_a_reload_that_changes_only_endpoints_leaves_the_workers_and_the_unchanged_endpoint_alone(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+@dataclass
+class Endpoints:
+    """A config file's endpoints before and after a reload: `stable` stays, `moving` moves from port `old` to
+    port `new`, and `secure` (TLS) changes from the certificate `first` to `second`."""
+
+    ports: dict[str, int]
+    certificates: dict[str, bytes]  # DER, by name
+    client: ssl.SSLContext  # trusts both
+    before: str
+    after: str
+
+
+def endpoints_to_change(tmp_path: Path) -> Endpoints:
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     pems = {}
@@ -137,11 +154,10 @@ def test_a_reload_that_changes_only_endpoints_leaves_the_workers_and_the_unchang
         leaf = ca.issue_cert("127.0.0.1")
         leaf.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
         pems[name] = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
-    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-    context.check_hostname = False
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    client.check_hostname = False
     ports = {name: free_port() for name in ("stable", "old", "new", "added", "secure")}
-    config = tmp_path / "kestrelpy.toml"
-    endpoints = f"""
+    before = f"""
 [endpoints.stable]
 url = "http://127.0.0.1:{ports["stable"]}"
 
@@ -152,7 +168,17 @@ url = "http://127.0.0.1:{ports["old"]}"
 url = "https://127.0.0.1:{ports["secure"]}"
 certificate = {{ path = "{tmp_path / "first.pem"}" }}
 """
-    write_config(config, endpoints)
+    after = before.replace(f':{ports["old"]}"', f':{ports["new"]}"').replace("first.pem", "second.pem")
+    return Endpoints(ports, pems, client, before, after)
+
+
+def test_a_reload_that_changes_only_endpoints_leaves_the_workers_and_the_unchanged_endpoint_alone(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    change = endpoints_to_change(tmp_path)
+    ports, pems, context = change.ports, change.certificates, change.client
+    config = tmp_path / "kestrelpy.toml"
+    write_config(config, change.before)
     server = launched(request, tmp_path)
     workers = server.worker_pids()
     assert get(ports["old"])[0] == 200
@@ -160,8 +186,7 @@ certificate = {{ path = "{tmp_path / "first.pem"}" }}
     secure = KeptAlive(ports["secure"], context)
     assert secure.get()[0] == 200 and secure.certificate() == pems["first"]
 
-    moved = endpoints.replace(f':{ports["old"]}"', f':{ports["new"]}"').replace("first.pem", "second.pem")
-    write_config(config, moved + f'\n[endpoints.added]\nurl = "http://127.0.0.1:{ports["added"]}"\n')
+    write_config(config, change.after + f'\n[endpoints.added]\nurl = "http://127.0.0.1:{ports["added"]}"\n')
     mark = server.mark()
     with KeepRequesting(stable) as kept, SteadyClient(ports["stable"], concurrency=2) as client:
         kept.wait_for_count(20)
@@ -197,9 +222,7 @@ certificate = {{ path = "{tmp_path / "first.pem"}" }}
     assert pids_answering(ports["added"], workers) == set(workers)
     assert refused(ports["old"])
     assert all(presented(ports["secure"], tmp_path / "ca.pem") == pems["second"] for _ in range(8))
-    server.signal(signal.SIGTERM)
-    code, log = server.finish()
-    assert code == 0, log
+    assert_stops_cleanly(server)
 
 
 def test_a_reload_whose_app_does_not_import_is_abandoned_and_the_running_workers_keep_serving(
@@ -232,9 +255,7 @@ def test_a_reload_whose_app_does_not_import_is_abandoned_and_the_running_workers
     server.expect("Every worker has been replaced", after=mark)
     for pid in workers:
         server.expect(rf"Worker \[{pid}\] stopped", after=mark)
-    server.signal(signal.SIGTERM)
-    code, log = server.finish()
-    assert code == 0, log
+    assert_stops_cleanly(server)
 
 
 def test_a_file_that_cannot_be_used_is_reported_and_the_running_configuration_stays(
@@ -277,44 +298,25 @@ def test_a_file_that_cannot_be_used_is_reported_and_the_running_configuration_st
         *server.worker_pids(after=mark),
     }
     assert not any("Replacing" in entry or "drain" in entry for entry in server.log[mark:])
-    server.signal(signal.SIGTERM)
-    code, log = server.finish()
-    assert code == 0, log
+    assert_stops_cleanly(server)
 
 
 def test_a_single_process_changes_its_endpoints_in_place_and_says_what_takes_a_restart(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    for name in ("first", "second"):
-        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
-    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-    context.check_hostname = False
-    ports = {name: free_port() for name in ("stable", "old", "new", "secure")}
+    change = endpoints_to_change(tmp_path)
+    ports = change.ports
     config = tmp_path / "kestrelpy.toml"
-    endpoints = f"""
-[endpoints.stable]
-url = "http://127.0.0.1:{ports["stable"]}"
-
-[endpoints.moving]
-url = "http://127.0.0.1:{ports["old"]}"
-
-[endpoints.secure]
-url = "https://127.0.0.1:{ports["secure"]}"
-certificate = {{ path = "{tmp_path / "first.pem"}" }}
-"""
-    write_config(config, endpoints, workers=1)
+    write_config(config, change.before, workers=1)
     server = Supervised(launch(cwd=tmp_path))
     request.addfinalizer(lambda: stop(server.proc))
     server.expect(rf"Listening on https://127\.0\.0\.1:{ports['secure']}")
     stable = KeptAlive(ports["stable"])
     assert stable.get()[2] == str(server.proc.pid)
-    secure = KeptAlive(ports["secure"], context)
-    first = secure.certificate()
+    secure = KeptAlive(ports["secure"], change.client)
+    assert secure.certificate() == change.certificates["first"]
 
-    moved = endpoints.replace(f':{ports["old"]}"', f':{ports["new"]}"').replace("first.pem", "second.pem")
-    write_config(config, moved, workers=1)
+    write_config(config, change.after, workers=1)
     mark = server.mark()
     with KeepRequesting([stable]) as kept:
         kept.wait_for_count(20)
@@ -330,16 +332,14 @@ certificate = {{ path = "{tmp_path / "first.pem"}" }}
     assert all(status == 200 and header != "close" for status, header, _ in kept.answers)
     assert get(ports["new"])[1] == str(server.proc.pid)
     assert refused(ports["old"])
-    assert presented(ports["secure"], tmp_path / "ca.pem") not in (first, None)
+    assert presented(ports["secure"], tmp_path / "ca.pem") == change.certificates["second"]
 
-    write_config(config, moved, workers=1, settings="server_header = false\n")
+    write_config(config, change.after, workers=1, settings="server_header = false\n")
     mark = server.mark()
     server.signal(signal.SIGHUP)
     server.expect("server_header changed, which a single server process takes up only when restarted", after=mark)
     assert stable.get()[:2] == (200, None) and stable.same_socket
-    server.signal(signal.SIGTERM)
-    code, log = server.finish()
-    assert code == 0, log
+    assert_stops_cleanly(server)
 
 
 def test_spawned_workers_take_an_added_endpoint_over_their_channel(request: pytest.FixtureRequest) -> None:
@@ -363,6 +363,4 @@ def test_spawned_workers_take_an_added_endpoint_over_their_channel(request: pyte
     for pid in workers:
         server.expect(rf"Worker \[{pid}\] serves the new endpoints", after=mark)
     assert pids_answering(added, workers) == set(workers)
-    server.signal(signal.SIGTERM)
-    code, log = server.finish()
-    assert code == 0, log
+    assert_stops_cleanly(server)
