@@ -445,16 +445,8 @@ class Server:
         draining = [conn for conn in state.connections if listener.accepted(_local_address(conn))]
         for conn in draining:
             conn.shutdown()
-        base = cast("type[HttpConnection]", listener.cls.__mro__[1])
-
-        def drained_on_arrival(self: HttpConnection, transport: asyncio.BaseTransport) -> None:
-            # accepted before the listener closed, made only now (a TLS handshake was under way)
-            base.connection_made(self, transport)
-            for arrived in [c for c in state.connections if getattr(c, "transport", None) is transport]:
-                arrived.shutdown()
-                draining.append(arrived)
-
-        listener.cls.connection_made = drained_on_arrival  # type: ignore[method-assign]
+        # Accepted before the listener closed but made only later (a TLS handshake was under way): drained too.
+        listener.cls.connection_made = _drained_on_arrival(listener.cls, draining)  # type: ignore[method-assign,assignment]
 
         def close_what_is_left() -> None:
             for conn in draining:
@@ -551,6 +543,22 @@ class Server:
         for conn in list(state.connections):
             conn.cancel_app()
             conn.abort()
+
+
+def _drained_on_arrival(cls: type[HttpConnection], draining: list[Any]) -> Callable[[HttpConnection, Any], None]:
+    """`cls.connection_made` for a retired listener's class: the connection is made as before, then drained
+    (whatever now serves its transport: itself, or the HTTP/2 connection that took it over) and added to
+    `draining`."""
+    made = cast("type[HttpConnection]", cls.__mro__[1]).connection_made
+
+    def connection_made(self: HttpConnection, transport: Any) -> None:
+        made(self, transport)
+        connections = self.state.connections
+        for arrived in [conn for conn in connections if getattr(conn, "transport", None) is transport]:
+            arrived.shutdown()
+            draining.append(arrived)
+
+    return connection_made
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

@@ -167,7 +167,7 @@ def decode_listener_change(payload: str) -> ListenerChange:
     """The worker's side of encode_listener_change (what follows `listeners `); ValueError if it is not one."""
     try:
         change = pickle.loads(base64.b64decode(payload, validate=True))
-    except (binascii.Error, pickle.UnpicklingError, EOFError) as exc:
+    except (binascii.Error, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as exc:
         raise ValueError(f"not a listener change: {exc}") from None
     if not isinstance(change, ListenerChange):
         raise ValueError("not a listener change")
@@ -552,7 +552,7 @@ class Supervisor:
         that serves all of it: listeners changed in place, workers added or stopped, or every worker replaced."""
         if self._trial is not None:
             logger.warning(
-                "Supervisor received %s while the last one is still starting its first worker; ignored", name
+                "Supervisor received %s while the first worker of the last reload is starting; ignored", name
             )
             return
         trial = _Trial(self.config, self.sockets, self.target, None)
