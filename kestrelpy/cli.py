@@ -228,7 +228,7 @@ def serve(config: Config, reread: Callable[[], Config] | None = None) -> None:
     else:
         from kestrelpy.server import run_server
 
-        run_server(config)
+        run_server(config, reread=reread)
 
 
 def read_again(args: argparse.Namespace, inherited: tuple[FdEndpoint, ...]) -> Config:

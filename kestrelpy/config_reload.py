@@ -5,16 +5,28 @@ The new configuration comes from the same flags, environment and config file as 
 by the command line). Then each endpoint is compared with the running ones by where it listens (its
 address, port, socket path or descriptor):
 
-    the same address, the same settings   unchanged: its listening sockets are kept as they are
+    the same address, the same settings   unchanged: its listening sockets are kept as they are, and so
+                                          are the workers' listeners and connections on them
     the same address, other settings      changed: its sockets are kept (a second bind of the address
-                                          would fail) and the new workers serve it with the new settings
+                                          would fail) and are served with the new settings; connections
+                                          made with the old ones are drained
     an address not listened on before     added: bound now, in the supervisor, before any worker changes
-    an address no longer named            removed: the supervisor closes its copy at once; the old
-                                          workers keep serving it until each has drained
+    an address no longer named            removed: no longer listened on; its connections are drained
 
-Then the supervisor replaces its workers one at a time, as for any SIGHUP: a replacement starts with the
-new configuration, and only once it serves does an old worker drain its connections and exit. No
-listening socket of an endpoint that stays is ever closed, so no connection to it is refused.
+An endpoint's settings are those of its table (url, protocols, certificate, sni, client certificate mode)
+and the --ssl-* options a TLS endpoint takes the rest from. What the supervisor does next depends on what
+else changed (`Reloaded.how`):
+
+    only endpoints           "listeners": every running worker is told over its channel which listeners to
+                             open, stop and serve anew; no worker is replaced
+    only the worker count    "count": workers are started or stopped; no worker is replaced
+    anything else            "replace": the workers are replaced one at a time, each new one starting with
+                             the new configuration (also when nothing changed at all: the app is imported
+                             afresh)
+
+The worker count goes with any of them. The supervisor's copies of a removed endpoint's sockets are
+closed once the reload is committed (`commit`); a replacement that cannot start abandons it (`abandon`:
+the sockets bound for it are closed, the running configuration and sockets stay).
 
 A new configuration that cannot be used (a file that does not parse, a bad value, a certificate that does
 not load, an address that cannot be bound) is logged as an error and changes nothing: the running
@@ -27,7 +39,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from kestrelpy.config import Config
 from kestrelpy.endpoints import Endpoint, FdEndpoint, TcpEndpoint, listener_endpoint
@@ -40,12 +52,60 @@ logger = logging.getLogger("kestrelpy.error")
 FIXED = ("reuse_port", "reload", "loop")
 
 
-@dataclass(frozen=True)
+# The Config fields that say where and how to listen: a reload that changes only these (and `workers`)
+# changes the workers' listeners in place.
+ENDPOINT_FIELDS = (
+    "host",
+    "port",
+    "binds",
+    "urls",
+    "uds",
+    "uds_mode",
+    "inherited",
+    "named_endpoints",
+    "protocols",
+    "tls",
+)
+COUNT_FIELDS = ("workers",)
+
+
+@dataclass(eq=False)
 class Reloaded:
-    """What a reload changes: the configuration and listening sockets the new workers get."""
+    """What a reload changes: the configuration and listening sockets the workers get from now on."""
 
     config: Config
-    sockets: list[socket.socket]
+    sockets: list[socket.socket]  # every listening socket of the new configuration (kept, then added)
+    added: list[socket.socket]  # bound for this reload
+    removed: list[socket.socket]  # the supervisor's copies of the removed endpoints' sockets
+    stopped: tuple[object, ...]  # their addresses
+    changed: tuple[object, ...]  # addresses of the kept sockets whose endpoint has new settings
+    settings: tuple[str, ...]  # the other settings that changed (ENDPOINT_FIELDS and workers left out)
+    count_changed: bool
+
+    @property
+    def endpoints_changed(self) -> bool:
+        return bool(self.added or self.stopped or self.changed)
+
+    @property
+    def how(self) -> str:
+        """listeners | count | replace (see the module's docstring)."""
+        if self.settings or not (self.endpoints_changed or self.count_changed):
+            return "replace"
+        return "listeners" if self.endpoints_changed else "count"
+
+    def endpoint_settings(self) -> dict[str, object]:
+        """The new values of ENDPOINT_FIELDS: what a running worker needs to serve the new endpoints."""
+        return {name: getattr(self.config, name) for name in ENDPOINT_FIELDS}
+
+    def commit(self) -> None:
+        """The reload stands: the removed endpoints' sockets are closed (the workers close their own)."""
+        close_sockets(self.removed)
+        self.removed = []
+
+    def abandon(self) -> None:
+        """The reload is given up: what was bound for it is closed."""
+        close_sockets(self.added)
+        self.added = []
 
 
 def where(endpoint: Endpoint) -> tuple[object, ...]:
@@ -57,9 +117,23 @@ def where(endpoint: Endpoint) -> tuple[object, ...]:
     return ("unix", endpoint.path)
 
 
+def served_as(config: Config, endpoint: Endpoint) -> tuple[object, ...]:
+    """Everything that decides how an endpoint's connections are served: the endpoint itself (its table,
+    protocols, TLS or not) and, for TLS, the settings its context is built from."""
+    return (endpoint, config.tls.for_endpoint(endpoint) if endpoint.tls else None)
+
+
+def other_settings(running: Config, config: Config) -> tuple[str, ...]:
+    """The names of the settings that differ, other than the endpoints' and the worker count."""
+    skip = {*ENDPOINT_FIELDS, *COUNT_FIELDS}
+    return tuple(
+        f.name for f in fields(Config) if f.name not in skip and getattr(running, f.name) != getattr(config, f.name)
+    )
+
+
 def reload_config(running: Config, sockets: Sequence[socket.socket], reread: Callable[[], Config]) -> Reloaded | None:
     """The configuration read again and the sockets it listens on (kept, or bound now); None when it cannot
-    be used, which is logged. Sockets of removed endpoints are closed here (the workers have their own)."""
+    be used, which is logged. Nothing is closed here: see Reloaded.commit and Reloaded.abandon."""
     try:
         config = reread()
         _check_fixed(running, config)
@@ -80,9 +154,22 @@ def reload_config(running: Config, sockets: Sequence[socket.socket], reread: Cal
     wanted = {where(e) for e in endpoints}
     kept = [sock for place, group in by_where.items() if place in wanted for sock in group]
     removed = [sock for place, group in by_where.items() if place not in wanted for sock in group]
-    close_sockets(removed)
-    _log_changes(old, endpoints)
-    return Reloaded(config, kept + bound)
+    before = {where(e): served_as(running, e) for e in old}
+    changed_places = {where(e) for e in endpoints if where(e) in before and before[where(e)] != served_as(config, e)}
+    changed = tuple(
+        sock.getsockname() for place, group in by_where.items() if place in changed_places for sock in group
+    )
+    _log_changes(running, config)
+    return Reloaded(
+        config,
+        kept + bound,
+        bound,
+        removed,
+        tuple(sock.getsockname() for sock in removed),
+        changed,
+        other_settings(running, config),
+        config.workers != running.workers,
+    )
 
 
 def _check_fixed(running: Config, config: Config) -> None:
@@ -113,17 +200,18 @@ def _sockets_by_endpoint(
     return found
 
 
-def _log_changes(old: Sequence[Endpoint], new: Sequence[Endpoint]) -> None:
-    before = {where(e): e for e in old}
-    after = {where(e): e for e in new}
+def _log_changes(running: Config, config: Config) -> None:
+    before = {where(e): e for e in running.endpoints()}
+    after = {where(e): e for e in config.endpoints()}
+    kept = [(before[p], e) for p, e in after.items() if p in before]
+    changed = [new.display() for old, new in kept if served_as(running, old) != served_as(config, new)]
     parts = []
     for label, names in (
         ("added", [e.display() for p, e in after.items() if p not in before]),
         ("removed", [e.display() for p, e in before.items() if p not in after]),
-        ("changed", [e.display() for p, e in after.items() if p in before and before[p] != e]),
+        ("changed", changed),
     ):
         if names:
             parts.append(f"{label} {', '.join(names)}")
-    unchanged = sum(1 for p, e in after.items() if before.get(p) == e)
-    parts.append(f"{unchanged} unchanged")
+    parts.append(f"{len(kept) - len(changed)} unchanged")
     logger.info("Configuration read again: endpoints %s", "; ".join(parts))

@@ -81,9 +81,25 @@ def install_shutdown_handlers(loop: asyncio.AbstractEventLoop, on_signal: Callab
     return restore_windows
 
 
+def install_reload_handler(loop: asyncio.AbstractEventLoop, on_reload: Callable[[], None]) -> Callable[[], None]:
+    """Route SIGHUP to `on_reload` in a single server process; returns a function that restores it. Windows
+    has no SIGHUP, and only the main thread may own signals: elsewhere nothing is installed."""
+    if IS_WINDOWS or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+
+    def restore() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return restore
+
+
 # -- multi-process mode ------------------------------------------------------------------------------
 
 CAN_FORK = hasattr(os, "fork") and not IS_WINDOWS
+# A running worker is handed a new socket as a descriptor over its Unix-socket channel (SCM_RIGHTS) on POSIX;
+# on Windows, with socket.share() as a spawned one is (export_socket).
+PASSES_DESCRIPTORS = hasattr(socket, "send_fds") and not IS_WINDOWS
 
 
 REUSE_PORT_BALANCES = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")

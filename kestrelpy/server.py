@@ -4,16 +4,25 @@ Order of a run: load the app, let the startup guard warn about binds it expects 
 endpoint, run lifespan startup, then start accepting. On SIGINT/SIGTERM: stop accepting, close idle
 connections, let in-flight requests finish within the graceful timeout, then run lifespan shutdown.
 A second signal closes everything at once.
+
+A supervised worker's listeners can change while it serves (change_listeners, for a SIGHUP reload whose
+only changes are endpoints): a listener that stays is never touched; one that is removed stops accepting
+and its connections are drained as for a graceful shutdown; one whose settings changed is drained the
+same way and served again, on the same listening socket, with its new settings. A single server process
+does the same on SIGHUP when it was handed `reread` and the configuration read again changed only
+endpoints (config_reload.py); any other change takes a restart, which it says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import anyio
@@ -92,6 +101,54 @@ def listener_class(cls: type[HttpConnection], protocols: tuple[str, ...], http2:
     return cast("type[HttpConnection]", type(cls.__name__, (cls,), namespace))
 
 
+def own_class(cls: type[HttpConnection]) -> type[HttpConnection]:
+    """A subclass of `cls` for one listener alone: retiring that listener can then reach the connections it
+    accepted that are not made yet (a TLS handshake still under way) without touching any other's."""
+    return cast("type[HttpConnection]", type(cls.__name__, (cls,), {"__slots__": ()}))
+
+
+@dataclass(eq=False)
+class Listener:
+    """One listening socket being served."""
+
+    sock: socket.socket  # as handed to the loop, which closes it when the listener closes
+    served: asyncio.AbstractServer
+    tls: ServerTls | None
+    cls: type[HttpConnection]  # made for this listener (own_class)
+    name: object = field(init=False)  # the socket's address: what a reload names it by
+
+    def __post_init__(self) -> None:
+        self.name = self.sock.getsockname()
+
+    def url(self) -> str:
+        url = listen_url(self.sock)
+        return "https" + url[4:] if self.tls else url
+
+    def accepted(self, local: object) -> bool:
+        """Whether a connection whose local address is `local` came through this listener."""
+        name = self.name
+        if not isinstance(name, tuple) or not isinstance(local, tuple):
+            return local == name
+        if len(local) != len(name) or local[1] != name[1]:  # another family, another port
+            return False
+        try:
+            return local[0] == name[0] or ipaddress.ip_address(name[0]).is_unspecified
+        except ValueError:
+            return False
+
+
+@dataclass(eq=False)
+class Serving:
+    """What serve() sets up once, kept while it runs so listeners can be opened later (change_listeners)."""
+
+    state: ServerState
+    loop: asyncio.AbstractEventLoop
+    protocol: type[HttpConnection]  # the parser adapter
+    http2: Any  # http2_service(), None when HTTP/2 is off
+    listeners: list[Listener] = field(default_factory=list)
+    watched: set[ServerTls] = field(default_factory=set)  # the certificates whose files are watched
+
+
 def display_url(address: tuple[str, int]) -> str:
     host, port = address
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -120,6 +177,10 @@ class Server:
         self.linger_on_shutdown = False  # a supervised worker answers a last request on idle keep-alives
         self.serve_metrics = True  # a supervised worker leaves --metrics-bind to the supervisor
         self.metrics_address: tuple[str, int] | None = None  # where --metrics-bind listens, once it does
+        self._serving: Serving | None = None
+        self.reread: Callable[[], Config] | None = None  # SIGHUP reads the configuration again with it (POSIX)
+        self._owned: list[socket.socket] = []  # the sockets serve() bound itself, and closes at the end
+        self._reloading: asyncio.Future[None] | None = None
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint the config names: --host/--port, --bind, --urls, --uds and inherited sockets."""
@@ -168,17 +229,15 @@ class Server:
         http2_on = http2 is not None
         for endpoint in endpoints:
             listener_protocols(endpoint, http2_on)  # an HTTP/2-only endpoint without HTTP/2 stops here
-        tls = None
-        if any(e.tls for e in endpoints):
-            tls = TlsListeners(config.tls, endpoints, alpn=lambda e: listener_protocols(e, http2_on))
+        tls = self._tls_listeners(endpoints, http2_on)
         if sockets is not None:
             await self._serve_sockets(app, upgrade, http2, sockets, tls)
             return
-        sockets = bind_endpoints(endpoints, config.backlog)
+        self._owned = bind_endpoints(endpoints, config.backlog)
         try:
-            await self._serve_sockets(app, upgrade, http2, sockets, tls)
+            await self._serve_sockets(app, upgrade, http2, list(self._owned), tls)
         finally:
-            close_sockets(sockets)
+            close_sockets(self._owned)
 
     async def _serve_sockets(
         self,
@@ -227,45 +286,181 @@ class Server:
         metrics_listener = await self._metrics_listener(loop, state, sockets)  # first: it may fail to bind
         heartbeat = self._heartbeat(state, loop)
         heartbeat.start()
-        if tls is not None:
-            tls.start_watching(loop)  # each process watches its certificate files for itself
         protocol = connection_class(config.http)
+        serving = self._serving = Serving(state, loop, protocol, http2)
+        try:
+            await self._open_listeners(sockets, tls)
+            logger.info(
+                "Started server process [%d] (%s, %s)",
+                os.getpid(),
+                platform.loop_name(loop),
+                protocol.__name__.replace("Connection", "").lower(),
+            )
+            for listener in serving.listeners:
+                logger.info("Listening on %s (press CTRL+C to quit)", listener.url())
+            restore_signals = (
+                platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
+            )
+            reloads = self.handle_signals and self.reread is not None and bool(self._owned)
+            restore_reload = platform.install_reload_handler(loop, self._on_reload) if reloads else lambda: None
+            self.started.set()
+            try:
+                await self._shutdown_requested.wait()
+                restore_reload()
+                if self._reloading is not None:
+                    await self._reloading
+                await self._drain([listener.served for listener in serving.listeners], state)
+            finally:
+                restore_reload()
+                restore_signals()
+        finally:
+            heartbeat.stop()
+            if metrics_listener is not None:
+                metrics_listener.close()
+            for served in serving.watched:
+                served.stop_watching()
+
+    def _tls_listeners(self, endpoints: Sequence[Endpoint], http2_on: bool) -> TlsListeners | None:
+        """The TLS of `endpoints` (None when none is TLS): built in every process that serves them."""
+        if not any(e.tls for e in endpoints):
+            return None
+        return TlsListeners(self.config.tls, endpoints, alpn=lambda e: listener_protocols(e, http2_on))
+
+    async def _open_listeners(self, sockets: Sequence[socket.socket], tls: TlsListeners | None) -> None:
+        """Serve `sockets` (listening already), each with the settings of the endpoint its address belongs to."""
+        serving = self._serving
+        assert serving is not None
+        state, http2, protocol = serving.state, serving.http2, serving.protocol
         endpoints = self.endpoints()
-        secure = self._tls_sockets(sockets, tls)
         # One connection class per (TLS, protocols) pair: a TLS class describes its own ServerTls.
         classes: dict[tuple[int, tuple[str, ...]], type[HttpConnection]] = {}
-        listeners = []
-        for sock, served in zip(sockets, secure, strict=True):
+        for sock, served in zip(sockets, self._tls_sockets(sockets, tls), strict=True):
             protocols = listener_protocols(listener_endpoint(sock.getsockname(), endpoints), http2 is not None)
             key = (id(served), protocols)
             if key not in classes:
                 base = tls_connection_class(protocol, served.describe) if served is not None else protocol
                 classes[key] = listener_class(base, protocols, http2)
-            listeners.append(await _listen(loop, sock, served, classes[key], state, config.backlog))
-        self.addresses = [socket_address(sock) for sock in sockets]
-        logger.info(
-            "Started server process [%d] (%s, %s)",
-            os.getpid(),
-            platform.loop_name(loop),
-            protocol.__name__.replace("Connection", "").lower(),
-        )
-        for sock, served in zip(sockets, secure, strict=True):
-            url = listen_url(sock)
-            logger.info("Listening on %s (press CTRL+C to quit)", "https" + url[4:] if served else url)
-        restore_signals = (
-            platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
-        )
-        self.started.set()
+            cls = own_class(classes[key])
+            accepting = await _listen(serving.loop, sock, served, cls, state, self.config.backlog)
+            serving.listeners.append(Listener(sock, accepting, served, cls))
+            if served is not None and served not in serving.watched:
+                served.start_watching(serving.loop)  # each process watches its certificate files for itself
+                serving.watched.add(served)
+        self.addresses = [socket_address(listener.sock) for listener in serving.listeners]
+
+    async def change_listeners(
+        self,
+        config: Config,
+        *,
+        add: Sequence[socket.socket] = (),
+        stop: Collection[object] = (),
+        change: Collection[object] = (),
+    ) -> None:
+        """Serve `config`, which differs from the running configuration only in its endpoints: listen on
+        `add` (listening sockets), stop listening on the listeners whose address is in `stop`, and serve those
+        in `change` with their new settings on the same socket. Connections of a stopped or changed listener
+        are drained (see _retire); every other listener and its connections stay as they are. A certificate
+        that does not load raises ConfigError before anything has changed."""
+        serving = self._serving
+        if serving is None or self.shutdown_requested:
+            raise KestrelpyError("the server is not serving")
+        running = self.config
+        reopened = [listener.sock.dup() for listener in serving.listeners if listener.name in change]
         try:
-            await self._shutdown_requested.wait()
-            await self._drain(listeners, state)
-        finally:
-            restore_signals()
-            heartbeat.stop()
-            if metrics_listener is not None:
-                metrics_listener.close()
-            if tls is not None:
-                tls.stop_watching()
+            self.config = config
+            new = [*reopened, *add]
+            named = [listener_endpoint(sock.getsockname(), self.endpoints()) for sock in new]
+            tls = self._tls_listeners([e for e in named if e is not None], serving.http2 is not None)
+        except BaseException:
+            self.config = running
+            close_sockets(reopened)
+            raise
+        drained = {}
+        for listener in [item for item in serving.listeners if item.name in stop or item.name in change]:
+            url = listener.url()
+            count = self._retire(listener)
+            if listener.name in stop:
+                logger.info("Stopped listening on %s; draining its %d connection(s)", url, count)
+            else:
+                drained[listener.name] = count
+        await self._open_listeners(new, tls)
+        for listener in serving.listeners[len(serving.listeners) - len(new) :]:
+            if listener.name in drained:
+                logger.info(
+                    "Serving %s with its new settings; draining %d connection(s) made with the old ones",
+                    listener.url(),
+                    drained[listener.name],
+                )
+            else:
+                logger.info("Listening on %s", listener.url())
+
+    def _on_reload(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            logger.warning("SIGHUP received while the last one is being applied; ignored")
+            return
+        self._reloading = asyncio.ensure_future(self.reload())
+        self._reloading.add_done_callback(_log_failure)
+
+    async def reload(self) -> None:
+        """SIGHUP in a single server process: the configuration read again with `reread` and, when only its
+        endpoints changed, served in place (change_listeners). Anything else takes a restart: it is said,
+        and the running configuration stays, as it does when the new one cannot be used."""
+        from kestrelpy.config_reload import reload_config
+
+        assert self.reread is not None
+        reloaded = reload_config(self.config, self._owned, self.reread)
+        if reloaded is None:
+            return
+        if reloaded.how != "listeners":
+            reloaded.abandon()
+            changed = [*reloaded.settings, *(["workers"] if reloaded.count_changed else [])]
+            if changed:
+                logger.error(
+                    "Not reloading the configuration, the running one stays: %s changed, which a single server "
+                    "process takes up only when restarted",
+                    ", ".join(changed),
+                )
+            return
+        try:
+            await self.change_listeners(
+                reloaded.config, add=reloaded.added, stop=reloaded.stopped, change=reloaded.changed
+            )
+        except KestrelpyError as exc:
+            reloaded.abandon()
+            logger.error("Not reloading the configuration, the running one stays: %s", exc)
+            return
+        reloaded.commit()
+        assert self._serving is not None
+        self._owned = [listener.sock for listener in self._serving.listeners]  # a changed one's is a new duplicate
+
+    def _retire(self, listener: Listener) -> int:
+        """Stop accepting on `listener` and drain what it accepted, as a graceful shutdown drains every
+        connection: idle ones close, busy ones after their current response (with `Connection: close`),
+        and whatever is left after --timeout-graceful-shutdown is closed. Returns how many it drains."""
+        serving = self._serving
+        assert serving is not None
+        state = serving.state
+        serving.listeners.remove(listener)
+        listener.served.close()
+        draining = [conn for conn in state.connections if listener.accepted(_local_address(conn))]
+        for conn in draining:
+            conn.shutdown()
+        # Accepted before the listener closed but made only later (a TLS handshake was under way): drained too.
+        listener.cls.connection_made = _drained_on_arrival(listener.cls, draining)  # type: ignore[method-assign,assignment]
+
+        def close_what_is_left() -> None:
+            for conn in draining:
+                if conn in state.connections:
+                    conn.cancel_app()
+                    conn.abort()
+
+        serving.loop.call_later(self.config.timeout_graceful_shutdown, close_what_is_left)
+        in_use = {item.tls for item in serving.listeners}
+        for served in serving.watched - in_use:
+            served.stop_watching()
+            serving.watched.discard(served)
+        self.addresses = [socket_address(item.sock) for item in serving.listeners]
+        return len(draining)
 
     async def _metrics_listener(
         self, loop: asyncio.AbstractEventLoop, state: ServerState, sockets: list[socket.socket]
@@ -290,7 +485,7 @@ class Server:
         logger.info("Metrics at %s/metrics", listen_url(sock))
         return listener
 
-    def _tls_sockets(self, sockets: list[socket.socket], tls: TlsListeners | None) -> list[ServerTls | None]:
+    def _tls_sockets(self, sockets: Sequence[socket.socket], tls: TlsListeners | None) -> list[ServerTls | None]:
         """The TLS each socket is served with (None: plain), told from the endpoint its address belongs to
         (as a worker must)."""
         if tls is None:
@@ -348,6 +543,35 @@ class Server:
         for conn in list(state.connections):
             conn.cancel_app()
             conn.abort()
+
+
+def _drained_on_arrival(cls: type[HttpConnection], draining: list[Any]) -> Callable[[HttpConnection, Any], None]:
+    """`cls.connection_made` for a retired listener's class: the connection is made as before, then drained
+    (whatever now serves its transport: itself, or the HTTP/2 connection that took it over) and added to
+    `draining`."""
+    made = cast("type[HttpConnection]", cls.__mro__[1]).connection_made
+
+    def connection_made(self: HttpConnection, transport: Any) -> None:
+        made(self, transport)
+        connections = self.state.connections
+        for arrived in [conn for conn in connections if getattr(conn, "transport", None) is transport]:
+            arrived.shutdown()
+            draining.append(arrived)
+
+    return connection_made
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Reloading the configuration failed", exc_info=task.exception())
+
+
+def _local_address(conn: Any) -> object:
+    """The local address of a connection's transport (None once it has lost its transport)."""
+    try:
+        return conn.transport.get_extra_info("sockname")
+    except AttributeError:
+        return None
 
 
 async def _listen(
@@ -421,11 +645,17 @@ def _warn_predicted_failures(endpoints: list[Endpoint], tls: TlsOptions | None =
             logger.warning("predicted: %s on %s — trying anyway", finding.code, where)
 
 
-def run_server(config: Config, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
-    """Run one server in this process to completion, on a new event loop of the configured kind.
-    (Several workers, --reload or a recycling limit need the supervisor instead: see cli.serve.)"""
+def run_server(
+    config: Config,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    reread: Callable[[], Config] | None = None,
+) -> None:
+    """Run one server in this process to completion, on a new event loop of the configured kind; on SIGHUP
+    it reads the configuration again with `reread` (see Server.reload). (Several workers, --reload or a
+    recycling limit need the supervisor instead: see cli.serve.)"""
     factory = loop_factory or platform.loop_factory(config.loop)
     server = Server(config)
+    server.reread = reread
     runner_cls = getattr(asyncio, "Runner", None)
     if runner_cls is not None:
         with runner_cls(loop_factory=factory) as runner:

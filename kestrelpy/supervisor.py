@@ -15,15 +15,21 @@ Each worker has one end of a socketpair, its *channel*, and writes one line per 
     metrics JSON       with --metrics-bind: the worker's metrics totals, with each ping and on exit
                        (kestrelpy/metrics/snapshot.py; the supervisor serves their sum)
 
-The supervisor writes `stop` (drain, as SIGTERM does) or `force` (close everything now). End of file
-on the channel tells a worker its supervisor is gone, and it drains and exits. The worker's side of
+    listeners-changed  it serves the endpoints a `listeners` line described
+    listeners-failed MSG  it could not (MSG is JSON); the supervisor replaces it
+
+The supervisor writes `stop` (drain, as SIGTERM does), `force` (close everything now) or, after a SIGHUP
+that changed only endpoints, `listeners PAYLOAD`: a ListenerChange (which listeners to open, stop and
+serve with new settings), pickled and in base64; the sockets to open travel with it as descriptors
+(SCM_RIGHTS) on POSIX and as `socket.share()` blobs inside it on Windows. End of file on the channel
+tells a worker its supervisor is gone, and it drains and exits. The worker's side of
 all this is worker.py, which the supervisor is handed as a `WorkerMain`: it never imports the server.
 
 A worker's life, as the supervisor sees it:
 
     state      event                                   next
     starting   `ready`                                 serving
-    serving    `recycle`, SIGHUP roll                  retiring   (a replacement is started)
+    serving    `recycle`, SIGHUP roll, `listeners-failed`  retiring   (a replacement is started)
     retiring   its replacement is `ready`              stopping   (`stop` is sent)
     any        SIGINT/SIGTERM, SIGTTOU, reload         stopping
     stopping   exit, or killed past its deadline       gone
@@ -33,12 +39,16 @@ A worker's life, as the supervisor sees it:
     starting   no `ready` within --timeout-worker-startup killed, then gone and replaced
 
 A worker that exits before `ready` with `fatal` stops the whole server with that exit code (3 for a
-failed lifespan startup), except under --reload, where the supervisor waits for the next change.
+failed lifespan startup), except under --reload, where the supervisor waits for the next change, and
+except the first replacement of a SIGHUP: if it exits (or is killed) before `ready`, the reload is
+abandoned, and the running workers keep serving the configuration they have.
 Five unexpected exits within ten seconds is a crash loop and stops the server (exit code 1).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -52,10 +62,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kestrelpy import platform
 from kestrelpy.config import Config
@@ -65,6 +75,9 @@ from kestrelpy.metrics.listener import METRICS_BACKLOG, SelectListener
 from kestrelpy.metrics.snapshot import Aggregate
 from kestrelpy.sockets import bind_endpoints, bind_reuse_port, close_sockets, listen_url
 
+if TYPE_CHECKING:
+    from kestrelpy.config_reload import Reloaded
+
 logger = logging.getLogger("kestrelpy.error")
 
 CRASH_LIMIT = 5  # unexpected exits ...
@@ -72,6 +85,7 @@ CRASH_WINDOW = 10.0  # ... within this many seconds stop the server
 BACKOFF_FIRST = 0.1  # seconds before replacing a crashed worker, doubled per recent crash
 BACKOFF_MAX = 5.0
 STOP_MARGIN = 5.0  # seconds past --timeout-graceful-shutdown before a stopping worker is killed
+SEND_TIMEOUT = 2.0  # seconds a worker's channel may take a `listeners` line before the worker is replaced
 
 
 class WorkerStartupError(KestrelpyError):
@@ -117,6 +131,56 @@ def spawned_worker_main() -> None:
     sockets = [platform.import_socket(item) for item in payload["sockets"]]
     channel = platform.import_socket(payload["channel"])
     sys.exit(spec.main(spec, sockets, channel))
+
+
+# -- changing a running worker's listeners ---------------------------------------------------------
+
+Exported = tuple[str, Any]  # a socket as hand_over() describes it to one worker
+
+
+@dataclass(frozen=True)
+class ListenerChange:
+    """What a worker is told by a SIGHUP that changed only endpoints (config_reload.py)."""
+
+    settings: dict[str, Any]  # the new values of the Config fields that say where and how to listen
+    stop: tuple[object, ...] = ()  # addresses (getsockname()) of the listeners to stop; drained
+    change: tuple[object, ...] = ()  # addresses of the listeners to serve with new settings; drained, reopened
+    add: tuple[Exported, ...] = ()  # the sockets to listen on as well
+
+
+def hand_over(
+    sockets: Sequence[socket.socket], pid: int, *, share: bool = not platform.PASSES_DESCRIPTORS
+) -> tuple[tuple[Exported, ...], list[int]]:
+    """How `sockets` reach the running worker `pid`: as descriptors sent with the line (("passed", i), the
+    i-th of them) or, with `share` (Windows), as socket.share() blobs inside it."""
+    if share:
+        return tuple(platform.export_socket(sock, pid) for sock in sockets), []
+    return tuple(("passed", i) for i in range(len(sockets))), [sock.fileno() for sock in sockets]
+
+
+def encode_listener_change(change: ListenerChange) -> bytes:
+    """The channel line for `change` (base64 keeps it one line of ASCII, which no other command matches)."""
+    return b"listeners " + base64.b64encode(pickle.dumps(change)) + b"\n"
+
+
+def decode_listener_change(payload: str) -> ListenerChange:
+    """The worker's side of encode_listener_change (what follows `listeners `); ValueError if it is not one."""
+    try:
+        change = pickle.loads(base64.b64decode(payload, validate=True))
+    except (binascii.Error, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as exc:
+        raise ValueError(f"not a listener change: {exc}") from None
+    if not isinstance(change, ListenerChange):
+        raise ValueError("not a listener change")
+    return change
+
+
+def open_handed(
+    exported: Sequence[Exported],
+    passed: Sequence[int],
+    opener: Callable[[Exported], socket.socket] = platform.import_socket,
+) -> list[socket.socket]:
+    """The sockets of a ListenerChange, in the worker: `passed` are the descriptors that came with its line."""
+    return [socket.socket(fileno=passed[int(i)]) if kind == "passed" else opener((kind, i)) for kind, i in exported]
 
 
 # -- starting a worker ----------------------------------------------------------------------------
@@ -245,6 +309,18 @@ class Worker:
         return self.process.pid
 
 
+@dataclass(eq=False)
+class _Trial:
+    """A SIGHUP's worker replacement until its first new worker serves: what to go back to if it cannot."""
+
+    config: Config
+    sockets: list[socket.socket]
+    target: int
+    reloaded: Reloaded | None  # None: the configuration was not read again
+    first: Worker | None = None  # the first worker started with the new configuration
+    started: list[Worker] = field(default_factory=list)  # every worker started with it so far
+
+
 @dataclass
 class _Watch:
     """Files changed under --reload, handed from the watcher thread to the supervisor's loop."""
@@ -275,6 +351,7 @@ class Supervisor:
         self._signals: deque[int] = deque()
         self._roles = platform.supervisor_signals()
         self._rolling: deque[Worker] = deque()
+        self._trial: _Trial | None = None
         self._crashes: deque[float] = deque()
         self._respawn_at = 0.0
         self._stopping = False
@@ -461,10 +538,7 @@ class Supervisor:
             logger.info("Supervisor received %s; stopping %d worker(s)", name, len(self.workers))
             self._stop_all(now)
         elif role == "roll" and not self._stopping:
-            if self._reread is not None and not self._reload_config():
-                return
-            self._rolling = deque(w for w in self.workers if w.state in ("starting", "serving"))
-            logger.info("Supervisor received %s; replacing %d worker(s) one at a time", name, len(self._rolling))
+            self._reload(name)
         elif role == "add" and not self._stopping:
             self.target += 1
             logger.info("Supervisor received %s; now %d worker(s)", name, self.target)
@@ -473,19 +547,108 @@ class Supervisor:
                 self.target -= 1
             logger.info("Supervisor received %s; now %d worker(s)", name, self.target)
 
-    def _reload_config(self) -> bool:
-        """SIGHUP: the configuration read again, and the sockets it needs, for the workers started from now
-        on; False when the new one cannot be used (the running one stays, nothing is replaced)."""
+    def _reload(self, name: str) -> None:
+        """SIGHUP: the configuration read again (config_reload.py), then applied in the least disruptive way
+        that serves all of it: listeners changed in place, workers added or stopped, or every worker replaced."""
+        if self._trial is not None:
+            logger.warning(
+                "Supervisor received %s while the first worker of the last reload is starting; ignored", name
+            )
+            return
+        trial = _Trial(self.config, self.sockets, self.target, None)
+        if self._reread is None:
+            self._replace_all(trial, f"{name} received")
+            return
         from kestrelpy.config_reload import reload_config
 
-        assert self._reread is not None
         reloaded = reload_config(self.config, self.sockets, self._reread)
         if reloaded is None:
-            return False
-        if reloaded.config.workers != self.config.workers:  # else SIGTTIN/SIGTTOU's count stays
-            self.target = reloaded.config.workers
+            return
+        trial.reloaded = reloaded
         self.config, self.sockets = reloaded.config, reloaded.sockets
+        if reloaded.count_changed:  # else SIGTTIN/SIGTTOU's count stays
+            self.target = reloaded.config.workers
+        how = reloaded.how
+        if how == "replace":
+            changed = ", ".join(reloaded.settings)
+            self._replace_all(
+                trial, f"{changed} changed" if changed else "nothing changed, so the app is imported afresh"
+            )
+            return
+        reloaded.commit()
+        if how == "listeners":
+            running = [w for w in self.workers if w.state in ("starting", "serving", "retiring")]
+            logger.info(
+                "Only endpoints changed: changing the listeners of %d worker(s) in place; no worker is replaced",
+                len(running),
+            )
+            for worker in running:
+                self._hand_listeners(worker, reloaded)
+        else:
+            logger.info("Only the worker count changed: now %d worker(s); no worker is replaced", self.target)
+
+    def _replace_all(self, trial: _Trial, why: str) -> None:
+        self._trial = trial
+        self._rolling = deque(w for w in self.workers if w.state in ("starting", "serving"))
+        logger.info("Replacing %d worker(s) one at a time: %s", len(self._rolling), why)
+
+    def _hand_listeners(self, worker: Worker, reloaded: Reloaded) -> None:
+        """Tell a running worker which listeners to open, stop and serve anew; one that cannot be told is replaced."""
+        exported, fds = hand_over(reloaded.added, worker.pid)
+        change = ListenerChange(reloaded.endpoint_settings(), reloaded.stopped, reloaded.changed, exported)
+        if not self._send(worker, encode_listener_change(change), fds):
+            self._replace(worker, "could not be sent the new endpoints")
+
+    def _send(self, worker: Worker, line: bytes, fds: list[int]) -> bool:
+        channel = worker.channel
+        if channel is None:
+            return False
+        try:
+            channel.settimeout(SEND_TIMEOUT)
+            sent = socket.send_fds(channel, [line], fds) if fds else 0  # the descriptors go with the first byte
+            channel.sendall(line[sent:])
+        except OSError:
+            return False
+        finally:
+            channel.setblocking(False)
         return True
+
+    def _replace(self, worker: Worker, why: str) -> None:
+        if worker.state in ("starting", "serving"):
+            worker.state = "retiring"
+            logger.warning("Replacing worker [%d]: it %s", worker.pid, why)
+
+    def _commit(self, worker: Worker | None) -> None:
+        """The first worker with the new configuration serves (or none was left to replace): the reload stands."""
+        trial = self._trial
+        assert trial is not None
+        self._trial = None
+        if trial.reloaded is not None:
+            trial.reloaded.commit()
+        if worker is not None:
+            logger.info("Worker [%d] serves the new configuration; replacing the others", worker.pid)
+
+    def _abandon(self, worker: Worker, why: str) -> None:
+        """The first worker with the new configuration did not start: go back to the running one."""
+        trial = self._trial
+        assert trial is not None
+        self._trial = None
+        self.config, self.sockets, self.target = trial.config, trial.sockets, trial.target
+        if trial.reloaded is not None:
+            trial.reloaded.abandon()
+        for old in self._rolling:
+            if old.state == "retiring":
+                old.state = "serving"
+        self._rolling.clear()
+        now = self._clock()
+        for started in trial.started:
+            if started in self.workers and started.state != "stopping":
+                self._stop(started, now)
+        logger.error(
+            "Reload abandoned: worker [%d] %s; the running workers keep serving the configuration they have",
+            worker.pid,
+            why,
+        )
 
     def _stop_all(self, now: float) -> None:
         self._stopping = True
@@ -520,6 +683,8 @@ class Supervisor:
         if kind == "ready" and worker.state == "starting":
             worker.state = "serving"
             logger.info("Worker [%d] is serving", worker.pid)
+            if self._trial is not None and worker is self._trial.first:
+                self._commit(worker)
             if not self._all_serving_logged and self._count("serving") >= self.target:
                 self._all_serving_logged = True
                 logger.info("All %d worker(s) are serving", self.target)
@@ -529,6 +694,10 @@ class Supervisor:
             self.metrics.recycles += 1
             worker.state = "retiring"
             logger.info("Replacing worker [%d]: it %s", worker.pid, rest)
+        elif kind == "listeners-changed":
+            logger.info("Worker [%d] serves the new endpoints", worker.pid)
+        elif kind == "listeners-failed":
+            self._replace(worker, f"could not serve the new endpoints: {_message(rest)}")
         elif kind == "fatal":
             code, _, message = rest.partition(" ")
             try:
@@ -544,6 +713,13 @@ class Supervisor:
             worker.channel.close()
             worker.channel = None
         how = platform.describe_exit(code)
+        trial = self._trial
+        if trial is not None and worker is trial.first and not self._stopping:
+            after = f"after it {worker.killed_because}" if worker.killed_because else "while starting"
+            failed = worker.fatal[1] if worker.fatal else f"it {how} {after}"
+            why = f"could not start with it: {failed}"
+            self._abandon(worker, why)
+            return
         if worker.state == "stopping" and not worker.killed_because:
             logger.info("Worker [%d] stopped (%s)", worker.pid, how)
             return
@@ -626,6 +802,8 @@ class Supervisor:
                 head.state = "retiring"
                 logger.info("Replacing worker [%d]", head.pid)
             return
+        if self._trial is not None and self._trial.first is None:
+            self._commit(None)  # every worker to replace left before a replacement started
 
     def _keep_count(self, now: float) -> None:
         fresh = [w for w in self.workers if w.state in ("starting", "serving")]
@@ -666,7 +844,12 @@ class Supervisor:
         close_in_child += [self._wake_r.fileno(), self._wake_w.fileno(), *(s.fileno() for s in self._placeholders)]
         process, channel = self._start(spec, self.sockets, close_in_child)
         channel.setblocking(False)
-        self.workers.append(Worker(process, channel, started_at=now, last_seen=now))
+        worker = Worker(process, channel, started_at=now, last_seen=now)
+        self.workers.append(worker)
+        if self._trial is not None:
+            self._trial.started.append(worker)
+            if self._trial.first is None:
+                self._trial.first = worker
         logger.info("Started worker [%d]", process.pid)
 
     def _stop(self, worker: Worker, now: float) -> None:
@@ -722,6 +905,14 @@ class Supervisor:
                     pass
 
         return threading.Thread(target=watch, args=(on_changes, self._watch_stop), name="kestrelpy-reload", daemon=True)
+
+
+def _message(encoded: str) -> str:
+    """A JSON string from the channel, or the text itself if it is not one."""
+    try:
+        return str(json.loads(encoded))
+    except ValueError:
+        return encoded
 
 
 def run_supervisor(config: Config, worker_main: WorkerMain, reread: Callable[[], Config] | None = None) -> int:

@@ -13,18 +13,20 @@ import logging
 import os
 import socket
 import traceback
+from collections import deque
 
 from kestrelpy import platform
 from kestrelpy.errors import BindError, KestrelpyError
 from kestrelpy.metrics import snapshot as metrics_snapshot
 from kestrelpy.metrics.recorder import Snapshot
 from kestrelpy.server import Server
-from kestrelpy.sockets import bind_reuse_port
-from kestrelpy.supervisor import WorkerSpec
+from kestrelpy.sockets import bind_reuse_port, close_sockets
+from kestrelpy.supervisor import ListenerChange, WorkerSpec, decode_listener_change, open_handed
 
 logger = logging.getLogger("kestrelpy.error")
 
 MIB = 1024 * 1024
+MAX_PASSED = 64  # descriptors one read of the channel takes (a ListenerChange's new sockets)
 
 
 class ChannelWriter:
@@ -70,6 +72,8 @@ class WorkerRun:
         self.sockets = sockets
         self.channel = channel
         self.out = ChannelWriter(channel)
+        self._passed: deque[int] = deque()  # descriptors received with the channel's lines, not yet taken
+        self._changes: asyncio.Queue[tuple[ListenerChange, list[socket.socket]]] = asyncio.Queue()
 
     async def run(self) -> int:
         self.channel.setblocking(False)
@@ -98,6 +102,7 @@ class WorkerRun:
         restore_signals = platform.install_worker_signal_handlers(asyncio.get_running_loop(), on_terminate)
         started = asyncio.ensure_future(server.started.wait())
         listen = asyncio.ensure_future(self._listen(server, serve))
+        changes = asyncio.ensure_future(self._apply_changes(server))
         ping: asyncio.Future[None] | None = None
         try:
             await asyncio.wait({serve, started}, return_when=asyncio.FIRST_COMPLETED)
@@ -118,36 +123,116 @@ class WorkerRun:
             return 0
         finally:
             restore_signals()
-            for task in (started, listen, ping):
+            for task in (started, listen, changes, ping):
                 if task is not None:
                     task.cancel()
+            while not self._changes.empty():
+                close_sockets(self._changes.get_nowait()[1])
             if self.spec.config.metrics_bind:
                 self.out.send_snapshot(server.metrics_snapshot())  # its last counts, before it exits
             self.out.finish(1.0)
 
     async def _listen(self, server: Server, serve: asyncio.Future[None]) -> None:
+        pending = b""
+        while True:
+            data = await self._receive()
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                if not self._obey(line.decode("ascii", "replace"), server, serve):
+                    return
+            if not data:  # the supervisor died: drain and leave rather than serve unsupervised
+                self._obey("", server, serve)
+                return
+
+    def _obey(self, line: str, server: Server, serve: asyncio.Future[None]) -> bool:
+        """Act on one line from the supervisor ("" for end of file); False when nothing more is to be read."""
+        command, _, rest = line.partition(" ")
+        if not server.started.is_set() and command in ("", "stop", "force"):
+            # Nothing is in flight yet, and an import or lifespan startup may never finish: leave now.
+            gone = "lost its supervisor" if not command else "was asked to stop"
+            logger.warning("Worker [%d] %s while starting; leaving", os.getpid(), gone)
+            serve.cancel()
+            return False
+        if not command:
+            if not server.shutdown_requested:
+                logger.warning("Worker [%d] lost its supervisor; shutting down", os.getpid())
+                server.request_shutdown()
+            return False
+        if command == "force":
+            server.request_shutdown()
+            server.request_shutdown()
+        elif command == "stop" and not server.shutdown_requested:
+            server.request_shutdown()
+        elif command == "listeners":
+            self._take_change(rest)
+        return True
+
+    def _take_change(self, payload: str) -> None:
+        """Queue a ListenerChange with its sockets (the descriptors that came with its line, in order)."""
+        try:
+            change = decode_listener_change(payload)
+        except ValueError as exc:
+            self.out.send_line(f"listeners-failed {json.dumps(str(exc))}")
+            return
+        passed = [self._passed.popleft() for kind, _ in change.add if kind == "passed" and self._passed]
+        try:
+            sockets = open_handed(change.add, passed)
+        except (OSError, IndexError, ValueError) as exc:
+            for fd in passed:
+                os.close(fd)
+            self.out.send_line(f"listeners-failed {json.dumps(f'cannot open the new sockets: {exc}')}")
+            return
+        self._changes.put_nowait((change, sockets))
+
+    async def _apply_changes(self, server: Server) -> None:
+        """Serve each ListenerChange in turn, once the server serves (one may come while it starts)."""
+        await server.started.wait()
+        while True:
+            change, sockets = await self._changes.get()
+            try:
+                config = server.config.replace(**change.settings)
+                await server.change_listeners(config, add=sockets, stop=change.stop, change=change.change)
+            except (KestrelpyError, OSError) as exc:
+                close_sockets(sockets)
+                logger.error("Worker [%d] cannot serve the new endpoints: %s", os.getpid(), exc)
+                self.out.send_line(f"listeners-failed {json.dumps(str(exc))}")
+            else:
+                self.out.send_line("listeners-changed")
+
+    async def _receive(self) -> bytes:
+        """What the supervisor wrote next (b"" at end of file); descriptors sent with it join `_passed`."""
         loop = asyncio.get_running_loop()
+        if not platform.PASSES_DESCRIPTORS:
+            try:
+                return await loop.sock_recv(self.channel, 4096)
+            except OSError:
+                return b""
         while True:
             try:
-                data = await loop.sock_recv(self.channel, 256)
+                data, fds, flags, _ = socket.recv_fds(self.channel, 65536, MAX_PASSED)
+            except BlockingIOError:
+                await self._readable(loop)
+                continue
             except OSError:
-                data = b""
-            if not server.started.is_set() and (not data or b"stop" in data or b"force" in data):
-                # Nothing is in flight yet, and an import or lifespan startup may never finish: leave now.
-                gone = "lost its supervisor" if not data else "was asked to stop"
-                logger.warning("Worker [%d] %s while starting; leaving", os.getpid(), gone)
-                serve.cancel()
-                return
-            if not data:  # the supervisor died: drain and leave rather than serve unsupervised
-                if not server.shutdown_requested:
-                    logger.warning("Worker [%d] lost its supervisor; shutting down", os.getpid())
-                    server.request_shutdown()
-                return
-            if b"force" in data:
-                server.request_shutdown()
-                server.request_shutdown()
-            elif b"stop" in data and not server.shutdown_requested:
-                server.request_shutdown()
+                return b""
+            if flags & getattr(socket, "MSG_CTRUNC", 0):
+                logger.error("Worker [%d] lost descriptors its supervisor sent (too many at once)", os.getpid())
+            self._passed.extend(fds)
+            return data
+
+    async def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
+        readable = loop.create_future()
+        fd = self.channel.fileno()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
 
     async def _ping(self, server: Server) -> None:
         spec = self.spec
