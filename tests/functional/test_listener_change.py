@@ -29,6 +29,7 @@ from tests.functional.test_http2 import h2_client as h2_client  # the fixture
 from tests.functional.test_http2_defences import head_block
 from tests.support.gate import Gate
 from tests.support.live_server import LiveServer
+from tests.support.manual_clock import ManualClock
 from tests.support.waiting import WAIT, wait_until
 
 websockets_client = pytest.importorskip("websockets.sync.client")
@@ -255,3 +256,27 @@ def test_an_unchanged_listener_keeps_its_http2_connection_and_websocket_session(
             assert echoes(session)
         assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in stays.events)
     assert wait_until(lambda: sessions.disconnects == [1012, 1000])
+
+
+def test_a_cleartext_connection_that_turns_to_http2_after_the_drain_began_is_drained(
+    serve_app: Callable[..., LiveServer],
+    loop_kind: str,
+    h2_client: Callable[..., H2Client],
+    manual_clock: ManualClock,
+) -> None:
+    """Drained while it had said nothing yet, then the HTTP/2 preface (prior knowledge) within the LINGER
+    timeout (the manual clock does not move): GOAWAY naming no stream, and the connection closes, as a
+    graceful shutdown ends an HTTP/2 connection with no stream."""
+    sessions = Sessions()
+    sockets, [kept, removed] = listening(2)
+    live = sessions.serve(serve_app, loop_kind, sockets, urls=endpoint_urls(kept, removed))
+    late = h2_client(removed[1], preface=False)
+    assert wait_until(lambda: len(live.connections()) == 1)  # accepted, and served as HTTP/1.1 so far
+    apply_change(live, live.config.replace(urls=endpoint_urls(kept)), stop=[removed])
+    late.h2.initiate_connection()
+    late.flush()
+    goaway = late.goaway()
+    assert goaway is not None and (goaway.error_code, goaway.last_stream_id) == (ErrorCodes.NO_ERROR, 0)
+    late.until(lambda e: False)
+    assert late.closed
+    assert wait_until(lambda: live.connections() == [])
