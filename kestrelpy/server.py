@@ -445,8 +445,10 @@ class Server:
         draining = [conn for conn in state.connections if listener.accepted(_local_address(conn))]
         for conn in draining:
             conn.shutdown()
-        # Accepted before the listener closed but made only later (a TLS handshake was under way): drained too.
+        # Accepted before the listener closed but made only later (a TLS handshake was under way), or turned
+        # to HTTP/2 only later (its cleartext preface came after the drain began): drained too.
         listener.cls.connection_made = _drained_on_arrival(listener.cls, draining)  # type: ignore[method-assign,assignment]
+        listener.cls.switch_to_http2 = _drained_on_switch(listener.cls, draining)  # type: ignore[method-assign,assignment]
 
         def close_what_is_left() -> None:
             for conn in draining:
@@ -553,12 +555,32 @@ def _drained_on_arrival(cls: type[HttpConnection], draining: list[Any]) -> Calla
 
     def connection_made(self: HttpConnection, transport: Any) -> None:
         made(self, transport)
-        connections = self.state.connections
-        for arrived in [conn for conn in connections if getattr(conn, "transport", None) is transport]:
-            arrived.shutdown()
-            draining.append(arrived)
+        _drain_transport(self.state, transport, draining)
 
     return connection_made
+
+
+def _drained_on_switch(cls: type[HttpConnection], draining: list[Any]) -> Callable[[HttpConnection, bytes], bool]:
+    """`cls.switch_to_http2` for a retired listener's class: a cleartext connection drained while it had not
+    said a word yet, whose HTTP/2 preface then arrives, is taken over as before and its HTTP/2 connection is
+    drained (GOAWAY) and added to `draining`; it would otherwise escape the drain."""
+    switch = cast("type[HttpConnection]", cls.__mro__[1]).switch_to_http2
+
+    def switch_to_http2(self: HttpConnection, received: bytes) -> bool:
+        transport = self.transport  # (the HTTP/2 connection has it once it took over)
+        if not switch(self, received):
+            return False
+        _drain_transport(self.state, transport, draining)
+        return True
+
+    return switch_to_http2
+
+
+def _drain_transport(state: ServerState, transport: Any, draining: list[Any]) -> None:
+    """Drain whatever now serves `transport` (an HTTP/1.1 connection, or the HTTP/2 one that took it over)."""
+    for arrived in [conn for conn in state.connections if getattr(conn, "transport", None) is transport]:
+        arrived.shutdown()
+        draining.append(arrived)
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
