@@ -843,9 +843,12 @@ class Http2Connection(asyncio.Protocol):
         if stream.unacked:
             self.acknowledge(stream, stream.unacked)
         if self.streams.pop(stream.stream_id, None) is not None and not self.streams:
-            if self._goaway_sent or self._goaway_received:
+            if self._goaway_received:
                 self._flush()
                 self.transport.close()
+            elif self._goaway_sent:
+                self._flush()
+                self._linger()
             else:
                 self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, self.state.clock())
 
@@ -929,7 +932,7 @@ class Http2Connection(asyncio.Protocol):
         self._flush()
         self.transport.write(frame.serialize())
         if not self.streams:
-            self.transport.close()
+            self._linger()  # what the client sent meanwhile must not reset the GOAWAY away
 
     def cancel_app(self) -> None:
         for stream in list(self.streams.values()):
