@@ -144,6 +144,8 @@ class Http2Service:
         h2conn.connection_made(transport)
         if received:
             h2conn.data_received(received)
+        if state.shutting_down:  # it became HTTP/2 only after the drain began (--shutdown-delay is over)
+            h2conn.shutdown()
 
 
 class Http2Stream:

@@ -720,6 +720,25 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app
     assert live.join()
 
 
+def test_a_connection_that_turns_to_http2_after_shutdown_began_gets_goaway(serve_app, h2_client) -> None:
+    """Accepted before the drain, its preface (prior knowledge) only after: drained as HTTP/2 (GOAWAY naming
+    no stream), not served as a fresh connection that the shutdown has already passed by (whose only end would
+    be the forced close at the graceful timeout: the keep-alive timeout's GOAWAY is kept out of reach)."""
+    live = serve_app(echo_app, keep_alive_timeout=60.0, timeout_graceful_shutdown=3.0)
+    late = h2_client(live.port, preface=False)
+    assert wait_until(lambda: len(live.connections()) == 1)
+    live.request_shutdown()
+    assert wait_until(
+        lambda: live.server is not None and live.server._state is not None and live.server._state.shutting_down
+    )
+    late.h2.initiate_connection()
+    late.flush()
+    goaway = late.goaway()
+    assert goaway is not None and (goaway.error_code, goaway.last_stream_id) == (ErrorCodes.NO_ERROR, 0)
+    late.sock.close()
+    assert live.join()
+
+
 def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None:
     """RFC 9113 section 8.2.3: a client may split the cookie into several fields; the app gets one."""
     seen: list[list[tuple[bytes, bytes]]] = []
