@@ -9,10 +9,11 @@ one attribute test for it when off. What a protocol calls, whichever protocol it
     ServerState.connection_closed(conn, why) when it is gone; `why` is the RequestRejection that ended
                                              it, an error.type string, or None
     handshake_started(conn) / handshake_done(conn, ssl_object)   around a TLS handshake
-    clock() / request_ended(cycle, started)  once per request, as its app starts and ends (or
-        / request_aborted(cycle, started, why)   request_aborted, its response cut short): the
-                                             RequestCycle does this, so a protocol that carries its
-                                             requests in RequestCycles has nothing more to do
+    clock() / index / request_done(cycle, elapsed, why)   once per request, as its app starts and
+                                             ends: RequestCycle.run counts a whole response whose
+                                             series is in `index` itself and calls request_done for
+                                             the rest, so a protocol that carries its requests in
+                                             RequestCycles has nothing more to do
     conn.active_cycles                       the RequestCycles a connection's apps are answering now,
                                              read for each snapshot (http.server.active_requests):
                                              no per-request cost
@@ -35,6 +36,7 @@ from kestrelpy.protocols.rejection import RequestRejection
 Series = list[float]  # a histogram's counts per bucket (the last is +Inf), then the sum of the values
 Value = float | Series
 Snapshot = dict[str, dict[tuple[str, ...], Value]]  # instrument name -> attribute values -> value
+RequestIndex = dict[str, dict[str, dict[str, dict[int, Series]]]]  # method, scheme, version, status -> series
 
 # error.type of a connection a rejection ended: Kestrel's value where it names the same cause, else the
 # rejection's own name (Kestrel lumps the others together as invalid_request_headers / _line).
@@ -79,12 +81,12 @@ class Metrics:
     __slots__ = (
         "_connections",
         "_handshakes",
-        "_index",
         "_opened",
         "_requests",
         "_tls",
         "clock",
         "handshake_timeout",
+        "index",
         "rejected",
     )
 
@@ -93,8 +95,9 @@ class Metrics:
         self.handshake_timeout = handshake_timeout  # the loop closes a handshake still running after this
         # (method, scheme, version, status, aborted) -> Series; status 0 = none was sent
         self._requests: dict[tuple[str, str, str, int, str], Series] = {}
-        # The same series of whole responses, by method, scheme, version and status: the fast lookup.
-        self._index: dict[str, dict[str, dict[str, dict[int, Series]]]] = {}
+        # The same series of whole responses, by method, scheme, version and status: what RequestCycle.run
+        # looks up itself (None: it calls request_done for every request, as OtelMetrics wants).
+        self.index: RequestIndex | None = {}
         self._opened: dict[object, float] = {}  # live connection -> when it was accepted
         self._connections: dict[tuple[str], Series] = {}  # (error.type,) -> durations of closed connections
         self._handshakes: dict[weakref.ref[Any], float] = {}  # connection in its TLS handshake -> since
@@ -103,32 +106,12 @@ class Metrics:
 
     # -- requests (RequestCycle.run) --------------------------------------------------------------
 
-    def request_ended(self, cycle: Any, started: float) -> None:
-        """`cycle` (a RequestCycle whose app started at `started`, by `clock`) completed its response
-        with `cycle.status`. Written for this, the common case: four dictionary subscripts and a
-        comparison or three (a tuple key and bisect() cost as much as the rest of the metrics together)."""
-        clock = self.clock  # a slot read: calling `self.clock()` looks the attribute up unspecialised
-        elapsed = clock() - started
-        scope = cycle.scope
-        try:
-            series = self._index[scope["method"]][scope["scheme"]][scope["http_version"]][cycle.status]
-        except KeyError:
-            series = self._request_series(cycle, "")
-        # REQUEST_BOUNDS[:3] as literals: a comparison costs a tenth of the call to bisect()
-        if elapsed <= 0.005:
-            series[0] += 1
-        elif elapsed <= 0.01:
-            series[1] += 1
-        elif elapsed <= 0.025:
-            series[2] += 1
-        else:
-            series[bisect_left(inst.REQUEST_BOUNDS, elapsed)] += 1
-        series[15] += elapsed  # the sum (a positive index: -1 takes Python's slower path)
-
-    def request_aborted(self, cycle: Any, started: float, reason: str) -> None:
-        """`cycle`'s response was never completed, for `reason` (its error.type); `cycle.status` is
-        the status it had sent, if any (0: none)."""
-        observe(self._request_series(cycle, reason), inst.REQUEST_BOUNDS, self.clock() - started)
+    def request_done(self, cycle: Any, elapsed: float, aborted: str) -> None:
+        """`cycle`'s app ran for `elapsed` seconds: its response was completed with `cycle.status`
+        (`aborted` ""), or cut short for `aborted` (its error.type; `cycle.status` is the status it had
+        sent, 0 for none). RequestCycle.run counts a whole response of a series already in `index`
+        itself, without a call (a call costs as much as the counting); everything else lands here."""
+        observe(self._request_series(cycle, aborted), inst.REQUEST_BOUNDS, elapsed)
 
     def _request_series(self, cycle: Any, aborted: str) -> Series:
         """The series of a request the index has none for. A method outside KNOWN_METHODS is counted as
@@ -142,8 +125,8 @@ class Metrics:
         series = self._requests.get(key)
         if series is None:
             series = self._requests[key] = new_series(inst.REQUEST_BOUNDS)
-        if method != inst.OTHER_METHOD and not aborted:
-            self._index.setdefault(method, {}).setdefault(scheme, {}).setdefault(version, {})[status] = series
+        if method != inst.OTHER_METHOD and not aborted and self.index is not None:
+            self.index.setdefault(method, {}).setdefault(scheme, {}).setdefault(version, {})[status] = series
         return series
 
     # -- connections ------------------------------------------------------------------------------

@@ -521,17 +521,17 @@ class HttpConnection(Http1Output):
         if cycle is self._reading and not self._pipeline and not self.ignore_input:
             self.flow.resume_reading()
 
-    def complete_response(self, cycle: RequestCycle) -> None:
+    def complete_response(self, cycle: RequestCycle) -> float | None:
         self.cycle = None
         self.fresh = False
         self.state.requests_served += 1
         if self.transport.is_closing():
-            return
+            return None
         if not self.keep_alive:
             # Nothing after this response is read: a request pipelined behind it must not reach the app.
             self.ignore_input = True
             self.close()
-            return
+            return None
         if self._pipeline:
             # Not from here: this runs inside the finished app's `send`, and the next app must start
             # on its own, not nested in (and sharing a stack with) the previous one.
@@ -539,12 +539,15 @@ class HttpConnection(Http1Output):
         elif self._pending_rejection is not None:
             self._send_rejection()
         else:
-            self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, self.state.clock())
+            now = self.state.clock()
+            self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)
             flow = self.flow
             if flow.read_paused:
                 reading = self._reading
                 if reading is None or len(reading._body) <= BODY_BUFFER_HIGH_WATER:
                     flow.resume_reading()
+            return now  # the request's end, for the metrics: one clock read for both
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
