@@ -50,6 +50,9 @@ _KESTREL_ERROR_TYPES = {
     RequestRejection.UNSUPPORTED_HTTP_VERSION: "invalid_http_version",
 }
 TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+# error.type of a connection the server closed on a timeout, as Kestrel names them
+KEEP_ALIVE_TIMEOUT = "keep_alive_timeout"
+MIN_RESPONSE_DATA_RATE = "min_response_data_rate"
 
 
 def error_type(why: RequestRejection | str | None) -> str:
@@ -79,7 +82,9 @@ class Metrics:
     """The counters of one serving process (see the module docstring for who calls what)."""
 
     __slots__ = (
+        "_accepted",
         "_connections",
+        "_ending",
         "_handshakes",
         "_opened",
         "_requests",
@@ -99,6 +104,8 @@ class Metrics:
         # looks up itself (None: it calls request_done for every request, as OtelMetrics wants).
         self.index: RequestIndex | None = {}
         self._opened: dict[object, float] = {}  # live connection -> when it was accepted
+        self._accepted: dict[object, float] = {}  # connection past its TLS handshake -> when it was accepted
+        self._ending: dict[object, str] = {}  # connection being closed by the server -> the error.type why
         self._connections: dict[tuple[str], Series] = {}  # (error.type,) -> durations of closed connections
         self._handshakes: dict[weakref.ref[Any], float] = {}  # connection in its TLS handshake -> since
         self._tls: dict[tuple[str, str], Series] = {}  # (error.type, TLS version) -> handshake durations
@@ -132,7 +139,8 @@ class Metrics:
     # -- connections ------------------------------------------------------------------------------
 
     def connection_opened(self, conn: object, now: float, rejected: bool) -> None:
-        self._opened[conn] = now
+        # A TLS connection counts from its accept, its handshake included, as Kestrel counts it.
+        self._opened[conn] = self._accepted.pop(conn, now) if self._accepted else now
         if rejected:
             self.rejected += 1
 
@@ -141,7 +149,16 @@ class Metrics:
         if opened is not None:
             self._opened[new] = opened
 
+    def connection_ending(self, conn: object, why: str) -> None:
+        """The server is closing `conn` for `why`, an error.type (KEEP_ALIVE_TIMEOUT, ...): its close,
+        which follows, is counted with it."""
+        if conn in self._opened:
+            self._ending[conn] = why
+
     def connection_closed(self, conn: object, why: RequestRejection | str | None) -> None:
+        if self._ending:
+            ending = self._ending.pop(conn, None)
+            why = why or ending
         opened = self._opened.pop(conn, None)
         if opened is not None:
             self._record(inst.CONNECTION_DURATION, self._connections, (error_type(why),), self.clock() - opened)
@@ -155,9 +172,13 @@ class Metrics:
         or the failure is counted only when the garbage collector frees it)."""
         self._handshakes[weakref.ref(conn, self._handshake_failed)] = self.clock()
 
-    def handshake_done(self, conn: object, ssl_object: Any) -> None:
+    def handshake_done(self, conn: object, ssl_object: Any, served_by: object = None) -> None:
+        """`conn`'s handshake is done; `served_by`, the connection it hands the transport to, is
+        counted from the accept when it opens."""
         started = self._handshakes.pop(weakref.ref(conn), None)
         if started is not None:
+            if served_by is not None:
+                self._accepted[served_by] = started
             key = ("", tls_version(ssl_object))
             self._record(inst.TLS_HANDSHAKE_DURATION, self._tls, key, self.clock() - started)
 

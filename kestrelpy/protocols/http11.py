@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
+from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE
 from kestrelpy.platform import peer_hung_up
 from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
@@ -671,10 +672,18 @@ class HttpConnection(Http1Output):
             self.on_reject(RequestRejection.REQUEST_BODY_TIMEOUT)
         elif reason is TimeoutReason.WRITE_DATA_RATE:
             logger.debug("Aborted %s: the response was read slower than --limit-min-response-rate", self.client)
+            self._ending(MIN_RESPONSE_DATA_RATE)
             self.ignore_input = True
             self.abort()
         else:  # KEEP_ALIVE, LINGER: nothing is owed to the peer
+            if reason is TimeoutReason.KEEP_ALIVE:
+                self._ending(KEEP_ALIVE_TIMEOUT)
             self.close()
+
+    def _ending(self, why: str) -> None:
+        """The metrics' error.type of the close that follows (LINGER, a drain's, is no error)."""
+        if self.state.metrics is not None:
+            self.state.metrics.connection_ending(self, why)
 
     def _check_hang_up(self) -> None:
         """Reading is paused behind a queued request (or a rejection) and the running app cannot resume

@@ -100,9 +100,19 @@ class Stream:
         pass
 
 
-def serve(metrics: Metrics, clock: Clock, method: str, status: int, elapsed: float, *, whole: bool = True) -> None:
+def serve(
+    metrics: Metrics,
+    clock: Clock,
+    method: str,
+    status: int,
+    elapsed: float,
+    *,
+    whole: bool = True,
+    completed_at: float | None = None,
+) -> None:
     """One request through RequestCycle.run, whose app takes `elapsed` seconds by `clock` and completes its
-    response (`whole`) or raises after the first part of its body."""
+    response (`whole`) or raises after the first part of its body. `completed_at`: the clock the stream
+    read as the response completed."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         clock.now += elapsed
@@ -113,6 +123,7 @@ def serve(metrics: Metrics, clock: Clock, method: str, status: int, elapsed: flo
 
     scope = {"type": "http", "method": method, "scheme": "http", "http_version": "1.1"}
     stream: Any = Stream(metrics)
+    stream.completed_at = completed_at
     asyncio.run(RequestCycle(stream, scope, False).run(app))
 
 
@@ -152,6 +163,16 @@ def test_the_request_fast_path_buckets_as_observe_does() -> None:
         observe(expected, inst.REQUEST_BOUNDS, elapsed)
     assert metrics.index is not None and metrics.index["GET"]["http"]["1.1"][200] is not None
     assert metrics.snapshot()[inst.REQUEST_DURATION.name][("GET", "http", "1.1", "200", "")] == expected
+
+
+def test_a_request_ends_at_the_clock_its_stream_read_as_the_response_completed() -> None:
+    clock = Clock()
+    metrics = Metrics(clock)
+    for _ in range(2):  # the first makes the series, the second is counted by RequestCycle.run itself
+        started = clock.now
+        serve(metrics, clock, "GET", 200, 0.5, completed_at=started + 0.002)
+    series = metrics.snapshot()[inst.REQUEST_DURATION.name][("GET", "http", "1.1", "200", "")]
+    assert series == [2, *[0] * 14, pytest.approx(0.004)]
 
 
 def test_a_connection_is_timed_across_an_upgrade_and_typed_by_its_rejection() -> None:
