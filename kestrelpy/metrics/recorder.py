@@ -64,7 +64,8 @@ def error_type(why: RequestRejection | str | None) -> str:
 
 
 def new_series(bounds: tuple[float, ...]) -> Series:
-    return [0] * (len(bounds) + 1) + [0.0]
+    # Counts are floats too (exact to 2**53): adding 1.0 to a float costs less than to an int past 256.
+    return [0.0] * (len(bounds) + 2)
 
 
 def observe(series: Series, bounds: tuple[float, ...], value: float) -> None:

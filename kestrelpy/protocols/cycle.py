@@ -212,6 +212,7 @@ class RequestCycle:
             if metrics is not None:
                 # A whole response whose series exists is counted here: a call would cost as much again
                 # (the rest, and what the fast path means: kestrelpy/metrics/recorder.py, Metrics.index).
+                # Its end is the clock the stream read as the response completed, when it read it.
                 elapsed = (self._completed_at or clock()) - started
                 index = metrics.index if self.response_complete else None
                 if index is not None:
@@ -222,13 +223,13 @@ class RequestCycle:
                         index = None
                     else:
                         if elapsed <= 0.005:
-                            series[0] += 1
+                            series[0] += 1.0
                         elif elapsed <= 0.01:
-                            series[1] += 1
+                            series[1] += 1.0
                         elif elapsed <= 0.025:
-                            series[2] += 1
+                            series[2] += 1.0
                         else:
-                            series[bisect_left(REQUEST_BOUNDS, elapsed)] += 1
+                            series[bisect_left(REQUEST_BOUNDS, elapsed)] += 1.0
                         series[15] += elapsed
                 if index is None:
                     reason = "" if self.response_complete else self._abort_reason(failure).lower()
