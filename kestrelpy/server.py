@@ -642,8 +642,8 @@ class MeteredHandshake(asyncio.Protocol):
         metrics.handshake_started(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._metrics.handshake_done(self, transport.get_extra_info("ssl_object"))
         conn = self._make()
+        self._metrics.handshake_done(self, transport.get_extra_info("ssl_object"), conn)
         transport.set_protocol(conn)
         conn.connection_made(transport)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from kestrelpy.errors import ConfigError
 from kestrelpy.metrics import instruments as inst
-from kestrelpy.metrics.recorder import Metrics, Series, observe, request_attributes
+from kestrelpy.metrics.recorder import Metrics, Series, request_attributes
 
 METER_NAME = "kestrelpy"
 _MISSING = "--metrics-otel needs the OpenTelemetry API: pip install opentelemetry-api"
@@ -44,6 +44,7 @@ class OtelMetrics(Metrics):
         meter_provider: Any = None,
     ) -> None:
         super().__init__(clock, handshake_timeout)
+        self.index = None  # every request through request_done, which records it here too
         try:
             from opentelemetry import metrics as otel
         except ImportError:
@@ -80,14 +81,8 @@ class OtelMetrics(Metrics):
     def _observe_active_requests(self) -> list[tuple[int, dict[str, str]]]:
         return [(count, _attributes(inst.ACTIVE_REQUESTS, key)) for key, count in self.active_requests().items()]
 
-    def request_ended(self, cycle: Any, started: float) -> None:
-        self._request(cycle, self.clock() - started, "")
-
-    def request_aborted(self, cycle: Any, started: float, reason: str) -> None:
-        self._request(cycle, self.clock() - started, reason)
-
-    def _request(self, cycle: Any, elapsed: float, aborted: str) -> None:
-        observe(self._request_series(cycle, aborted), inst.REQUEST_BOUNDS, elapsed)
+    def request_done(self, cycle: Any, elapsed: float, aborted: str) -> None:
+        super().request_done(cycle, elapsed, aborted)
         scope = cycle.scope
         method = scope["method"] if scope["method"] in inst.KNOWN_METHODS else inst.OTHER_METHOD
         values = request_attributes(method, scope["scheme"], scope["http_version"], cycle.status, aborted)

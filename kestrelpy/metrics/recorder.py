@@ -9,10 +9,11 @@ one attribute test for it when off. What a protocol calls, whichever protocol it
     ServerState.connection_closed(conn, why) when it is gone; `why` is the RequestRejection that ended
                                              it, an error.type string, or None
     handshake_started(conn) / handshake_done(conn, ssl_object)   around a TLS handshake
-    clock() / request_ended(cycle, started)  once per request, as its app starts and ends (or
-        / request_aborted(cycle, started, why)   request_aborted, its response cut short): the
-                                             RequestCycle does this, so a protocol that carries its
-                                             requests in RequestCycles has nothing more to do
+    clock() / index / request_done(cycle, elapsed, why)   once per request, as its app starts and
+                                             ends: RequestCycle.run counts a whole response whose
+                                             series is in `index` itself and calls request_done for
+                                             the rest, so a protocol that carries its requests in
+                                             RequestCycles has nothing more to do
     conn.active_cycles                       the RequestCycles a connection's apps are answering now,
                                              read for each snapshot (http.server.active_requests):
                                              no per-request cost
@@ -35,6 +36,7 @@ from kestrelpy.protocols.rejection import RequestRejection
 Series = list[float]  # a histogram's counts per bucket (the last is +Inf), then the sum of the values
 Value = float | Series
 Snapshot = dict[str, dict[tuple[str, ...], Value]]  # instrument name -> attribute values -> value
+RequestIndex = dict[str, dict[str, dict[str, dict[int, Series]]]]  # method, scheme, version, status -> series
 
 # error.type of a connection a rejection ended: Kestrel's value where it names the same cause, else the
 # rejection's own name (Kestrel lumps the others together as invalid_request_headers / _line).
@@ -48,6 +50,9 @@ _KESTREL_ERROR_TYPES = {
     RequestRejection.UNSUPPORTED_HTTP_VERSION: "invalid_http_version",
 }
 TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+# error.type of a connection the server closed on a timeout, as Kestrel names them
+KEEP_ALIVE_TIMEOUT = "keep_alive_timeout"
+MIN_RESPONSE_DATA_RATE = "min_response_data_rate"
 
 
 def error_type(why: RequestRejection | str | None) -> str:
@@ -59,7 +64,8 @@ def error_type(why: RequestRejection | str | None) -> str:
 
 
 def new_series(bounds: tuple[float, ...]) -> Series:
-    return [0] * (len(bounds) + 1) + [0.0]
+    # Counts are floats too (exact to 2**53): adding 1.0 to a float costs less than to an int past 256.
+    return [0.0] * (len(bounds) + 2)
 
 
 def observe(series: Series, bounds: tuple[float, ...], value: float) -> None:
@@ -77,14 +83,16 @@ class Metrics:
     """The counters of one serving process (see the module docstring for who calls what)."""
 
     __slots__ = (
+        "_accepted",
         "_connections",
+        "_ending",
         "_handshakes",
-        "_index",
         "_opened",
         "_requests",
         "_tls",
         "clock",
         "handshake_timeout",
+        "index",
         "rejected",
     )
 
@@ -93,9 +101,12 @@ class Metrics:
         self.handshake_timeout = handshake_timeout  # the loop closes a handshake still running after this
         # (method, scheme, version, status, aborted) -> Series; status 0 = none was sent
         self._requests: dict[tuple[str, str, str, int, str], Series] = {}
-        # The same series of whole responses, by method, scheme, version and status: the fast lookup.
-        self._index: dict[str, dict[str, dict[str, dict[int, Series]]]] = {}
+        # The same series of whole responses, by method, scheme, version and status: what RequestCycle.run
+        # looks up itself (None: it calls request_done for every request, as OtelMetrics wants).
+        self.index: RequestIndex | None = {}
         self._opened: dict[object, float] = {}  # live connection -> when it was accepted
+        self._accepted: dict[object, float] = {}  # connection past its TLS handshake -> when it was accepted
+        self._ending: dict[object, str] = {}  # connection being closed by the server -> the error.type why
         self._connections: dict[tuple[str], Series] = {}  # (error.type,) -> durations of closed connections
         self._handshakes: dict[weakref.ref[Any], float] = {}  # connection in its TLS handshake -> since
         self._tls: dict[tuple[str, str], Series] = {}  # (error.type, TLS version) -> handshake durations
@@ -103,32 +114,12 @@ class Metrics:
 
     # -- requests (RequestCycle.run) --------------------------------------------------------------
 
-    def request_ended(self, cycle: Any, started: float) -> None:
-        """`cycle` (a RequestCycle whose app started at `started`, by `clock`) completed its response
-        with `cycle.status`. Written for this, the common case: four dictionary subscripts and a
-        comparison or three (a tuple key and bisect() cost as much as the rest of the metrics together)."""
-        clock = self.clock  # a slot read: calling `self.clock()` looks the attribute up unspecialised
-        elapsed = clock() - started
-        scope = cycle.scope
-        try:
-            series = self._index[scope["method"]][scope["scheme"]][scope["http_version"]][cycle.status]
-        except KeyError:
-            series = self._request_series(cycle, "")
-        # REQUEST_BOUNDS[:3] as literals: a comparison costs a tenth of the call to bisect()
-        if elapsed <= 0.005:
-            series[0] += 1
-        elif elapsed <= 0.01:
-            series[1] += 1
-        elif elapsed <= 0.025:
-            series[2] += 1
-        else:
-            series[bisect_left(inst.REQUEST_BOUNDS, elapsed)] += 1
-        series[15] += elapsed  # the sum (a positive index: -1 takes Python's slower path)
-
-    def request_aborted(self, cycle: Any, started: float, reason: str) -> None:
-        """`cycle`'s response was never completed, for `reason` (its error.type); `cycle.status` is
-        the status it had sent, if any (0: none)."""
-        observe(self._request_series(cycle, reason), inst.REQUEST_BOUNDS, self.clock() - started)
+    def request_done(self, cycle: Any, elapsed: float, aborted: str) -> None:
+        """`cycle`'s app ran for `elapsed` seconds: its response was completed with `cycle.status`
+        (`aborted` ""), or cut short for `aborted` (its error.type; `cycle.status` is the status it had
+        sent, 0 for none). RequestCycle.run counts a whole response of a series already in `index`
+        itself, without a call (a call costs as much as the counting); everything else lands here."""
+        observe(self._request_series(cycle, aborted), inst.REQUEST_BOUNDS, elapsed)
 
     def _request_series(self, cycle: Any, aborted: str) -> Series:
         """The series of a request the index has none for. A method outside KNOWN_METHODS is counted as
@@ -142,14 +133,15 @@ class Metrics:
         series = self._requests.get(key)
         if series is None:
             series = self._requests[key] = new_series(inst.REQUEST_BOUNDS)
-        if method != inst.OTHER_METHOD and not aborted:
-            self._index.setdefault(method, {}).setdefault(scheme, {}).setdefault(version, {})[status] = series
+        if method != inst.OTHER_METHOD and not aborted and self.index is not None:
+            self.index.setdefault(method, {}).setdefault(scheme, {}).setdefault(version, {})[status] = series
         return series
 
     # -- connections ------------------------------------------------------------------------------
 
     def connection_opened(self, conn: object, now: float, rejected: bool) -> None:
-        self._opened[conn] = now
+        # A TLS connection counts from its accept, its handshake included, as Kestrel counts it.
+        self._opened[conn] = self._accepted.pop(conn, now) if self._accepted else now
         if rejected:
             self.rejected += 1
 
@@ -158,7 +150,16 @@ class Metrics:
         if opened is not None:
             self._opened[new] = opened
 
+    def connection_ending(self, conn: object, why: str) -> None:
+        """The server is closing `conn` for `why`, an error.type (KEEP_ALIVE_TIMEOUT, ...): its close,
+        which follows, is counted with it."""
+        if conn in self._opened:
+            self._ending[conn] = why
+
     def connection_closed(self, conn: object, why: RequestRejection | str | None) -> None:
+        if self._ending:
+            ending = self._ending.pop(conn, None)
+            why = why or ending
         opened = self._opened.pop(conn, None)
         if opened is not None:
             self._record(inst.CONNECTION_DURATION, self._connections, (error_type(why),), self.clock() - opened)
@@ -172,9 +173,13 @@ class Metrics:
         or the failure is counted only when the garbage collector frees it)."""
         self._handshakes[weakref.ref(conn, self._handshake_failed)] = self.clock()
 
-    def handshake_done(self, conn: object, ssl_object: Any) -> None:
+    def handshake_done(self, conn: object, ssl_object: Any, served_by: object = None) -> None:
+        """`conn`'s handshake is done; `served_by`, the connection it hands the transport to, is
+        counted from the accept when it opens."""
         started = self._handshakes.pop(weakref.ref(conn), None)
         if started is not None:
+            if served_by is not None:
+                self._accepted[served_by] = started
             key = ("", tls_version(ssl_object))
             self._record(inst.TLS_HANDSHAKE_DURATION, self._tls, key, self.clock() - started)
 

@@ -25,7 +25,8 @@ flow-control windows. Everything the protocols must agree on is decided here, on
       response_on_wire                            whether any of the response has been sent
       send_continue()                             the interim 100 (Continue) answer
       pause_reading() / resume_reading_for(cycle) request-body backpressure (HTTP/2: window updates)
-      complete_response(cycle)                    the response is whole: keep-alive, the next request
+      complete_response(cycle)                    the response is whole: keep-alive, the next request;
+                                                  returns the clock if it read it (the metrics' end)
       abort()                                     cut the response short
       flow                                        send-side backpressure: `write_paused`, `await drain()`
       timeouts                                    a TimeoutControl: timing the app's waits for body bytes
@@ -40,11 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGIApp, Message, Scope
+from kestrelpy.metrics.instruments import REQUEST_BOUNDS
 from kestrelpy.protocols.timeouts import TIMING_ON, TIMING_STOPPING
 
 if TYPE_CHECKING:
@@ -81,7 +84,7 @@ class Stream(Protocol):
     def send_continue(self) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading_for(self, cycle: RequestCycle) -> None: ...
-    def complete_response(self, cycle: RequestCycle) -> None: ...
+    def complete_response(self, cycle: RequestCycle) -> float | None: ...
     def abort(self) -> None: ...
 
 
@@ -96,6 +99,7 @@ class RequestCycle:
         "_body",
         "_body_waiter",
         "_bytes_sent",
+        "_completed_at",
         "_final_delivered",
         "_log_started",
         "_response_headers",
@@ -128,6 +132,7 @@ class RequestCycle:
         # response
         self.response_started = False
         self.response_complete = False
+        self._completed_at: float | None = None  # by the stream's clock, when it read it (see _complete)
         self.status = 0
         self._trailers_expected = False
         # access log: when the head arrived (None: the log is off), what the response sent
@@ -205,10 +210,30 @@ class RequestCycle:
             if self._log_started is not None and not self.response_complete:
                 self._log_access(self._abort_reason(failure))
             if metrics is not None:
-                if self.response_complete:
-                    metrics.request_ended(self, started)
-                else:
-                    metrics.request_aborted(self, started, self._abort_reason(failure).lower())
+                # A whole response whose series exists is counted here: a call would cost as much again
+                # (the rest, and what the fast path means: kestrelpy/metrics/recorder.py, Metrics.index).
+                # Its end is the clock the stream read as the response completed, when it read it.
+                elapsed = (self._completed_at or clock()) - started
+                index = metrics.index if self.response_complete else None
+                if index is not None:
+                    scope = self.scope
+                    try:
+                        series = index[scope["method"]][scope["scheme"]][scope["http_version"]][self.status]
+                    except KeyError:
+                        index = None
+                    else:
+                        if elapsed <= 0.005:
+                            series[0] += 1.0
+                        elif elapsed <= 0.01:
+                            series[1] += 1.0
+                        elif elapsed <= 0.025:
+                            series[2] += 1.0
+                        else:
+                            series[bisect_left(REQUEST_BOUNDS, elapsed)] += 1.0
+                        series[15] += elapsed
+                if index is None:
+                    reason = "" if self.response_complete else self._abort_reason(failure).lower()
+                    metrics.request_done(self, elapsed, reason)
 
     def _on_app_error(self, exc: BaseException) -> None:
         if self.disconnected:
@@ -326,7 +351,7 @@ class RequestCycle:
         self.response_complete = True
         if self._body_waiter is not None:
             self._wake()
-        self._stream.complete_response(self)
+        self._completed_at = self._stream.complete_response(self)
 
     def _abort_reason(self, failure: BaseException | None) -> str:
         """Why the response was never completed, for the access log."""

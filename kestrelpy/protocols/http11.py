@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
+from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE
 from kestrelpy.platform import peer_hung_up
 from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
@@ -521,17 +522,17 @@ class HttpConnection(Http1Output):
         if cycle is self._reading and not self._pipeline and not self.ignore_input:
             self.flow.resume_reading()
 
-    def complete_response(self, cycle: RequestCycle) -> None:
+    def complete_response(self, cycle: RequestCycle) -> float | None:
         self.cycle = None
         self.fresh = False
         self.state.requests_served += 1
         if self.transport.is_closing():
-            return
+            return None
         if not self.keep_alive:
             # Nothing after this response is read: a request pipelined behind it must not reach the app.
             self.ignore_input = True
             self.close()
-            return
+            return None
         if self._pipeline:
             # Not from here: this runs inside the finished app's `send`, and the next app must start
             # on its own, not nested in (and sharing a stack with) the previous one.
@@ -539,12 +540,15 @@ class HttpConnection(Http1Output):
         elif self._pending_rejection is not None:
             self._send_rejection()
         else:
-            self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, self.state.clock())
+            now = self.state.clock()
+            self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)
             flow = self.flow
             if flow.read_paused:
                 reading = self._reading
                 if reading is None or len(reading._body) <= BODY_BUFFER_HIGH_WATER:
                     flow.resume_reading()
+            return now  # the request's end, for the metrics: one clock read for both
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -668,10 +672,18 @@ class HttpConnection(Http1Output):
             self.on_reject(RequestRejection.REQUEST_BODY_TIMEOUT)
         elif reason is TimeoutReason.WRITE_DATA_RATE:
             logger.debug("Aborted %s: the response was read slower than --limit-min-response-rate", self.client)
+            self._ending(MIN_RESPONSE_DATA_RATE)
             self.ignore_input = True
             self.abort()
         else:  # KEEP_ALIVE, LINGER: nothing is owed to the peer
+            if reason is TimeoutReason.KEEP_ALIVE:
+                self._ending(KEEP_ALIVE_TIMEOUT)
             self.close()
+
+    def _ending(self, why: str) -> None:
+        """The metrics' error.type of the close that follows (LINGER, a drain's, is no error)."""
+        if self.state.metrics is not None:
+            self.state.metrics.connection_ending(self, why)
 
     def _check_hang_up(self) -> None:
         """Reading is paused behind a queued request (or a rejection) and the running app cannot resume

@@ -284,8 +284,9 @@ class Http2Stream:
         if self.unacked:
             self._conn.acknowledge(self, self.unacked)
 
-    def complete_response(self, cycle: RequestCycle) -> None:
+    def complete_response(self, cycle: RequestCycle) -> float | None:
         self._conn.state.requests_served += 1
+        return None
 
     def abort(self) -> None:
         self._conn.reset(self, ErrorCodes.INTERNAL_ERROR)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,9 @@ import trustme
 
 from kestrelpy.config import Limits, TlsOptions
 from kestrelpy.platform import listen_queue_length
+from tests.functional.test_data_rates import RESPONSE_RATE, held_back, streamer
 from tests.support.live_server import LiveServer
+from tests.support.manual_clock import ManualClock
 from tests.support.raw_client import RawClient
 from tests.support.scrape import check_histograms, request, scrape, scrape_until
 from tests.support.waiting import WAIT, wait_until
@@ -261,3 +264,49 @@ def test_http2_streams_are_requests_of_version_2_on_one_connection(serve_app: Ca
     assert result.value(REQUESTS, http_response_status_code="404", **labels) == 1
     assert result.value("kestrel_active_connections") == 0
     assert result.total("http_server_active_requests") == 0
+
+
+def test_a_tls_connection_is_timed_from_its_accept_with_its_handshake(
+    serve_app: Callable[..., LiveServer], tls_files: tuple[TlsOptions, ssl.SSLContext], manual_clock: ManualClock
+) -> None:
+    options, client = tls_files
+    live = serve_app(app, tls=options, metrics_bind="127.0.0.1:0")
+    port = metrics_port(live)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as raw:
+        scrape_until(port, "kestrel_active_tls_handshakes", 1)  # accepted: its time has begun
+        manual_clock.beat(3.0)  # before the client says hello
+        with client.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            while tls.recv(1024):
+                pass
+    result = scrape_until(port, CONNECTIONS, 1)
+    assert result.value("kestrel_connection_duration_seconds_sum") == 3.0  # the handshake included
+
+
+def test_a_keep_alive_timeout_is_the_connections_error_type(
+    running_server: Callable[..., LiveServer], manual_clock: ManualClock
+) -> None:
+    live = running_server(app, metrics_bind="127.0.0.1:0", keep_alive_timeout=5)
+    client = RawClient(live.port)
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert client.read_response().status == 200
+    manual_clock.beat(6.0)
+    assert client.wait_closed()
+    client.close()
+    result = scrape_until(metrics_port(live), CONNECTIONS, 1, error_type="keep_alive_timeout")
+    assert result.total(CONNECTIONS) == 1
+
+
+def test_a_client_reading_too_slowly_is_the_connections_error_type(
+    running_server: Callable[..., LiveServer], raw_client: Callable[..., RawClient], manual_clock: ManualClock
+) -> None:
+    progress: dict[str, Any] = {"sent": 0, "error": None, "done": threading.Event()}
+    live = running_server(streamer(progress, 1024), metrics_bind="127.0.0.1:0", limits=RESPONSE_RATE)
+    client = raw_client(live.port, rcvbuf=64 * 1024)
+    client.send(client.request_bytes())
+    assert wait_until(lambda: held_back(live)), "the unread socket never held the app's sends back"
+    while not progress["done"].is_set() and manual_clock.beats < 6:
+        manual_clock.beat()
+    assert progress["done"].wait(WAIT) and isinstance(progress["error"], OSError)  # cut off
+    result = scrape_until(metrics_port(live), CONNECTIONS, 1, error_type="min_response_data_rate")
+    assert result.total(CONNECTIONS) == 1

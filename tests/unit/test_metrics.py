@@ -3,9 +3,14 @@ answers, the --metrics-bind checks."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kestrelpy.asgi import Receive, Scope, Send
 from kestrelpy.config import Config
 from kestrelpy.errors import ConfigError
 from kestrelpy.metrics import instruments as inst
@@ -13,6 +18,7 @@ from kestrelpy.metrics.exposition import render
 from kestrelpy.metrics.listener import answer, reply_to
 from kestrelpy.metrics.recorder import Metrics, error_type, new_series, observe
 from kestrelpy.metrics.snapshot import Aggregate, decode, encode
+from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.rejection import RequestRejection
 
 
@@ -68,26 +74,71 @@ class Connection:
         self.active_cycles = cycles
 
 
-def start(metrics: Metrics, cycle: Cycle) -> float:
-    """What RequestCycle.run does as its app starts."""
-    return metrics.clock()
+class Stream:
+    """What a RequestCycle needs of the protocol carrying its request, without a wire."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.state = SimpleNamespace(metrics=metrics, access_log=False, clock=metrics.clock)
+        self.flow = SimpleNamespace(write_paused=False)
+        self.response_on_wire = False
+
+    def start_response(self, status: int, headers: object, trailers: bool) -> None:
+        pass
+
+    def send_body(self, body: bytes, more_body: bool) -> None:
+        self.response_on_wire = True
+
+    def fail_response(self, status: int, body: bytes) -> None:
+        self.response_on_wire = True
+
+    def complete_response(self, cycle: RequestCycle) -> float | None:
+        return self.completed_at
+
+    completed_at: float | None = None  # the clock the stream read as the response completed, if it did
+
+    def abort(self) -> None:
+        pass
+
+
+def serve(
+    metrics: Metrics,
+    clock: Clock,
+    method: str,
+    status: int,
+    elapsed: float,
+    *,
+    whole: bool = True,
+    completed_at: float | None = None,
+) -> None:
+    """One request through RequestCycle.run, whose app takes `elapsed` seconds by `clock` and completes its
+    response (`whole`) or raises after the first part of its body. `completed_at`: the clock the stream
+    read as the response completed."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        clock.now += elapsed
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": not whole})
+        if not whole:
+            raise RuntimeError("cut short")
+
+    scope = {"type": "http", "method": method, "scheme": "http", "http_version": "1.1"}
+    stream: Any = Stream(metrics)
+    stream.completed_at = completed_at
+    asyncio.run(RequestCycle(stream, scope, False).run(app))
 
 
 def test_requests_are_counted_with_other_methods_folded_and_errors_typed() -> None:
     clock = Clock()
     metrics = Metrics(clock)
-    ok, odd, gone, running = Cycle("GET", 200), Cycle("BREW", 503), Cycle("GET", 200), Cycle("GET", 0)
-    started = start(metrics, ok)
-    clock.now += 0.02
-    metrics.request_ended(ok, started)
+    serve(metrics, clock, "GET", 200, 0.02)
     for _ in range(2):
-        metrics.request_ended(odd, start(metrics, odd))
-    metrics.request_aborted(gone, start(metrics, gone), "client_gone")
-    metrics.connection_opened(Connection(running), clock(), False)  # its app is answering it
+        serve(metrics, clock, "BREW", 503, 0.0)
+    serve(metrics, clock, "GET", 200, 0.0, whole=False)
+    metrics.connection_opened(Connection(Cycle("GET", 0)), clock(), False)  # its app is answering it
     requests = metrics.snapshot()[inst.REQUEST_DURATION.name]
     assert sorted(requests) == [
         ("GET", "http", "1.1", "200", ""),
-        ("GET", "http", "1.1", "200", "client_gone"),
+        ("GET", "http", "1.1", "200", "app_error"),
         ("_OTHER", "http", "1.1", "503", "503"),
     ]
     assert requests[("GET", "http", "1.1", "200", "")] == [0, 0, 1, *[0] * 12, pytest.approx(0.02)]
@@ -96,7 +147,7 @@ def test_requests_are_counted_with_other_methods_folded_and_errors_typed() -> No
 
 
 def test_the_request_fast_path_literals_match_the_bounds() -> None:
-    # request_ended writes the first three bounds and the sum's index as literals
+    # RequestCycle.run writes the first three bounds and the sum's index as literals
     assert inst.REQUEST_BOUNDS[:3] == (0.005, 0.01, 0.025)
     assert len(new_series(inst.REQUEST_BOUNDS)) == 16
 
@@ -105,14 +156,23 @@ def test_the_request_fast_path_buckets_as_observe_does() -> None:
     clock = Clock()
     metrics = Metrics(clock)
     expected = new_series(inst.REQUEST_BOUNDS)
-    for elapsed in (0.001, 0.005, 0.0075, 0.01, 0.02, 0.025, 0.03, 0.5, 11.0):
-        cycle = Cycle("GET", 200)
+    # the first request of a series makes it; the others find it in the index (RequestCycle.run's own path)
+    for elapsed in (0.0, 0.001, 0.005, 0.0075, 0.01, 0.02, 0.025, 0.03, 0.5, 11.0):
         clock.now = 0.0  # from 0, a value on a bound is the bound exactly
-        started = start(metrics, cycle)
-        clock.now = elapsed
-        metrics.request_ended(cycle, started)
+        serve(metrics, clock, "GET", 200, elapsed)
         observe(expected, inst.REQUEST_BOUNDS, elapsed)
+    assert metrics.index is not None and metrics.index["GET"]["http"]["1.1"][200] is not None
     assert metrics.snapshot()[inst.REQUEST_DURATION.name][("GET", "http", "1.1", "200", "")] == expected
+
+
+def test_a_request_ends_at_the_clock_its_stream_read_as_the_response_completed() -> None:
+    clock = Clock()
+    metrics = Metrics(clock)
+    for _ in range(2):  # the first makes the series, the second is counted by RequestCycle.run itself
+        started = clock.now
+        serve(metrics, clock, "GET", 200, 0.5, completed_at=started + 0.002)
+    series = metrics.snapshot()[inst.REQUEST_DURATION.name][("GET", "http", "1.1", "200", "")]
+    assert series == [2, *[0] * 14, pytest.approx(0.004)]
 
 
 def test_a_connection_is_timed_across_an_upgrade_and_typed_by_its_rejection() -> None:
@@ -144,8 +204,7 @@ def test_error_types_are_kestrels_where_it_names_the_cause() -> None:
 
 def test_the_text_format_reads_back_with_prometheus_clients_parser() -> None:
     metrics = Metrics(Clock())
-    cycle = Cycle("GET", 200)
-    metrics.request_aborted(cycle, start(metrics, cycle), 'odd "reason"\\\n')
+    metrics.request_done(Cycle("GET", 200), 0.001, 'odd "reason"\\\n')
     families = {f.name: f for f in text_string_to_metric_families(render(metrics.snapshot()))}
     assert set(families) == {i.prometheus_name.removesuffix("_total") for i in inst.INSTRUMENTS}
     samples = families["http_server_request_duration_seconds"].samples
