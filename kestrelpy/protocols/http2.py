@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -82,6 +83,92 @@ _STATUS = {status: str(status).encode() for status in range(100, 600)}
 # hpack counts 32 bytes per field on top of name and value (RFC 7541 section 4.1), the head limits 4 (`: `
 # and CRLF): the decoder's limit leaves room for the difference, and the head limits then count exactly.
 _HPACK_FIELD_OVERHEAD = 28
+
+
+# The checks of RFC 9113 sections 8.2 and 8.3 on a received header block, made here in the one pass that
+# reads it (h2's own are a chain of generators over every field, most of the cost of a request's headers).
+# A field name is one or more visible ASCII characters but uppercase letters and ':' (section 8.2.1)...
+_VALID_NAME = re.compile(rb"[!-9;-@\[-~]+").fullmatch
+# ... a value has no NUL, CR or LF, and neither starts nor ends with SP or HTAB (section 8.2.1).
+_VALID_VALUE = re.compile(rb"(?:[^\0\r\n\t ](?:[^\0\r\n]*[^\0\r\n\t ])?)?").fullmatch
+# The request pseudo-header fields (section 8.3.1), as bits; :protocol is not offered (RFC 8441 is not).
+_METHOD, _SCHEME, _AUTHORITY, _PATH, _REGULAR = 1, 2, 4, 8, 16
+_PSEUDO = {b":method": _METHOD, b":scheme": _SCHEME, b":authority": _AUTHORITY, b":path": _PATH}
+# Fields the request pass looks at: connection-specific ones make a request malformed (section 8.2.2),
+# and so does TE with any value but "trailers"; cookies are joined again; Host stands beside :authority.
+_FORBIDDEN, _TE, _COOKIE, _HOST = range(4)
+_SPECIAL = {**dict.fromkeys(_CONNECTION_SPECIFIC, _FORBIDDEN), b"te": _TE, b"cookie": _COOKIE, b"host": _HOST}
+
+
+def invalid_field(name: bytes, value: bytes) -> bool:
+    """Whether a regular field (not a pseudo-header) makes its message malformed (RFC 9113 section 8.2)."""
+    if _VALID_NAME(name) is None or (value and _VALID_VALUE(value) is None):
+        return True
+    kind = _SPECIAL.get(name)
+    return kind == _FORBIDDEN or (kind == _TE and value.lower() != b"trailers")
+
+
+def read_request_fields(
+    fields: Iterable[tuple[bytes, bytes]], field_limit: int
+) -> tuple[bytes, bytes | None, list[tuple[bytes, bytes]], bool] | str:
+    """One pass over a request's decoded header block: why it is malformed (RFC 9113 sections 8.2, 8.3),
+    or (method, :path, the fields the app sees, whether one is longer than `field_limit`). The app sees
+    :authority as the first field, Host, and cookie fields joined into one (section 8.2.3). :path is None
+    for a CONNECT request."""
+    seen = 0
+    method = path = authority = host = None
+    headers: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    too_large = False
+    for name, value in fields:
+        if len(name) + len(value) > field_limit:
+            too_large = True
+        if name[:1] == b":":
+            bit = _PSEUDO.get(name, 0)
+            if not bit or seen & (bit | _REGULAR) or (value and _VALID_VALUE(value) is None):
+                return f"pseudo-header field {name!r} unknown, repeated, after a regular field or invalid"
+            seen |= bit
+            if bit == _METHOD:
+                method = value
+            elif bit == _PATH:
+                path = value
+            elif bit == _AUTHORITY:
+                authority = value
+            continue
+        seen |= _REGULAR
+        if _VALID_NAME(name) is None or (value and _VALID_VALUE(value) is None):
+            return f"field {name!r} has an invalid name or value"
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            headers.append((name, value))
+        elif kind == _COOKIE:
+            cookies.append(value)
+        elif kind == _HOST:
+            if host is not None:
+                return "more than one Host field"
+            host = value
+        elif kind == _FORBIDDEN or value.lower() != b"trailers":
+            return f"field {name!r} is connection-specific"
+        else:
+            headers.append((name, value))
+    if method is None:
+        return "no :method"
+    if method == b"CONNECT":
+        if seen & (_SCHEME | _PATH):
+            return "CONNECT with :scheme or :path"  # (section 8.5)
+    elif seen & (_SCHEME | _PATH) != _SCHEME | _PATH or not path:
+        return "no :scheme, or no :path or an empty one"
+    if authority is not None:
+        if host is not None and host != authority:
+            return ":authority and Host differ"
+        headers.insert(0, (b"host", authority))
+    elif host is not None:
+        headers.insert(0, (b"host", host))
+    else:
+        return "neither :authority nor Host"
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    return method, path, headers, too_large
 
 
 class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
@@ -398,6 +485,7 @@ class Http2Connection(asyncio.Protocol):
             client_side=False,
             header_encoding=None,
             normalize_inbound_headers=False,  # (it only joins cookie fields, which _on_request does anyway)
+            validate_inbound_headers=False,  # checked in the pass that reads them (read_request_fields)
             validate_outbound_headers=False,  # validated (and lower-cased) by the stream, as for HTTP/1.1
             normalize_outbound_headers=False,
             split_outbound_cookies=False,
@@ -517,7 +605,7 @@ class Http2Connection(asyncio.Protocol):
             self._on_data(event)  # type: ignore[arg-type]
         elif kind is h2.events.StreamEnded:
             stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None:
+            if stream is not None and not stream.request_ended:  # (a GET's came with its HEADERS, a reset ended it)
                 stream.request_ended = True
                 if stream.cycle is not None:
                     stream.cycle.finish_body()
@@ -578,34 +666,18 @@ class Http2Connection(asyncio.Protocol):
                 return
             self._reset_id(sid, ErrorCodes.REFUSED_STREAM)
             return
-        method = raw_target = authority = None
-        headers: list[tuple[bytes, bytes]] = []
-        cookies: list[bytes] = []
-        field_limit = self.service.limits.http2_max_request_header_field_size
-        too_large = False
-        for name, value in event.headers or ():
-            if len(name) + len(value) > field_limit:
-                too_large = True
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    raw_target = value
-                elif name == b":authority":
-                    authority = value
-            elif name == b"cookie":
-                cookies.append(value)  # RFC 9113 section 8.2.3: one field again for the app
-            elif name != b"host" or authority is None:
-                headers.append((name, value))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
-        if authority is not None:
-            headers = [(b"host", authority), *(h for h in headers if h[0] != b"host")]
+        head = read_request_fields(event.headers or (), self.service.limits.http2_max_request_header_field_size)
+        if isinstance(head, str):
+            # RFC 9113 section 8.1.1: a malformed request is a stream error; the connection carries on.
+            logger.debug("Malformed HTTP/2 request from %s: %s", self.client, head)
+            self._reset_id(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        method, raw_target, headers, too_large = head
         stream = Http2Stream(self, sid, state.clock(), method == b"HEAD")
         stream.request_ended = event.stream_ended is not None
         self.streams[sid] = stream
         self.timeouts.cancel_timeout()
-        if method is None or raw_target is None:  # CONNECT (RFC 9113 section 8.5) is not offered
+        if raw_target is None:  # CONNECT (RFC 9113 section 8.5) is not offered
             self._refuse(stream, RequestRejection.MALFORMED_REQUEST)
             return
         rejection = RequestRejection.HEADERS_TOO_LARGE if too_large else None
@@ -684,13 +756,25 @@ class Http2Connection(asyncio.Protocol):
             self.acknowledge(stream, length)
 
     def _on_request_trailers(self, event: h2.events.TrailersReceived) -> None:
-        """Dropped (ASGI has no request trailers), but counted with the head against its limits."""
+        """Dropped (ASGI has no request trailers), but checked (RFC 9113 section 8.1: no pseudo-header
+        fields, and the rules of section 8.2) and counted with the head against its limits."""
+        trailers = event.headers or ()
         stream = self.streams.get(event.stream_id)
+        if any(name[:1] == b":" or invalid_field(name, value) for name, value in trailers):
+            logger.debug("Malformed HTTP/2 request trailers from %s", self.client)
+            if stream is None:
+                self._reset_id(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+                return
+            stream.request_ended = True  # (its END_STREAM, which follows, ends nothing now)
+            if stream.cycle is not None:
+                stream.cycle.on_disconnect()
+            self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
+            return
         if stream is None or stream.cycle is None:
             return
         state = self.state
         head = stream.cycle.scope["headers"]
-        fields = [*head, *(event.headers or ())]
+        fields = [*head, *trailers]
         if len(fields) > state.max_header_count:
             self._refuse(stream, RequestRejection.TOO_MANY_HEADERS)
         elif sum(len(n) + len(v) + 4 for n, v in fields) > state.max_headers_size:

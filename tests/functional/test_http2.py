@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -736,6 +737,127 @@ def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None
     cookies = [(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")]
     assert client.response(client.request("/", headers=cookies))[0] == 204
     assert [v for n, v in seen[0] if n == b"cookie"] == [b"a=1; b=2"]
+
+
+_GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"example.test"), (b":path", b"/")]
+# Header blocks that make a request malformed (RFC 9113 sections 8.2 and 8.3), each named by the rule it breaks.
+MALFORMED_REQUESTS: dict[str, list[tuple[bytes, bytes]]] = {
+    "uppercase name": [*_GET, (b"X-Upper", b"1")],
+    "space in a name": [*_GET, (b"x name", b"1")],
+    "control character in a name": [*_GET, (b"x\x01", b"1")],
+    "non-ASCII name": [*_GET, (b"x\xe9", b"1")],
+    "colon inside a name": [*_GET, (b"x:y", b"1")],
+    "empty name": [*_GET, (b"", b"1")],
+    "CR LF in a value": [*_GET, (b"x-a", b"1\r\nx-b: 2")],
+    "NUL in a value": [*_GET, (b"x-a", b"1\x002")],
+    "leading space in a value": [*_GET, (b"x-a", b" 1")],
+    "trailing tab in a value": [*_GET, (b"x-a", b"1\t")],
+    "LF in a pseudo-header value": [*_GET[:3], (b":path", b"/a\nb")],
+    "connection": [*_GET, (b"connection", b"keep-alive")],
+    "keep-alive": [*_GET, (b"keep-alive", b"timeout=5")],
+    "proxy-connection": [*_GET, (b"proxy-connection", b"keep-alive")],
+    "transfer-encoding": [*_GET, (b"transfer-encoding", b"chunked")],
+    "upgrade": [*_GET, (b"upgrade", b"websocket")],
+    "te other than trailers": [*_GET, (b"te", b"gzip")],
+    "unknown pseudo-header": [*_GET, (b":foo", b"bar")],
+    "response pseudo-header": [(b":status", b"200"), *_GET],
+    ":protocol (extended CONNECT is not offered)": [*_GET, (b":protocol", b"websocket")],
+    "pseudo-header after a regular field": [*_GET[:3], (b"accept", b"*/*"), _GET[3]],
+    "repeated :path": [*_GET, (b":path", b"/again")],
+    "no :method": _GET[1:],
+    "no :scheme": [_GET[0], *_GET[2:]],
+    "no :path": _GET[:3],
+    "empty :path": [*_GET[:3], (b":path", b"")],
+    "CONNECT with :path": [(b":method", b"CONNECT"), (b":authority", b"example.test:443"), (b":path", b"/")],
+    "neither :authority nor host": [_GET[0], _GET[1], _GET[3]],
+    ":authority and host differ": [*_GET, (b"host", b"other.test")],
+    "two host fields": [_GET[0], _GET[1], _GET[3], (b"host", b"a.test"), (b"host", b"a.test")],
+}
+
+
+def test_malformed_requests_get_a_stream_error_and_the_connection_carries_on(serve_app, h2_client) -> None:
+    """RFC 9113 section 8.1.1: a malformed request is a stream error (RST_STREAM PROTOCOL_ERROR), the app
+    never sees it, and the streams beside it are served."""
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"fine"})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    client.h2.config.validate_outbound_headers = False  # (the client sends the blocks as they are written)
+    client.h2.config.normalize_outbound_headers = False
+    for rule, fields in MALFORMED_REQUESTS.items():
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, fields, end_stream=True)
+        client.flush()
+        reset = client.until(lambda e, sid=sid: _ends(e, sid))
+        assert isinstance(reset, h2.events.StreamReset), rule
+        assert reset.error_code == ErrorCodes.PROTOCOL_ERROR, rule
+        status, _, body = client.response(client.request(f"/after/{len(seen)}"))
+        assert (status, body) == (200, b"fine"), rule
+    assert seen == [f"/after/{i}" for i in range(len(MALFORMED_REQUESTS))]
+
+
+def test_well_formed_edges_are_served(serve_app, h2_client) -> None:
+    """What sections 8.2 and 8.3 allow: te: trailers, Host instead of :authority, Host equal to :authority,
+    an empty value, a tab inside one; an ordinary CONNECT is well-formed and refused with 400 (not offered)."""
+    live = serve_app(echo_app)
+    client = h2_client(live.port)
+    client.h2.config.validate_outbound_headers = False
+    client.h2.config.normalize_outbound_headers = False
+    blocks = [
+        [*_GET, (b"te", b"trailers")],
+        [_GET[0], _GET[1], _GET[3], (b"host", b"only.test")],
+        [*_GET, (b"host", b"example.test")],
+        [*_GET, (b"x-empty", b""), (b"x-tab", b"a\tb")],
+    ]
+    for fields in blocks:
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, fields, end_stream=True)
+        client.flush()
+        status, _, body = client.response(sid)
+        assert status == 200, fields
+        host = [v for n, v in json.loads(body)["headers"] if n == "host"]
+        assert host == [dict(fields).get(b":authority", b"only.test").decode()]
+    sid = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"example.test:443")], end_stream=True)
+    client.flush()
+    assert client.response(sid)[0] == 400
+
+
+def test_malformed_trailers_reset_their_stream_only(serve_app, h2_client) -> None:
+    """Request trailers are held to section 8.2 too: an uppercase name resets that stream with
+    PROTOCOL_ERROR, its app is told the client left, and the connection serves the next request."""
+    gone = threading.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/upload":
+            while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+                pass
+            if message["type"] == "http.disconnect":
+                gone.set()
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"next"})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+    client.h2.config.validate_outbound_headers = False
+    client.h2.config.normalize_outbound_headers = False
+    sid = client.request("/upload", method="POST", body=b"part", end=False)
+    client.h2.send_headers(sid, [(b"X-Checksum", b"1")], end_stream=True)
+    client.flush()
+    reset = client.until(lambda e: _ends(e, sid))
+    assert isinstance(reset, h2.events.StreamReset) and reset.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert gone.wait(WAIT)
+    assert client.response(client.request("/next"))[2] == b"next"
 
 
 def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_read(serve_app, h2_client) -> None:
