@@ -48,6 +48,7 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
@@ -198,6 +199,42 @@ class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
             self.goaway = frame
             return None
         return frame
+
+
+class ResponseHeaderEncoder(hpack.Encoder):
+    """hpack's encoder, remembering the blocks it made while its dynamic table stays as it was.
+
+    A response head whose fields are all in the table already (after the first response, most are: the
+    same content-type, server and date, often the same length) encodes to index references only, and
+    changes nothing in the table: the same head then encodes to the same bytes until an entry is added or
+    the table is resized, which forgets every block remembered. Heads are lists of plain 2-tuples (this
+    module makes them so), so equal lists mean equal encodings."""
+
+    BLOCKS = 32  # heads remembered at once
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blocks: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+        self._newest: tuple[bytes, bytes] | None = None  # the table's newest entry when those were made
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        table = self.header_table
+        entries = table.dynamic_entries
+        newest = entries[0] if entries else None
+        key = tuple(headers)
+        blocks = self._blocks
+        resized = table.resized  # (the block then starts with the size update, said once)
+        if newest is not self._newest or resized or len(blocks) >= self.BLOCKS:
+            blocks.clear()
+            self._newest = newest
+        else:
+            block = blocks.get(key)
+            if block is not None:
+                return block
+        block = super().encode(key, huffman)
+        if not resized and (entries[0] if entries else None) is newest:  # the table is as it was
+            blocks[key] = block
+        return block
 
 
 # h2 turns all it is given into events before any is handled. A read (up to 256 KiB on uvloop) is handed
@@ -491,6 +528,7 @@ class Http2Connection(asyncio.Protocol):
             split_outbound_cookies=False,
         )
         conn = h2.connection.H2Connection(config)
+        conn.encoder = ResponseHeaderEncoder()
         header_list = state.max_headers_size + _HPACK_FIELD_OVERHEAD * state.max_header_count
         conn.local_settings = h2.settings.Settings(
             client=False,

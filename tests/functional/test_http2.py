@@ -860,6 +860,36 @@ def test_malformed_trailers_reset_their_stream_only(serve_app, h2_client) -> Non
     assert client.response(client.request("/next"))[2] == b"next"
 
 
+def test_response_heads_decode_right_as_the_hpack_table_changes(serve_app, h2_client) -> None:
+    """The server remembers the header blocks it encoded while its HPACK table is unchanged: repeated heads,
+    new entries, a field larger than the table and the client resizing the table (to nothing and back)
+    must all decode to what the app sent."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        name, _, value = scope["path"][1:].partition("/")
+        headers = [(b"x-" + name.encode(), value.encode() * (5000 if name == "big" else 1))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+
+    def check(*paths: str) -> None:
+        for path in paths:
+            name, _, value = path[1:].partition("/")
+            _, headers, body = client.response(client.request(path))
+            assert headers[b"x-" + name.encode()] == value.encode() * (5000 if name == "big" else 1), path
+            assert body == b"ok"
+
+    check("/a/1", "/a/1", "/b/2", "/a/1", "/b/2", "/b/3", "/big/x", "/a/1", "/a/1")
+    for size in (0, 4096, 100):
+        client.h2.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: size})
+        client.flush()
+        check("/a/1", "/a/1", "/b/2", "/a/1", "/b/4", "/a/1")
+
+
 def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_read(serve_app, h2_client) -> None:
     """An app that answers before the request body has ended: its stream gets RST_STREAM NO_ERROR (RFC 9113
     section 8.1), and what the client sends on it afterwards is ignored, malformed trailers included
