@@ -237,6 +237,58 @@ class ResponseHeaderEncoder(hpack.Encoder):
         return block
 
 
+class RequestHeaderDecoder(hpack.Decoder):
+    """hpack's decoder, remembering the fields of the small blocks it decoded while its dynamic table stays as
+    it was: a client that repeats a request (the same path, the same fields) sends the same index references,
+    which mean the same fields until the table changes. Any change to the table, or to the limits the
+    decoder applies, forgets every block. The lists it returns are shared: h2 copies them into its events."""
+
+    BLOCKS = 32  # blocks remembered at once
+    LARGEST = 512  # bytes of the largest block remembered
+
+    def __init__(self) -> None:
+        self._blocks: dict[bytes, list[hpack.HeaderTuple]] = {}
+        super().__init__()
+
+    # (h2 sets these as the client acknowledges SETTINGS; a block decoded under other limits is forgotten)
+    @property
+    def max_header_list_size(self) -> int:
+        return self._max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._max_header_list_size = value
+        self._blocks.clear()
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self._max_allowed_table_size
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self._max_allowed_table_size = value
+        self._blocks.clear()
+
+    def decode(self, data: bytes, raw: bool = False) -> list[hpack.HeaderTuple]:
+        blocks = self._blocks
+        if raw:
+            fields = blocks.get(data)
+            if fields is not None:
+                return fields
+        table = self.header_table
+        entries = table.dynamic_entries
+        newest = entries[0] if entries else None
+        size = table.maxsize
+        fields = cast("list[hpack.HeaderTuple]", super().decode(data, raw))
+        if (entries[0] if entries else None) is not newest or table.maxsize != size:
+            blocks.clear()  # the table changed: the blocks remembered may mean something else now
+        elif raw and len(data) <= self.LARGEST:
+            if len(blocks) >= self.BLOCKS:
+                blocks.clear()
+            blocks[data] = fields
+        return fields
+
+
 # h2 turns all it is given into events before any is handled. A read (up to 256 KiB on uvloop) is handed
 # over in slices, so a flood is cut off after the slice that spends its budget, not after the whole read:
 # thousands of frames parsed in one go would hold the loop, and every other connection, for seconds.
@@ -529,6 +581,7 @@ class Http2Connection(asyncio.Protocol):
         )
         conn = h2.connection.H2Connection(config)
         conn.encoder = ResponseHeaderEncoder()
+        conn.decoder = RequestHeaderDecoder()
         header_list = state.max_headers_size + _HPACK_FIELD_OVERHEAD * state.max_header_count
         conn.local_settings = h2.settings.Settings(
             client=False,

@@ -890,6 +890,28 @@ def test_response_heads_decode_right_as_the_hpack_table_changes(serve_app, h2_cl
         check("/a/1", "/a/1", "/b/2", "/a/1", "/b/4", "/a/1")
 
 
+def test_request_heads_decode_right_as_the_hpack_table_changes(serve_app, h2_client) -> None:
+    """The server remembers the fields of the header blocks it decoded while its HPACK table is unchanged: a
+    repeated request, new entries evicting old ones, the client shrinking the table (to nothing and back)
+    must all reach the app as the client sent them."""
+    live = serve_app(echo_app)
+    client = h2_client(live.port)
+
+    def check(*fields: tuple[bytes, bytes]) -> None:
+        _, _, body = client.response(client.request("/", headers=fields))
+        seen = [(n.encode(), v.encode()) for n, v in json.loads(body)["headers"]]
+        assert seen == [(b"host", b"example.test:8443"), *fields]
+
+    for size in (4096, 0, 200, 4096):
+        client.h2.encoder.header_table_size = size  # (a size update opens the client's next block)
+        check((b"x-a", b"1"))
+        check((b"x-a", b"1"))
+        check((b"x-a", b"2"))
+        check((b"x-a", b"1"), (b"x-b", b"b" * 150))  # with 200 bytes: x-a's entries are evicted
+        check((b"x-a", b"1"))
+        check((b"x-a", b"2"))
+
+
 def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_read(serve_app, h2_client) -> None:
     """An app that answers before the request body has ended: its stream gets RST_STREAM NO_ERROR (RFC 9113
     section 8.1), and what the client sends on it afterwards is ignored, malformed trailers included
