@@ -517,6 +517,7 @@ class Http2Connection(asyncio.Protocol):
         "_frames",
         "_goaway_received",
         "_goaway_sent",
+        "_held",
         "_in_read",
         "_last_heard",
         "_last_stream_id",
@@ -556,6 +557,7 @@ class Http2Connection(asyncio.Protocol):
         self.streams: dict[int, Http2Stream] = {}
         self._ready: deque[Http2Stream] = deque()  # streams with DATA to send, in turn
         self._app_running = 0  # streams whose app has not returned, reset ones included
+        self._held: list[tuple[Http2Stream, RequestCycle]] = []  # apps to start once this read is handled
         self._refused_while_full = 0  # streams refused since the last beat because too many apps run
         self._budgets = [0, 0, 0, 0, 0]  # SETTINGS, PING, empty DATA, PRIORITY, WINDOW_UPDATE since the last beat
         self.data_frames = 0  # DATA frames sent since the last beat (they earn WINDOW_UPDATE budget)
@@ -680,11 +682,15 @@ class Http2Connection(asyncio.Protocol):
             logger.debug("HTTP/2 connection error from %s: %s", self.client, exc)
             self._close_after_error()
             return False
-        for event in events:
-            self._on_event(event)
-            if self._lingering or self.transport.is_closing():
-                return False
-        return True
+        try:
+            for event in events:
+                self._on_event(event)
+                if self._lingering or self.transport.is_closing():
+                    return False
+            return True
+        finally:
+            if self._held:
+                self._start_held()
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -793,10 +799,23 @@ class Http2Connection(asyncio.Protocol):
             return
         cycle = RequestCycle(stream, self._scope(method, parts[0], parts[1], headers, trailers), expect_continue)
         stream.cycle = cycle
+        self._app_running += 1
         if stream.request_ended:
             cycle.body_complete = True
-        self._app_running += 1
+        else:
+            # The body that came in the same read is handed over by the events after this one. An app started
+            # now (eagerly, on 3.12) would find none yet, wait for it and be woken on the next loop turn;
+            # started once the read's events are handled, it takes the body at once.
+            self._held.append((stream, cycle))
+            return
         cycle.task = start_task(self._run(stream, cycle), state.loop, state.base_context.copy())
+
+    def _start_held(self) -> None:
+        """Run the apps of the requests _on_request held until their read was handled."""
+        held, self._held = self._held, []
+        state = self.state
+        for stream, cycle in held:
+            cycle.task = start_task(self._run(stream, cycle), state.loop, state.base_context.copy())
 
     async def _run(self, stream: Http2Stream, cycle: RequestCycle) -> None:
         try:

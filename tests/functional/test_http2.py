@@ -4,6 +4,7 @@ by frame (H2Client below), httpx with http2 and curl."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -542,6 +543,26 @@ def test_head_response_has_the_length_and_no_body(serve_app, h2_client) -> None:
 
 
 # -- flow control ---------------------------------------------------------------------------------------
+
+
+def test_a_body_in_the_same_read_as_its_head_is_there_when_the_app_first_asks(serve_app, h2_client) -> None:
+    """HEADERS and DATA that arrive together: the app's first receive() returns the body without waiting
+    (the app starts once the read's frames are handled, not between the HEADERS and the DATA)."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        turned: list[bool] = []
+        asyncio.get_running_loop().call_soon(turned.append, True)  # runs if receive() lets the loop turn
+        message = await receive()
+        answer = b"after a wait" if turned else b"at once"
+        assert message["body"] == b"x" * 1024
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+
+    live = serve_app(app, loop_kind="uvloop")
+    client = h2_client(live.port)
+    assert client.response(client.request("/", method="POST", body=b"x" * 1024))[2] == b"at once"
 
 
 def test_request_body_window_opens_only_as_the_app_reads(serve_app, h2_client) -> None:
