@@ -56,7 +56,7 @@ from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import split_target
 from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
-from kestrelpy.protocols.http11 import HttpConnection, address, start_task
+from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, start_task
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import declared_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
@@ -320,6 +320,45 @@ class Http2Service:
         h2conn.connection_made(transport)
         if received:
             h2conn.data_received(received)
+
+    def refuse_over_limit(self, conn: HttpConnection) -> None:
+        """A cleartext connection over --limit-concurrency: refused the HTTP/2 way (GOAWAY REFUSED_STREAM) if
+        it opens with the preface, else with HTTP/1.1's 503, once its first bytes say which (an HTTP/1.1
+        client sends first, so it waits for nothing). An HTTP/2-only listener refuses it as HTTP/2 at once."""
+        if not conn.http1:
+            self.take_over(conn, b"")
+            return
+        conn.closing = True  # a client that sends nothing is closed after the LINGER timeout
+        conn.transport.set_protocol(OverLimitSniffer(self, conn))
+
+
+class OverLimitSniffer(asyncio.Protocol):
+    """The protocol of a cleartext connection over the connection limit until its first bytes arrive (see
+    Http2Service.refuse_over_limit). Only such connections pass here: the HTTP/1.1 path pays nothing."""
+
+    __slots__ = ("_conn", "_received", "_service")
+
+    def __init__(self, service: Http2Service, conn: HttpConnection) -> None:
+        self._service = service
+        self._conn = conn
+        self._received = b""
+
+    def data_received(self, data: bytes) -> None:
+        received = self._received + data
+        conn = self._conn
+        if received.startswith(HTTP2_PREFACE):
+            self._service.take_over(conn, received)  # (which finds the connection over the limit and refuses it)
+        elif HTTP2_PREFACE.startswith(received):
+            self._received = received  # the preface so far
+        else:
+            conn.transport.set_protocol(conn)
+            conn._refuse()  # what was read is dropped: a refused request is never parsed
+
+    def eof_received(self) -> bool:
+        return False  # (the transport closes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.connection_lost(exc)
 
 
 class Http2Stream:

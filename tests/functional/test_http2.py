@@ -703,12 +703,25 @@ def test_each_stream_gets_an_access_log_line(serve_app, h2_client, caplog) -> No
 
 
 def test_http2_connections_count_towards_the_connection_limit(serve_app, h2_client) -> None:
+    """An h2c connection over the limit is refused the HTTP/2 way once its preface arrives (GOAWAY
+    REFUSED_STREAM, as over TLS), even when the preface comes in pieces; an HTTP/1.1 one still gets 503."""
     live = serve_app(echo_app, limits=Limits(max_concurrent_connections=1))
     first = h2_client(live.port)
     assert first.response(first.request("/"))[0] == 200
-    second = h2_client(live.port)  # refused before its preface is read (with HTTP/1.1's 503)
-    second.until(lambda e: False)
-    assert second.closed and not any(isinstance(e, h2.events.ResponseReceived) for e in second.events)
+    second = h2_client(live.port)
+    event = second.goaway()
+    assert event is not None and event.error_code == ErrorCodes.REFUSED_STREAM
+    third = h2_client(live.port, preface=False)
+    third.h2.initiate_connection()
+    opening = third.h2.data_to_send()
+    for piece in (opening[:3], opening[3:20], opening[20:]):
+        third.send_raw(piece)
+    event = third.goaway()
+    assert event is not None and event.error_code == ErrorCodes.REFUSED_STREAM
+    with socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert plain.recv(100).startswith(b"HTTP/1.1 503 ")
+    assert first.response(first.request("/"))[0] == 200  # the open one is unaffected
 
 
 def test_tls_http2_connection_over_the_limit_gets_goaway_refused(serve_app, tls_files, h2_client) -> None:
