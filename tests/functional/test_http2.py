@@ -5,6 +5,7 @@ by frame (H2Client below), httpx with http2 and curl."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import socket
@@ -755,18 +756,30 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve_app
     assert live.join()
 
 
-def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None:
-    """RFC 9113 section 8.2.3: a client may split the cookie into several fields; the app gets one."""
-    seen: list[list[tuple[bytes, bytes]]] = []
+def answering(record: Callable[[dict[str, Any]], object], status: int, body: bytes) -> Callable[..., Any]:
+    """An app that hands each request's scope to `record` and answers `status` with `body`."""
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        seen.append(scope["headers"])
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        record(scope)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": body})
 
-    live = serve_app(app)
+    return app
+
+
+def unchecked(client: H2Client) -> H2Client:
+    """The client sends header blocks as they are written (h2 would refuse or fix the malformed ones)."""
+    client.h2.config.validate_outbound_headers = False
+    client.h2.config.normalize_outbound_headers = False
+    return client
+
+
+def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None:
+    """RFC 9113 section 8.2.3: a client may split the cookie into several fields; the app gets one."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+    live = serve_app(answering(lambda scope: seen.append(scope["headers"]), 204, b""))
     client = h2_client(live.port)
     cookies = [(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")]
     assert client.response(client.request("/", headers=cookies))[0] == 204
@@ -813,23 +826,13 @@ def test_malformed_requests_get_a_stream_error_and_the_connection_carries_on(ser
     """RFC 9113 section 8.1.1: a malformed request is a stream error (RST_STREAM PROTOCOL_ERROR), the app
     never sees it, and the streams beside it are served."""
     seen: list[str] = []
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        seen.append(scope["path"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"fine"})
-
-    live = serve_app(app)
-    client = h2_client(live.port)
-    client.h2.config.validate_outbound_headers = False  # (the client sends the blocks as they are written)
-    client.h2.config.normalize_outbound_headers = False
+    live = serve_app(answering(lambda scope: seen.append(scope["path"]), 200, b"fine"))
+    client = unchecked(h2_client(live.port))
     for rule, fields in MALFORMED_REQUESTS.items():
         sid = client.h2.get_next_available_stream_id()
         client.h2.send_headers(sid, fields, end_stream=True)
         client.flush()
-        reset = client.until(lambda e, sid=sid: _ends(e, sid))
+        reset = client.until(functools.partial(_ends, sid=sid))
         assert isinstance(reset, h2.events.StreamReset), rule
         assert reset.error_code == ErrorCodes.PROTOCOL_ERROR, rule
         status, _, body = client.response(client.request(f"/after/{len(seen)}"))
@@ -841,9 +844,7 @@ def test_well_formed_edges_are_served(serve_app, h2_client) -> None:
     """What sections 8.2 and 8.3 allow: te: trailers, Host instead of :authority, Host equal to :authority,
     an empty value, a tab inside one; an ordinary CONNECT is well-formed and refused with 400 (not offered)."""
     live = serve_app(echo_app)
-    client = h2_client(live.port)
-    client.h2.config.validate_outbound_headers = False
-    client.h2.config.normalize_outbound_headers = False
+    client = unchecked(h2_client(live.port))
     blocks = [
         [*_GET, (b"te", b"trailers")],
         [_GET[0], _GET[1], _GET[3], (b"host", b"only.test")],
@@ -882,9 +883,7 @@ def test_malformed_trailers_reset_their_stream_only(serve_app, h2_client) -> Non
         await send({"type": "http.response.body", "body": b"next"})
 
     live = serve_app(app)
-    client = h2_client(live.port)
-    client.h2.config.validate_outbound_headers = False
-    client.h2.config.normalize_outbound_headers = False
+    client = unchecked(h2_client(live.port))
     sid = client.request("/upload", method="POST", body=b"part", end=False)
     client.h2.send_headers(sid, [(b"X-Checksum", b"1")], end_stream=True)
     client.flush()
