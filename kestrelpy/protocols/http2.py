@@ -101,6 +101,16 @@ _FORBIDDEN, _TE, _COOKIE, _HOST = range(4)
 _SPECIAL = {**dict.fromkeys(_CONNECTION_SPECIFIC, _FORBIDDEN), b"te": _TE, b"cookie": _COOKIE, b"host": _HOST}
 
 
+def _valid_value(valid: set[tuple[bytes, bytes]], field: tuple[bytes, bytes]) -> bool:
+    """Whether the field's value is well-formed; a field found so (its name checked first) is remembered."""
+    value = field[1]
+    if value and _VALID_VALUE(value) is None:
+        return False
+    if len(valid) < VALID_FIELDS:
+        valid.add(field)
+    return True
+
+
 def invalid_field(name: bytes, value: bytes) -> bool:
     """Whether a regular field (not a pseudo-header) makes its message malformed (RFC 9113 section 8.2)."""
     if _VALID_NAME(name) is None or (value and _VALID_VALUE(value) is None):
@@ -109,24 +119,30 @@ def invalid_field(name: bytes, value: bytes) -> bool:
     return kind == _FORBIDDEN or (kind == _TE and value.lower() != b"trailers")
 
 
+VALID_FIELDS = 64  # fields a connection remembers as well-formed, so a repeated one is checked once
+
+
 def read_request_fields(
-    fields: Iterable[tuple[bytes, bytes]], field_limit: int
+    fields: Iterable[tuple[bytes, bytes]], field_limit: int, valid: set[tuple[bytes, bytes]]
 ) -> tuple[bytes, bytes | None, list[tuple[bytes, bytes]], bool] | str:
     """One pass over a request's decoded header block: why it is malformed (RFC 9113 sections 8.2, 8.3),
     or (method, :path, the fields the app sees, whether one is longer than `field_limit`). The app sees
     :authority as the first field, Host, and cookie fields joined into one (section 8.2.3). :path is None
-    for a CONNECT request."""
+    for a CONNECT request. `valid` holds fields whose name and value were found well-formed (it grows
+    up to VALID_FIELDS)."""
     seen = 0
     method = path = authority = host = None
     headers: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     too_large = False
-    for name, value in fields:
+    for field in fields:
+        name, value = field
         if len(name) + len(value) > field_limit:
             too_large = True
+        known = field in valid
         if name[:1] == b":":
             bit = _PSEUDO.get(name, 0)
-            if not bit or seen & (bit | _REGULAR) or (value and _VALID_VALUE(value) is None):
+            if not bit or seen & (bit | _REGULAR) or not (known or _valid_value(valid, field)):
                 return f"pseudo-header field {name!r} unknown, repeated, after a regular field or invalid"
             seen |= bit
             if bit == _METHOD:
@@ -137,7 +153,7 @@ def read_request_fields(
                 authority = value
             continue
         seen |= _REGULAR
-        if _VALID_NAME(name) is None or (value and _VALID_VALUE(value) is None):
+        if not known and (_VALID_NAME(name) is None or not _valid_value(valid, field)):
             return f"field {name!r} has an invalid name or value"
         kind = _SPECIAL.get(name)
         if kind is None:
@@ -566,6 +582,7 @@ class Http2Connection(asyncio.Protocol):
         "_received",
         "_refused_while_full",
         "_send_scheduled",
+        "_valid_fields",
         "_written",
         "client",
         "closing",
@@ -597,6 +614,7 @@ class Http2Connection(asyncio.Protocol):
         self._ready: deque[Http2Stream] = deque()  # streams with DATA to send, in turn
         self._app_running = 0  # streams whose app has not returned, reset ones included
         self._held: list[tuple[Http2Stream, RequestCycle]] = []  # apps to start once this read is handled
+        self._valid_fields: set[tuple[bytes, bytes]] = set()  # request fields found well-formed
         self._refused_while_full = 0  # streams refused since the last beat because too many apps run
         self._budgets = [0, 0, 0, 0, 0]  # SETTINGS, PING, empty DATA, PRIORITY, WINDOW_UPDATE since the last beat
         self.data_frames = 0  # DATA frames sent since the last beat (they earn WINDOW_UPDATE budget)
@@ -802,7 +820,8 @@ class Http2Connection(asyncio.Protocol):
                 return
             self._reset_id(sid, ErrorCodes.REFUSED_STREAM)
             return
-        head = read_request_fields(event.headers or (), self.service.limits.http2_max_request_header_field_size)
+        limit = self.service.limits.http2_max_request_header_field_size
+        head = read_request_fields(event.headers or (), limit, self._valid_fields)
         if isinstance(head, str):
             # RFC 9113 section 8.1.1: a malformed request is a stream error; the connection carries on.
             logger.debug("Malformed HTTP/2 request from %s: %s", self.client, head)
