@@ -124,9 +124,10 @@ VALID_FIELDS = 64  # fields a connection remembers as well-formed, so a repeated
 
 def read_request_fields(
     fields: Iterable[tuple[bytes, bytes]], field_limit: int, valid: set[tuple[bytes, bytes]]
-) -> tuple[bytes, bytes | None, list[tuple[bytes, bytes]], bool] | str:
+) -> tuple[bytes, bytes | None, list[tuple[bytes, bytes]], bool, int] | str:
     """One pass over a request's decoded header block: why it is malformed (RFC 9113 sections 8.2, 8.3),
-    or (method, :path, the fields the app sees, whether one is longer than `field_limit`). The app sees
+    or (method, :path, the fields the app sees, whether one is longer than `field_limit`, a bound on the
+    size the head limits count: every field's name and value and 4 bytes, as HTTP/1.1 counts). The app sees
     :authority as the first field, Host, and cookie fields joined into one (section 8.2.3). :path is None
     for a CONNECT request. `valid` holds fields whose name and value were found well-formed (it grows
     up to VALID_FIELDS)."""
@@ -135,10 +136,13 @@ def read_request_fields(
     headers: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     too_large = False
+    bound = 0
     for field in fields:
         name, value = field
-        if len(name) + len(value) > field_limit:
+        size = len(name) + len(value)
+        if size > field_limit:
             too_large = True
+        bound += size + 4
         known = field in valid
         if name[:1] == b":":
             bit = _PSEUDO.get(name, 0)
@@ -185,7 +189,7 @@ def read_request_fields(
         return "neither :authority nor Host"
     if cookies:
         headers.append((b"cookie", b"; ".join(cookies)))
-    return method, path, headers, too_large
+    return method, path, headers, too_large, bound  # (the app's fields are never more: see the caller)
 
 
 class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
@@ -827,7 +831,7 @@ class Http2Connection(asyncio.Protocol):
             logger.debug("Malformed HTTP/2 request from %s: %s", self.client, head)
             self._reset_id(sid, ErrorCodes.PROTOCOL_ERROR)
             return
-        method, raw_target, headers, too_large = head
+        method, raw_target, headers, too_large, bound = head
         stream = Http2Stream(self, sid, state.clock(), method == b"HEAD")
         stream.request_ended = event.stream_ended is not None
         self.streams[sid] = stream
@@ -836,7 +840,14 @@ class Http2Connection(asyncio.Protocol):
             self._refuse(stream, RequestRejection.MALFORMED_REQUEST)
             return
         rejection = RequestRejection.HEADERS_TOO_LARGE if too_large else None
-        rejection = rejection or over_head_limits(state, method, raw_target, headers)
+        # The app's fields weigh no more than the block's (Host stands for :authority, joined cookies lose their
+        # names): within the size limit by that bound, the exact count is not needed.
+        if rejection is None and (
+            bound > state.max_headers_size
+            or len(headers) > state.max_header_count
+            or len(method) + len(raw_target) + 10 > state.max_line_size
+        ):
+            rejection = over_head_limits(state, method, raw_target, headers)
         if rejection is not None:
             self._refuse(stream, rejection)
             return

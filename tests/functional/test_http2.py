@@ -676,6 +676,18 @@ def test_too_many_header_fields_get_431_on_that_stream_only(serve_app, h2_client
     assert client.response(good)[0] == 200
 
 
+def test_head_size_and_path_limits_hold_per_stream(serve_app, h2_client) -> None:
+    """The HTTP/1.1 head limits per stream: header bytes over --limit-request-headers get 431, a :path longer
+    than --limit-request-line 414, and a head just within both is served."""
+    live = serve_app(echo_app, limits=Limits(max_request_headers_size=2000, max_request_line_size=1000))
+    client = h2_client(live.port)
+    fields = [(b"x-h%d" % i, b"v" * 300) for i in range(5)]
+    assert client.response(client.request("/", headers=fields))[0] == 200  # 1,500 bytes and the host field
+    assert client.response(client.request("/", headers=[*fields, (b"x-more", b"v" * 500)]))[0] == 431
+    assert client.response(client.request("/" + "p" * 980))[0] == 200
+    assert client.response(client.request("/" + "p" * 990))[0] == 414
+
+
 def test_declared_body_over_the_limit_gets_413(serve_app, h2_client) -> None:
     live = serve_app(echo_app, limits=Limits(max_request_body_size=1000))
     client = h2_client(live.port)
