@@ -90,7 +90,9 @@ def cached_client_frames(workload: str, batches: int) -> tuple[bytes, list[bytes
         return frames
 
 
-async def run(workload: str, batches: int, profile: cProfile.Profile | None) -> tuple[float, int]:
+async def run(
+    workload: str, batches: int, profile: cProfile.Profile | None, warmup: int = WARMUP_BATCHES
+) -> tuple[float, int]:
     """Seconds per request over `batches` batches after a warm-up; and the bytes written."""
     from bench import apps
     from kestrelpy.config import Config
@@ -107,12 +109,12 @@ async def run(workload: str, batches: int, profile: cProfile.Profile | None) -> 
     service = Http2Service(config.http2_limits, True, ())
     conn = Http2Connection(state, service, "http", None)
     transport = FakeTransport()
-    opening, reads = cached_client_frames(workload, WARMUP_BATCHES + batches)
+    opening, reads = cached_client_frames(workload, warmup + batches)
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(opening)
     receive = conn.data_received
     for i, data in enumerate(reads):
-        if i == WARMUP_BATCHES:
+        if i == warmup:
             started = time.perf_counter()
             if profile is not None:
                 profile.enable()
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("workloads", nargs="*", default=list(APPS), help="plaintext, echo")
     parser.add_argument("--batches", type=int, default=2000, help=f"batches of {BATCH} requests measured")
+    parser.add_argument("--warmup", type=int, default=WARMUP_BATCHES, help="batches run before the measure")
     parser.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
     parser.add_argument("--profile", action="store_true", help="one cProfile run per workload instead")
     parser.add_argument("--top", type=int, default=25, help="functions listed with --profile")
@@ -164,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile:
             profile = cProfile.Profile()
             loop = event_loop()
-            loop.run_until_complete(run(workload, args.batches, profile))
+            loop.run_until_complete(run(workload, args.batches, profile, args.warmup))
             loop.close()
             print(f"== {workload}")
             calls_per_request(profile, args.batches * BATCH, args.top)
@@ -172,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         times = []
         for _ in range(args.repeats):
             loop = event_loop()
-            seconds, _out = loop.run_until_complete(run(workload, args.batches, None))
+            seconds, _out = loop.run_until_complete(run(workload, args.batches, None, args.warmup))
             loop.close()
             times.append(seconds * 1e6)
         print(

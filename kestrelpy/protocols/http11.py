@@ -117,6 +117,7 @@ class Http2Handoff(Protocol):
     """What takes a connection over for HTTP/2 (protocols/http2.py's Http2Service)."""
 
     def take_over(self, conn: HttpConnection, received: bytes) -> None: ...
+    def refuse_over_limit(self, conn: HttpConnection) -> None: ...
 
 
 class HttpConnection(Http1Output):
@@ -206,7 +207,10 @@ class HttpConnection(Http1Output):
         if state.metrics is not None:
             state.metrics.connection_opened(self, now, over_limit)
         if over_limit:
-            self._refuse()
+            if self.http2 is not None and self.scheme == "http":
+                self.http2.refuse_over_limit(self)  # (the first bytes say whose refusal: HTTP/2's or a 503)
+            else:
+                self._refuse()
             return
         if state.shutting_down or state.draining:
             # accepted in the same batch as the last ones before the drain, or during --shutdown-delay

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -47,6 +48,7 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
@@ -54,7 +56,7 @@ from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import split_target
 from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
-from kestrelpy.protocols.http11 import HttpConnection, address, start_task
+from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, start_task
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import declared_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
@@ -84,6 +86,112 @@ _STATUS = {status: str(status).encode() for status in range(100, 600)}
 _HPACK_FIELD_OVERHEAD = 28
 
 
+# The checks of RFC 9113 sections 8.2 and 8.3 on a received header block, made here in the one pass that
+# reads it (h2's own are a chain of generators over every field, most of the cost of a request's headers).
+# A field name is one or more visible ASCII characters but uppercase letters and ':' (section 8.2.1)...
+_VALID_NAME = re.compile(rb"[!-9;-@\[-~]+").fullmatch
+# ... a value has no NUL, CR or LF, and neither starts nor ends with SP or HTAB (section 8.2.1).
+_VALID_VALUE = re.compile(rb"(?:[^\0\r\n\t ](?:[^\0\r\n]*[^\0\r\n\t ])?)?").fullmatch
+# The request pseudo-header fields (section 8.3.1), as bits; :protocol is not offered (RFC 8441 is not).
+_METHOD, _SCHEME, _AUTHORITY, _PATH, _REGULAR = 1, 2, 4, 8, 16
+_PSEUDO = {b":method": _METHOD, b":scheme": _SCHEME, b":authority": _AUTHORITY, b":path": _PATH}
+# Fields the request pass looks at: connection-specific ones make a request malformed (section 8.2.2),
+# and so does TE with any value but "trailers"; cookies are joined again; Host stands beside :authority.
+_FORBIDDEN, _TE, _COOKIE, _HOST = range(4)
+_SPECIAL = {**dict.fromkeys(_CONNECTION_SPECIFIC, _FORBIDDEN), b"te": _TE, b"cookie": _COOKIE, b"host": _HOST}
+
+
+def _valid_value(valid: set[tuple[bytes, bytes]], field: tuple[bytes, bytes]) -> bool:
+    """Whether the field's value is well-formed; a field found so (its name checked first) is remembered."""
+    value = field[1]
+    if value and _VALID_VALUE(value) is None:
+        return False
+    if len(valid) < VALID_FIELDS:
+        valid.add(field)
+    return True
+
+
+def invalid_field(name: bytes, value: bytes) -> bool:
+    """Whether a regular field (not a pseudo-header) makes its message malformed (RFC 9113 section 8.2)."""
+    if _VALID_NAME(name) is None or (value and _VALID_VALUE(value) is None):
+        return True
+    kind = _SPECIAL.get(name)
+    return kind == _FORBIDDEN or (kind == _TE and value.lower() != b"trailers")
+
+
+VALID_FIELDS = 64  # fields a connection remembers as well-formed, so a repeated one is checked once
+
+
+def read_request_fields(
+    fields: Iterable[tuple[bytes, bytes]], field_limit: int, valid: set[tuple[bytes, bytes]]
+) -> tuple[bytes, bytes | None, list[tuple[bytes, bytes]], bool, int] | str:
+    """One pass over a request's decoded header block: why it is malformed (RFC 9113 sections 8.2, 8.3),
+    or (method, :path, the fields the app sees, whether one is longer than `field_limit`, a bound on the
+    size the head limits count: every field's name and value and 4 bytes, as HTTP/1.1 counts). The app sees
+    :authority as the first field, Host, and cookie fields joined into one (section 8.2.3). :path is None
+    for a CONNECT request. `valid` holds fields whose name and value were found well-formed (it grows
+    up to VALID_FIELDS)."""
+    seen = 0
+    method = path = authority = host = None
+    headers: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    too_large = False
+    bound = 0
+    for field in fields:
+        name, value = field
+        size = len(name) + len(value)
+        if size > field_limit:
+            too_large = True
+        bound += size + 4
+        known = field in valid
+        if name[:1] == b":":
+            bit = _PSEUDO.get(name, 0)
+            if not bit or seen & (bit | _REGULAR) or not (known or _valid_value(valid, field)):
+                return f"pseudo-header field {name!r} unknown, repeated, after a regular field or invalid"
+            seen |= bit
+            if bit == _METHOD:
+                method = value
+            elif bit == _PATH:
+                path = value
+            elif bit == _AUTHORITY:
+                authority = value
+            continue
+        seen |= _REGULAR
+        if not known and (_VALID_NAME(name) is None or not _valid_value(valid, field)):
+            return f"field {name!r} has an invalid name or value"
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            headers.append((name, value))
+        elif kind == _COOKIE:
+            cookies.append(value)
+        elif kind == _HOST:
+            if host is not None:
+                return "more than one Host field"
+            host = value
+        elif kind == _FORBIDDEN or value.lower() != b"trailers":
+            return f"field {name!r} is connection-specific"
+        else:
+            headers.append((name, value))
+    if method is None:
+        return "no :method"
+    if method == b"CONNECT":
+        if seen & (_SCHEME | _PATH):
+            return "CONNECT with :scheme or :path"  # (section 8.5)
+    elif seen & (_SCHEME | _PATH) != _SCHEME | _PATH or not path:
+        return "no :scheme, or no :path or an empty one"
+    if authority is not None:
+        if host is not None and host != authority:
+            return ":authority and Host differ"
+        headers.insert(0, (b"host", authority))
+    elif host is not None:
+        headers.insert(0, (b"host", host))
+    else:
+        return "neither :authority nor Host"
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    return method, path, headers, too_large, bound  # (the app's fields are never more: see the caller)
+
+
 class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
     """h2's frame buffer, counting the bytes of a header block as its frames arrive: a block larger than
     `limit` is a connection error before it is buffered (h2 alone bounds only the number of CONTINUATION
@@ -111,6 +219,94 @@ class HeaderBlockBuffer(h2.frame_buffer.FrameBuffer):
             self.goaway = frame
             return None
         return frame
+
+
+class ResponseHeaderEncoder(hpack.Encoder):
+    """hpack's encoder, remembering the blocks it made while its dynamic table stays as it was.
+
+    A response head whose fields are all in the table already (after the first response, most are: the
+    same content-type, server and date, often the same length) encodes to index references only, and
+    changes nothing in the table: the same head then encodes to the same bytes until an entry is added or
+    the table is resized, which forgets every block remembered. Heads are lists of plain 2-tuples (this
+    module makes them so), so equal lists mean equal encodings."""
+
+    BLOCKS = 32  # heads remembered at once
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blocks: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+        self._newest: tuple[bytes, bytes] | None = None  # the table's newest entry when those were made
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        table = self.header_table
+        entries = table.dynamic_entries
+        newest = entries[0] if entries else None
+        key = tuple(headers)
+        blocks = self._blocks
+        resized = table.resized  # (the block then starts with the size update, said once)
+        if newest is not self._newest or resized or len(blocks) >= self.BLOCKS:
+            blocks.clear()
+            self._newest = newest
+        else:
+            block = blocks.get(key)
+            if block is not None:
+                return block
+        block = super().encode(key, huffman)
+        if not resized and (entries[0] if entries else None) is newest:  # the table is as it was
+            blocks[key] = block
+        return block
+
+
+class RequestHeaderDecoder(hpack.Decoder):
+    """hpack's decoder, remembering the fields of the small blocks it decoded while its dynamic table stays as
+    it was: a client that repeats a request (the same path, the same fields) sends the same index references,
+    which mean the same fields until the table changes. Any change to the table, or to the limits the
+    decoder applies, forgets every block. The lists it returns are shared: h2 copies them into its events."""
+
+    BLOCKS = 32  # blocks remembered at once
+    LARGEST = 512  # bytes of the largest block remembered
+
+    def __init__(self) -> None:
+        self._blocks: dict[bytes, list[hpack.HeaderTuple]] = {}
+        super().__init__()
+
+    # (h2 sets these as the client acknowledges SETTINGS; a block decoded under other limits is forgotten)
+    @property
+    def max_header_list_size(self) -> int:
+        return self._max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._max_header_list_size = value
+        self._blocks.clear()
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self._max_allowed_table_size
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self._max_allowed_table_size = value
+        self._blocks.clear()
+
+    def decode(self, data: bytes, raw: bool = False) -> list[hpack.HeaderTuple]:
+        blocks = self._blocks
+        if raw:
+            fields = blocks.get(data)
+            if fields is not None:
+                return fields
+        table = self.header_table
+        entries = table.dynamic_entries
+        newest = entries[0] if entries else None
+        size = table.maxsize
+        fields = cast("list[hpack.HeaderTuple]", super().decode(data, raw))
+        if (entries[0] if entries else None) is not newest or table.maxsize != size:
+            blocks.clear()  # the table changed: the blocks remembered may mean something else now
+        elif raw and len(data) <= self.LARGEST:
+            if len(blocks) >= self.BLOCKS:
+                blocks.clear()
+            blocks[data] = fields
+        return fields
 
 
 # h2 turns all it is given into events before any is handled. A read (up to 256 KiB on uvloop) is handed
@@ -146,6 +342,45 @@ class Http2Service:
             h2conn.data_received(received)
         if state.shutting_down:  # it became HTTP/2 only after the drain began (--shutdown-delay is over)
             h2conn.shutdown()
+
+    def refuse_over_limit(self, conn: HttpConnection) -> None:
+        """A cleartext connection over --limit-concurrency: refused the HTTP/2 way (GOAWAY REFUSED_STREAM) if
+        it opens with the preface, else with HTTP/1.1's 503, once its first bytes say which (an HTTP/1.1
+        client sends first, so it waits for nothing). An HTTP/2-only listener refuses it as HTTP/2 at once."""
+        if not conn.http1:
+            self.take_over(conn, b"")
+            return
+        conn.closing = True  # a client that sends nothing is closed after the LINGER timeout
+        conn.transport.set_protocol(OverLimitSniffer(self, conn))
+
+
+class OverLimitSniffer(asyncio.Protocol):
+    """The protocol of a cleartext connection over the connection limit until its first bytes arrive (see
+    Http2Service.refuse_over_limit). Only such connections pass here: the HTTP/1.1 path pays nothing."""
+
+    __slots__ = ("_conn", "_received", "_service")
+
+    def __init__(self, service: Http2Service, conn: HttpConnection) -> None:
+        self._service = service
+        self._conn = conn
+        self._received = b""
+
+    def data_received(self, data: bytes) -> None:
+        received = self._received + data
+        conn = self._conn
+        if received.startswith(HTTP2_PREFACE):
+            self._service.take_over(conn, received)  # (which finds the connection over the limit and refuses it)
+        elif HTTP2_PREFACE.startswith(received):
+            self._received = received  # the preface so far
+        else:
+            conn.transport.set_protocol(conn)
+            conn._refuse()  # what was read is dropped: a refused request is never parsed
+
+    def eof_received(self) -> bool:
+        return False  # (the transport closes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.connection_lost(exc)
 
 
 class Http2Stream:
@@ -344,6 +579,7 @@ class Http2Connection(asyncio.Protocol):
         "_frames",
         "_goaway_received",
         "_goaway_sent",
+        "_held",
         "_in_read",
         "_last_heard",
         "_last_stream_id",
@@ -353,6 +589,7 @@ class Http2Connection(asyncio.Protocol):
         "_received",
         "_refused_while_full",
         "_send_scheduled",
+        "_valid_fields",
         "_written",
         "client",
         "closing",
@@ -383,6 +620,8 @@ class Http2Connection(asyncio.Protocol):
         self.streams: dict[int, Http2Stream] = {}
         self._ready: deque[Http2Stream] = deque()  # streams with DATA to send, in turn
         self._app_running = 0  # streams whose app has not returned, reset ones included
+        self._held: list[tuple[Http2Stream, RequestCycle]] = []  # apps to start once this read is handled
+        self._valid_fields: set[tuple[bytes, bytes]] = set()  # request fields found well-formed
         self._refused_while_full = 0  # streams refused since the last beat because too many apps run
         self._budgets = [0, 0, 0, 0, 0]  # SETTINGS, PING, empty DATA, PRIORITY, WINDOW_UPDATE since the last beat
         self.data_frames = 0  # DATA frames sent since the last beat (they earn WINDOW_UPDATE budget)
@@ -401,11 +640,14 @@ class Http2Connection(asyncio.Protocol):
             client_side=False,
             header_encoding=None,
             normalize_inbound_headers=False,  # (it only joins cookie fields, which _on_request does anyway)
+            validate_inbound_headers=False,  # checked in the pass that reads them (read_request_fields)
             validate_outbound_headers=False,  # validated (and lower-cased) by the stream, as for HTTP/1.1
             normalize_outbound_headers=False,
             split_outbound_cookies=False,
         )
         conn = h2.connection.H2Connection(config)
+        conn.encoder = ResponseHeaderEncoder()
+        conn.decoder = RequestHeaderDecoder()
         header_list = state.max_headers_size + _HPACK_FIELD_OVERHEAD * state.max_header_count
         conn.local_settings = h2.settings.Settings(
             client=False,
@@ -504,11 +746,15 @@ class Http2Connection(asyncio.Protocol):
             logger.debug("HTTP/2 connection error from %s: %s", self.client, exc)
             self._close_after_error()
             return False
-        for event in events:
-            self._on_event(event)
-            if self._lingering or self.transport.is_closing():
-                return False
-        return True
+        try:
+            for event in events:
+                self._on_event(event)
+                if self._lingering or self.transport.is_closing():
+                    return False
+            return True
+        finally:
+            if self._held:
+                self._start_held()
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -520,7 +766,7 @@ class Http2Connection(asyncio.Protocol):
             self._on_data(event)  # type: ignore[arg-type]
         elif kind is h2.events.StreamEnded:
             stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None:
+            if stream is not None and not stream.request_ended:  # (a GET's came with its HEADERS, a reset ended it)
                 stream.request_ended = True
                 if stream.cycle is not None:
                     stream.cycle.finish_body()
@@ -581,38 +827,30 @@ class Http2Connection(asyncio.Protocol):
                 return
             self._reset_id(sid, ErrorCodes.REFUSED_STREAM)
             return
-        method = raw_target = authority = None
-        headers: list[tuple[bytes, bytes]] = []
-        cookies: list[bytes] = []
-        field_limit = self.service.limits.http2_max_request_header_field_size
-        too_large = False
-        for name, value in event.headers or ():
-            if len(name) + len(value) > field_limit:
-                too_large = True
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    raw_target = value
-                elif name == b":authority":
-                    authority = value
-            elif name == b"cookie":
-                cookies.append(value)  # RFC 9113 section 8.2.3: one field again for the app
-            elif name != b"host" or authority is None:
-                headers.append((name, value))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
-        if authority is not None:
-            headers = [(b"host", authority), *(h for h in headers if h[0] != b"host")]
+        limit = self.service.limits.http2_max_request_header_field_size
+        head = read_request_fields(event.headers or (), limit, self._valid_fields)
+        if isinstance(head, str):
+            # RFC 9113 section 8.1.1: a malformed request is a stream error; the connection carries on.
+            logger.debug("Malformed HTTP/2 request from %s: %s", self.client, head)
+            self._reset_id(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        method, raw_target, headers, too_large, bound = head
         stream = Http2Stream(self, sid, state.clock(), method == b"HEAD")
         stream.request_ended = event.stream_ended is not None
         self.streams[sid] = stream
         self.timeouts.cancel_timeout()
-        if method is None or raw_target is None:  # CONNECT (RFC 9113 section 8.5) is not offered
+        if raw_target is None:  # CONNECT (RFC 9113 section 8.5) is not offered
             self._refuse(stream, RequestRejection.MALFORMED_REQUEST)
             return
         rejection = RequestRejection.HEADERS_TOO_LARGE if too_large else None
-        rejection = rejection or over_head_limits(state, method, raw_target, headers)
+        # The app's fields weigh no more than the block's (Host stands for :authority, joined cookies lose their
+        # names): within the size limit by that bound, the exact count is not needed.
+        if rejection is None and (
+            bound > state.max_headers_size
+            or len(headers) > state.max_header_count
+            or len(method) + len(raw_target) + 10 > state.max_line_size
+        ):
+            rejection = over_head_limits(state, method, raw_target, headers)
         if rejection is not None:
             self._refuse(stream, rejection)
             return
@@ -633,10 +871,23 @@ class Http2Connection(asyncio.Protocol):
             return
         cycle = RequestCycle(stream, self._scope(method, parts[0], parts[1], headers, trailers), expect_continue)
         stream.cycle = cycle
+        self._app_running += 1
         if stream.request_ended:
             cycle.body_complete = True
-        self._app_running += 1
+        else:
+            # The body that came in the same read is handed over by the events after this one. An app started
+            # now (eagerly, on 3.12) would find none yet, wait for it and be woken on the next loop turn;
+            # started once the read's events are handled, it takes the body at once.
+            self._held.append((stream, cycle))
+            return
         cycle.task = start_task(self._run(stream, cycle), state.loop, state.base_context.copy())
+
+    def _start_held(self) -> None:
+        """Run the apps of the requests _on_request held until their read was handled."""
+        held, self._held = self._held, []
+        state = self.state
+        for stream, cycle in held:
+            cycle.task = start_task(self._run(stream, cycle), state.loop, state.base_context.copy())
 
     async def _run(self, stream: Http2Stream, cycle: RequestCycle) -> None:
         try:
@@ -687,13 +938,25 @@ class Http2Connection(asyncio.Protocol):
             self.acknowledge(stream, length)
 
     def _on_request_trailers(self, event: h2.events.TrailersReceived) -> None:
-        """Dropped (ASGI has no request trailers), but counted with the head against its limits."""
+        """Dropped (ASGI has no request trailers), but checked (RFC 9113 section 8.1: no pseudo-header
+        fields, and the rules of section 8.2) and counted with the head against its limits."""
+        trailers = event.headers or ()
         stream = self.streams.get(event.stream_id)
+        if any(name[:1] == b":" or invalid_field(name, value) for name, value in trailers):
+            logger.debug("Malformed HTTP/2 request trailers from %s", self.client)
+            if stream is None:
+                self._reset_id(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+                return
+            stream.request_ended = True  # (its END_STREAM, which follows, ends nothing now)
+            if stream.cycle is not None:
+                stream.cycle.on_disconnect()
+            self.reset(stream, ErrorCodes.PROTOCOL_ERROR)
+            return
         if stream is None or stream.cycle is None:
             return
         state = self.state
         head = stream.cycle.scope["headers"]
-        fields = [*head, *(event.headers or ())]
+        fields = [*head, *trailers]
         if len(fields) > state.max_header_count:
             self._refuse(stream, RequestRejection.TOO_MANY_HEADERS)
         elif sum(len(n) + len(v) + 4 for n, v in fields) > state.max_headers_size:

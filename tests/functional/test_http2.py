@@ -4,11 +4,14 @@ by frame (H2Client below), httpx with http2 and curl."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -543,6 +546,26 @@ def test_head_response_has_the_length_and_no_body(serve_app, h2_client) -> None:
 # -- flow control ---------------------------------------------------------------------------------------
 
 
+def test_a_body_in_the_same_read_as_its_head_is_there_when_the_app_first_asks(serve_app, h2_client) -> None:
+    """HEADERS and DATA that arrive together: the app's first receive() returns the body without waiting
+    (the app starts once the read's frames are handled, not between the HEADERS and the DATA)."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        turned: list[bool] = []
+        asyncio.get_running_loop().call_soon(turned.append, True)  # runs if receive() lets the loop turn
+        message = await receive()
+        answer = b"after a wait" if turned else b"at once"
+        assert message["body"] == b"x" * 1024
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+
+    live = serve_app(app, loop_kind="uvloop")
+    client = h2_client(live.port)
+    assert client.response(client.request("/", method="POST", body=b"x" * 1024))[2] == b"at once"
+
+
 def test_request_body_window_opens_only_as_the_app_reads(serve_app, h2_client) -> None:
     gate = Gate()
     sizes: list[int] = []
@@ -653,6 +676,18 @@ def test_too_many_header_fields_get_431_on_that_stream_only(serve_app, h2_client
     assert client.response(good)[0] == 200
 
 
+def test_head_size_and_path_limits_hold_per_stream(serve_app, h2_client) -> None:
+    """The HTTP/1.1 head limits per stream: header bytes over --limit-request-headers get 431, a :path longer
+    than --limit-request-line 414, and a head just within both is served."""
+    live = serve_app(echo_app, limits=Limits(max_request_headers_size=2000, max_request_line_size=1000))
+    client = h2_client(live.port)
+    fields = [(b"x-h%d" % i, b"v" * 300) for i in range(5)]
+    assert client.response(client.request("/", headers=fields))[0] == 200  # 1,500 bytes and the host field
+    assert client.response(client.request("/", headers=[*fields, (b"x-more", b"v" * 500)]))[0] == 431
+    assert client.response(client.request("/" + "p" * 980))[0] == 200
+    assert client.response(client.request("/" + "p" * 990))[0] == 414
+
+
 def test_declared_body_over_the_limit_gets_413(serve_app, h2_client) -> None:
     live = serve_app(echo_app, limits=Limits(max_request_body_size=1000))
     client = h2_client(live.port)
@@ -681,12 +716,25 @@ def test_each_stream_gets_an_access_log_line(serve_app, h2_client, caplog) -> No
 
 
 def test_http2_connections_count_towards_the_connection_limit(serve_app, h2_client) -> None:
+    """An h2c connection over the limit is refused the HTTP/2 way once its preface arrives (GOAWAY
+    REFUSED_STREAM, as over TLS), even when the preface comes in pieces; an HTTP/1.1 one still gets 503."""
     live = serve_app(echo_app, limits=Limits(max_concurrent_connections=1))
     first = h2_client(live.port)
     assert first.response(first.request("/"))[0] == 200
-    second = h2_client(live.port)  # refused before its preface is read (with HTTP/1.1's 503)
-    second.until(lambda e: False)
-    assert second.closed and not any(isinstance(e, h2.events.ResponseReceived) for e in second.events)
+    second = h2_client(live.port)
+    event = second.goaway()
+    assert event is not None and event.error_code == ErrorCodes.REFUSED_STREAM
+    third = h2_client(live.port, preface=False)
+    third.h2.initiate_connection()
+    opening = third.h2.data_to_send()
+    for piece in (opening[:3], opening[3:20], opening[20:]):
+        third.send_raw(piece)
+    event = third.goaway()
+    assert event is not None and event.error_code == ErrorCodes.REFUSED_STREAM
+    with socket.create_connection(("127.0.0.1", live.port), timeout=WAIT) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert plain.recv(100).startswith(b"HTTP/1.1 503 ")
+    assert first.response(first.request("/"))[0] == 200  # the open one is unaffected
 
 
 def test_tls_http2_connection_over_the_limit_gets_goaway_refused(serve_app, tls_files, h2_client) -> None:
@@ -739,22 +787,193 @@ def test_a_connection_that_turns_to_http2_after_shutdown_began_gets_goaway(serve
     assert live.join()
 
 
-def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None:
-    """RFC 9113 section 8.2.3: a client may split the cookie into several fields; the app gets one."""
-    seen: list[list[tuple[bytes, bytes]]] = []
+def answering(record: Callable[[dict[str, Any]], object], status: int, body: bytes) -> Callable[..., Any]:
+    """An app that hands each request's scope to `record` and answers `status` with `body`."""
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        seen.append(scope["headers"])
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        record(scope)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": body})
 
-    live = serve_app(app)
+    return app
+
+
+def unchecked(client: H2Client) -> H2Client:
+    """The client sends header blocks as they are written (h2 would refuse or fix the malformed ones)."""
+    client.h2.config.validate_outbound_headers = False
+    client.h2.config.normalize_outbound_headers = False
+    return client
+
+
+def test_cookie_fields_reach_the_app_as_one_header(serve_app, h2_client) -> None:
+    """RFC 9113 section 8.2.3: a client may split the cookie into several fields; the app gets one."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+    live = serve_app(answering(lambda scope: seen.append(scope["headers"]), 204, b""))
     client = h2_client(live.port)
     cookies = [(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")]
     assert client.response(client.request("/", headers=cookies))[0] == 204
     assert [v for n, v in seen[0] if n == b"cookie"] == [b"a=1; b=2"]
+
+
+_GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"example.test"), (b":path", b"/")]
+# Header blocks that make a request malformed (RFC 9113 sections 8.2 and 8.3), each named by the rule it breaks.
+MALFORMED_REQUESTS: dict[str, list[tuple[bytes, bytes]]] = {
+    "uppercase name": [*_GET, (b"X-Upper", b"1")],
+    "space in a name": [*_GET, (b"x name", b"1")],
+    "control character in a name": [*_GET, (b"x\x01", b"1")],
+    "non-ASCII name": [*_GET, (b"x\xe9", b"1")],
+    "colon inside a name": [*_GET, (b"x:y", b"1")],
+    "empty name": [*_GET, (b"", b"1")],
+    "CR LF in a value": [*_GET, (b"x-a", b"1\r\nx-b: 2")],
+    "NUL in a value": [*_GET, (b"x-a", b"1\x002")],
+    "leading space in a value": [*_GET, (b"x-a", b" 1")],
+    "trailing tab in a value": [*_GET, (b"x-a", b"1\t")],
+    "LF in a pseudo-header value": [*_GET[:3], (b":path", b"/a\nb")],
+    "connection": [*_GET, (b"connection", b"keep-alive")],
+    "keep-alive": [*_GET, (b"keep-alive", b"timeout=5")],
+    "proxy-connection": [*_GET, (b"proxy-connection", b"keep-alive")],
+    "transfer-encoding": [*_GET, (b"transfer-encoding", b"chunked")],
+    "upgrade": [*_GET, (b"upgrade", b"websocket")],
+    "te other than trailers": [*_GET, (b"te", b"gzip")],
+    "unknown pseudo-header": [*_GET, (b":foo", b"bar")],
+    "response pseudo-header": [(b":status", b"200"), *_GET],
+    ":protocol (extended CONNECT is not offered)": [*_GET, (b":protocol", b"websocket")],
+    "pseudo-header after a regular field": [*_GET[:3], (b"accept", b"*/*"), _GET[3]],
+    "repeated :path": [*_GET, (b":path", b"/again")],
+    "no :method": _GET[1:],
+    "no :scheme": [_GET[0], *_GET[2:]],
+    "no :path": _GET[:3],
+    "empty :path": [*_GET[:3], (b":path", b"")],
+    "CONNECT with :path": [(b":method", b"CONNECT"), (b":authority", b"example.test:443"), (b":path", b"/")],
+    "neither :authority nor host": [_GET[0], _GET[1], _GET[3]],
+    ":authority and host differ": [*_GET, (b"host", b"other.test")],
+    "two host fields": [_GET[0], _GET[1], _GET[3], (b"host", b"a.test"), (b"host", b"a.test")],
+}
+
+
+def test_malformed_requests_get_a_stream_error_and_the_connection_carries_on(serve_app, h2_client) -> None:
+    """RFC 9113 section 8.1.1: a malformed request is a stream error (RST_STREAM PROTOCOL_ERROR), the app
+    never sees it, and the streams beside it are served; the same block again is refused again."""
+    seen: list[str] = []
+    live = serve_app(answering(lambda scope: seen.append(scope["path"]), 200, b"fine"))
+    client = unchecked(h2_client(live.port))
+    for rule, fields in [*MALFORMED_REQUESTS.items(), *MALFORMED_REQUESTS.items()]:
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, fields, end_stream=True)
+        client.flush()
+        reset = client.until(functools.partial(_ends, sid=sid))
+        assert isinstance(reset, h2.events.StreamReset), rule
+        assert reset.error_code == ErrorCodes.PROTOCOL_ERROR, rule
+        status, _, body = client.response(client.request(f"/after/{len(seen)}"))
+        assert (status, body) == (200, b"fine"), rule
+    assert seen == [f"/after/{i}" for i in range(2 * len(MALFORMED_REQUESTS))]
+
+
+def test_well_formed_edges_are_served(serve_app, h2_client) -> None:
+    """What sections 8.2 and 8.3 allow: te: trailers, Host instead of :authority, Host equal to :authority,
+    an empty value, a tab inside one; an ordinary CONNECT is well-formed and refused with 400 (not offered)."""
+    live = serve_app(echo_app)
+    client = unchecked(h2_client(live.port))
+    blocks = [
+        [*_GET, (b"te", b"trailers")],
+        [_GET[0], _GET[1], _GET[3], (b"host", b"only.test")],
+        [*_GET, (b"host", b"example.test")],
+        [*_GET, (b"x-empty", b""), (b"x-tab", b"a\tb")],
+    ]
+    for fields in blocks:
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, fields, end_stream=True)
+        client.flush()
+        status, _, body = client.response(sid)
+        assert status == 200, fields
+        host = [v for n, v in json.loads(body)["headers"] if n == "host"]
+        assert host == [dict(fields).get(b":authority", b"only.test").decode()]
+    sid = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"example.test:443")], end_stream=True)
+    client.flush()
+    assert client.response(sid)[0] == 400
+
+
+def test_malformed_trailers_reset_their_stream_only(serve_app, h2_client) -> None:
+    """Request trailers are held to section 8.2 too: an uppercase name resets that stream with
+    PROTOCOL_ERROR, its app is told the client left, and the connection serves the next request."""
+    gone = threading.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/upload":
+            while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+                pass
+            if message["type"] == "http.disconnect":
+                gone.set()
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"next"})
+
+    live = serve_app(app)
+    client = unchecked(h2_client(live.port))
+    sid = client.request("/upload", method="POST", body=b"part", end=False)
+    client.h2.send_headers(sid, [(b"X-Checksum", b"1")], end_stream=True)
+    client.flush()
+    reset = client.until(lambda e: _ends(e, sid))
+    assert isinstance(reset, h2.events.StreamReset) and reset.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert gone.wait(WAIT)
+    assert client.response(client.request("/next"))[2] == b"next"
+
+
+def test_response_heads_decode_right_as_the_hpack_table_changes(serve_app, h2_client) -> None:
+    """The server remembers the header blocks it encoded while its HPACK table is unchanged: repeated heads,
+    new entries, a field larger than the table and the client resizing the table (to nothing and back)
+    must all decode to what the app sent."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        name, _, value = scope["path"][1:].partition("/")
+        headers = [(b"x-" + name.encode(), value.encode() * (5000 if name == "big" else 1))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    live = serve_app(app)
+    client = h2_client(live.port)
+
+    def check(*paths: str) -> None:
+        for path in paths:
+            name, _, value = path[1:].partition("/")
+            _, headers, body = client.response(client.request(path))
+            assert headers[b"x-" + name.encode()] == value.encode() * (5000 if name == "big" else 1), path
+            assert body == b"ok"
+
+    check("/a/1", "/a/1", "/b/2", "/a/1", "/b/2", "/b/3", "/big/x", "/a/1", "/a/1")
+    for size in (0, 4096, 100):
+        client.h2.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: size})
+        client.flush()
+        check("/a/1", "/a/1", "/b/2", "/a/1", "/b/4", "/a/1")
+
+
+def test_request_heads_decode_right_as_the_hpack_table_changes(serve_app, h2_client) -> None:
+    """The server remembers the fields of the header blocks it decoded while its HPACK table is unchanged: a
+    repeated request, new entries evicting old ones, the client shrinking the table (to nothing and back)
+    must all reach the app as the client sent them."""
+    live = serve_app(echo_app)
+    client = h2_client(live.port)
+
+    def check(*fields: tuple[bytes, bytes]) -> None:
+        _, _, body = client.response(client.request("/", headers=fields))
+        seen = [(n.encode(), v.encode()) for n, v in json.loads(body)["headers"]]
+        assert seen == [(b"host", b"example.test:8443"), *fields]
+
+    for size in (4096, 0, 200, 4096):
+        client.h2.encoder.header_table_size = size  # (a size update opens the client's next block)
+        check((b"x-a", b"1"))
+        check((b"x-a", b"1"))
+        check((b"x-a", b"2"))
+        check((b"x-a", b"1"), (b"x-b", b"b" * 150))  # with 200 bytes: x-a's entries are evicted
+        check((b"x-a", b"1"))
+        check((b"x-a", b"2"))
 
 
 def test_frames_after_an_early_answer_are_ignored_and_checked_while_the_body_is_read(serve_app, h2_client) -> None:
