@@ -169,11 +169,9 @@ async def run_once(
     if metrics:  # counted as with --metrics-bind; no listener is needed to count
         config = config.replace(metrics_bind="127.0.0.1:9100")
     if config.proxy_headers:  # as the server wraps the app
-        from kestrelpy import proxy
+        from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
 
-        # (a tree from before forwarded_app wrapped the app in the middleware class)
-        wrap = getattr(proxy, "forwarded_app", None) or proxy.ProxyHeadersMiddleware
-        app = wrap(app, proxy.parse_trusted(config.forwarded_allow_ips))
+        app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
     state = ServerState(config, app, asyncio.get_running_loop(), access_log=False)
     state.date_line = date_line(time.time())
     conns, transports = [], []
