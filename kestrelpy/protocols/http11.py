@@ -276,12 +276,15 @@ class HttpConnection(Http1Output):
                 if length is not None and content_length(length) > state.max_body_size:
                     self.on_reject(RequestRejection.BODY_TOO_LARGE)  # before a byte of it is read, as Kestrel
                     return
-        parts = split_target(target)
-        if parts is None:
-            # Same answer as a target the parser itself refuses (llhttp rejects "foo", h11 passes it on).
-            self.on_reject(RequestRejection.MALFORMED_REQUEST)
-            return
-        raw_path, query = parts
+        if target[:1] == b"/":  # origin-form, nearly every request: split_target's first case, without the call
+            raw_path, _, query = target.partition(b"?")
+        else:
+            parts = split_target(target)
+            if parts is None:
+                # Same answer as a target the parser itself refuses (llhttp rejects "foo", h11 passes it on).
+                self.on_reject(RequestRejection.MALFORMED_REQUEST)
+                return
+            raw_path, query = parts
         if upgrade and method == b"GET" and http11 and empty_body and self.cycle is None and not self._pipeline:
             self._flush_batch()  # responses ahead of it leave before its answer
             if state.upgrade is not None and state.upgrade(self, raw_path, query, headers):
