@@ -11,6 +11,7 @@ the Python cost per request that the wrk runs carry on top of those.
     python bench/micro.py --tree /tmp/other-checkout       # import kestrelpy from there
     python bench/micro.py --compare . /tmp/other-checkout  # interleaved, with ratios
     python bench/micro.py --metrics                         # with the metrics counting (--metrics-bind)
+    python bench/micro.py --workloads plaintext --connections 1000  # requests spread over 1000 connections
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
         Workload("plaintext", "plaintext", (GET,), 1, 100_000),
+        Workload("json", "json", (GET,), 1, 100_000),
         Workload("pipelined", "plaintext", (GET * PIPELINE_DEPTH,), PIPELINE_DEPTH, 160_000),
         Workload("echo", "echo", same_read(post_head(b"application/octet-stream", 1024), POST_BODY), 1, 50_000),
         Workload("json1k", "echo", same_read(post_head(b"application/json", len(JSON_1K)), JSON_1K), 1, 50_000),
@@ -150,8 +152,12 @@ def import_tree(tree: Path) -> None:
         raise SystemExit(f"kestrelpy was imported from {origin}, not from {tree}")
 
 
-async def run_once(http: str, workload: Workload, n: int, proxy_headers: bool, metrics: bool = False) -> float:
-    """Seconds per request over n requests on one warmed-up connection."""
+async def run_once(
+    http: str, workload: Workload, n: int, proxy_headers: bool, metrics: bool = False, connections: int = 1
+) -> float:
+    """Seconds per request over n requests on `connections` warmed-up connections, taken in turn (as a
+    server with that many busy keep-alive connections reads them: each read finds another connection's
+    objects, most of them out of the CPU's caches once there are many)."""
     from bench import apps
     from kestrelpy.config import Config
     from kestrelpy.heartbeat import date_line
@@ -168,27 +174,36 @@ async def run_once(http: str, workload: Workload, n: int, proxy_headers: bool, m
         app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
     state = ServerState(config, app, asyncio.get_running_loop(), access_log=False)
     state.date_line = date_line(time.time())
-    conn = connection_class(http)(state)
-    transport = FakeTransport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
-    feed = feeder(conn, state, workload)
-    await feed(max(1, WARMUP_REQUESTS // workload.requests))
+    conns, transports = [], []
+    for _ in range(connections):
+        conn = connection_class(http)(state)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conns.append(conn)
+        transports.append(transport)
+    feed = feeder(conns, state, workload)
+    await feed(max(connections, WARMUP_REQUESTS // workload.requests))  # every connection has served one
     started = time.perf_counter()
     await feed(max(1, n // workload.requests))
     elapsed = time.perf_counter() - started
-    if transport.closing:
-        raise SystemExit(f"the connection closed during {workload.name} ({http}): a rejected request?")
+    if any(transport.closing for transport in transports):
+        raise SystemExit(f"a connection closed during {workload.name} ({http}): a rejected request?")
     return elapsed / (max(1, n // workload.requests) * workload.requests)
 
 
-def feeder(conn: Any, state: Any, workload: Workload) -> Callable[[int], Any]:
-    """feed(k): send the workload's bytes k times, each time waiting until all its responses are out."""
+def feeder(conns: Sequence[Any], state: Any, workload: Workload) -> Callable[[int], Any]:
+    """feed(k): send the workload's bytes k times, each time waiting until all its responses are out;
+    each time to the next connection."""
     reads, per_feed = workload.reads, workload.requests
     first, rest = reads[0], reads[1:]
-    receive = conn.data_received
+    receivers = [conn.data_received for conn in conns]
+    turn = 0
 
     async def feed(k: int) -> None:
+        nonlocal turn
         for _ in range(k):
+            receive = receivers[turn]
+            turn = turn + 1 if turn + 1 < len(receivers) else 0
             target = state.requests_served + per_feed
             receive(first)
             for data in rest:  # the loop runs once between reads, as it would between two segments
@@ -213,12 +228,18 @@ def requests_per_repeat(args: argparse.Namespace, http: str, workload: Workload)
 
 
 def measure(
-    http: str, workload: Workload, n: int, repeats: int, proxy_headers: bool, metrics: bool = False
+    http: str,
+    workload: Workload,
+    n: int,
+    repeats: int,
+    proxy_headers: bool,
+    metrics: bool = False,
+    connections: int = 1,
 ) -> list[float]:
-    """µs per request of every repeat, each on a fresh loop and connection."""
+    """µs per request of every repeat, each on a fresh loop and connections."""
     import uvloop
 
-    return [uvloop.run(run_once(http, workload, n, proxy_headers, metrics)) * 1e6 for _ in range(repeats)]
+    return [uvloop.run(run_once(http, workload, n, proxy_headers, metrics, connections)) * 1e6 for _ in range(repeats)]
 
 
 # --------------------------------------------------------------------------- comparing trees
@@ -228,11 +249,13 @@ class ChildFailed(Exception):
     pass
 
 
-def run_child(tree: Path, http: str, workload: str, n: int, repeats: int, proxy_headers: bool) -> list[float]:
+def run_child(
+    tree: Path, http: str, workload: str, n: int, repeats: int, proxy_headers: bool, connections: int
+) -> list[float]:
     argv = [
         sys.executable, str(Path(__file__).resolve()), "--tree", str(tree), "--http", http,
         "--workloads", workload, "-n", str(n), "--repeats", str(repeats), "--json",
-        *([] if proxy_headers else ["--no-proxy-headers"]),
+        "--connections", str(connections), *([] if proxy_headers else ["--no-proxy-headers"]),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # leave the compared trees as they are
     done = subprocess.run(argv, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env, check=False)
@@ -257,7 +280,7 @@ def compare(trees: Sequence[Path], parsers: Sequence[str], workloads: Sequence[s
                     if key in failures:
                         continue
                     try:
-                        got = run_child(tree, http, workload, n, args.repeats, args.proxy_headers)
+                        got = run_child(tree, http, workload, n, args.repeats, args.proxy_headers, args.connections)
                     except ChildFailed as exc:
                         failures[key] = str(exc)
                         log(f"round {round_no} {http:<9} {workload:<9} {tree}: failed: {exc}")
@@ -316,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-proxy-headers", dest="proxy_headers", action="store_false", help="serve the app unwrapped"
     )
     parser.add_argument("--metrics", action="store_true", help="count metrics, as --metrics-bind does")
+    parser.add_argument(
+        "--connections", type=int, default=1, help="connections the requests are spread over, in turn (default 1)"
+    )
     parser.add_argument("--tree", type=Path, help="import kestrelpy from this checkout instead")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="TREE", help="compare checkouts, interleaved")
     parser.add_argument("--rounds", type=int, default=3, help="with --compare: interleaved rounds (default 3)")
@@ -335,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.workloads:
             workload = WORKLOADS[name]
             n = requests_per_repeat(args, http, workload)
-            runs = measure(http, workload, n, args.repeats, args.proxy_headers, args.metrics)
+            runs = measure(http, workload, n, args.repeats, args.proxy_headers, args.metrics, args.connections)
             results.setdefault(http, {})[name] = runs
             if not args.json:
                 spread = f"{min(runs):.2f} to {max(runs):.2f}"

@@ -416,13 +416,20 @@ def tree_identities(root: int) -> list[ProcId]:
 
 def tree_cpu_seconds(root: int) -> float:
     """utime+stime of the tree, plus cutime+cstime so reaped children are not lost."""
-    ticks = 0
+    return sum(tree_user_system_seconds(root))
+
+
+def tree_user_system_seconds(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the tree, reaped children included: the system part is the kernel's
+    work for the server (its reads and writes, which on loopback include delivering to the client)."""
+    user = system = 0
     for pid in process_tree(root):
         fields = read_stat_fields(pid)
         if fields is not None:
             # After the comm: index 11..14 are utime, stime, cutime, cstime.
-            ticks += sum(int(v) for v in fields[11:15])
-    return ticks / CLK_TCK
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def tree_peak_rss_kib(root: int) -> int:
@@ -640,6 +647,7 @@ class Measurement:
     p50_ms: float | None = None
     p99_ms: float | None = None
     cpu_us_per_request: float = 0.0
+    system_us_per_request: float = 0.0  # of which in the kernel
     server_cpu_share: float = 0.0  # of one CPU, during the measured run
     client_cpu_share: float = 0.0
     other_load: float = 0.0  # CPU share used by other processes on the pinned CPUs
@@ -693,9 +701,11 @@ def load_and_record(
     pid = running.process.pid
     pinned_cpus = [c for c in (settings.server_cpu, settings.client_cpu) if c is not None]
     busy_before = [cpu_busy_seconds(c) for c in pinned_cpus]
-    cpu_before = tree_cpu_seconds(pid)
+    user_before, system_before = tree_user_system_seconds(pid)
     wrk = run_wrk(running.port, script, connections, settings.duration_s, settings.client_cpu, running.tls)
-    cpu_used = tree_cpu_seconds(pid) - cpu_before
+    user_after, system_after = tree_user_system_seconds(pid)
+    system_used = system_after - system_before
+    cpu_used = user_after - user_before + system_used
     busy = [cpu_busy_seconds(c) - before for c, before in zip(pinned_cpus, busy_before, strict=True)]
     result.peak_rss_kib = tree_peak_rss_kib(pid)
     if running.process.poll() is not None:
@@ -708,6 +718,7 @@ def load_and_record(
         result.p50_ms, result.p99_ms = wrk.p50_ms, wrk.p99_ms
     result.errors = wrk.errors
     result.cpu_us_per_request = cpu_used * 1e6 / wrk.requests if wrk.requests else 0.0
+    result.system_us_per_request = system_used * 1e6 / wrk.requests if wrk.requests else 0.0
     seconds = wrk.duration_s or settings.duration_s
     result.server_cpu_share = cpu_used / seconds
     result.client_cpu_share = wrk.client_cpu_share
@@ -933,7 +944,8 @@ def describe(m: Measurement) -> str:
     errors = sum(m.errors.values())
     text = (
         f"{m.requests_per_s:,.0f} req/s, p50 {median_ms([m.p50_ms])} ms, p99 {median_ms([m.p99_ms])} ms, "
-        f"{m.cpu_us_per_request:.1f} µs CPU/req, CPU srv/wrk {cpu_shares([m])}, "
+        f"{m.cpu_us_per_request:.1f} µs CPU/req ({m.system_us_per_request:.1f} in the kernel), "
+        f"CPU srv/wrk {cpu_shares([m])}, "
         f"RSS {m.peak_rss_kib / 1024:.1f} MiB, other load {m.other_load:.0%}"
     )
     return text + (f", {errors} errors" if errors else "")

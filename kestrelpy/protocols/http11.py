@@ -69,7 +69,7 @@ from kestrelpy.protocols.http11_output import Http1Output, closing_response
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import (
     FORBIDDEN_TRAILERS,
-    declared_length,
+    content_length,
     head_refusal,
     is_http11,
     over_head_limits,
@@ -264,11 +264,11 @@ class HttpConnection(Http1Output):
         if http11 is None:
             self.on_reject(version_rejection(http_version))
             return
-        keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body, content_types = (
+        keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types = (
             scan_headers(state.known_hosts, headers, http11)
         )
         if codings or hosts != 1 or content_types > 1 or target == b"*":  # (an ordinary head is none of these)
-            refusal = head_refusal(method, target, http11, hosts, codings, has_length, content_types)
+            refusal = head_refusal(method, target, http11, hosts, codings, length, content_types)
             if refusal is not None:
                 self.on_reject(refusal)
                 return
@@ -278,15 +278,18 @@ class HttpConnection(Http1Output):
                 self._body_budget = state.max_body_size
             else:  # the parser holds a Content-Length body to its length
                 self._body_budget = -1
-                if declared_length(headers) > state.max_body_size:
+                if length is not None and content_length(length) > state.max_body_size:
                     self.on_reject(RequestRejection.BODY_TOO_LARGE)  # before a byte of it is read, as Kestrel
                     return
-        parts = split_target(target)
-        if parts is None:
-            # Same answer as a target the parser itself refuses (llhttp rejects "foo", h11 passes it on).
-            self.on_reject(RequestRejection.MALFORMED_REQUEST)
-            return
-        raw_path, query = parts
+        if target[:1] == b"/":  # origin-form, nearly every request: split_target's first case, without the call
+            raw_path, _, query = target.partition(b"?")
+        else:
+            parts = split_target(target)
+            if parts is None:
+                # Same answer as a target the parser itself refuses (llhttp rejects "foo", h11 passes it on).
+                self.on_reject(RequestRejection.MALFORMED_REQUEST)
+                return
+            raw_path, query = parts
         if upgrade and method == b"GET" and http11 and empty_body and self.cycle is None and not self._pipeline:
             self._flush_batch()  # responses ahead of it leave before its answer
             if state.upgrade is not None and state.upgrade(self, raw_path, query, headers):

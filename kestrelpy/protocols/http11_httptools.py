@@ -98,6 +98,8 @@ class HttptoolsConnection(HttpConnection):
                 # with a fresh parser from where the old one stopped.
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
                 self._parser = _new_parser(self)
+                self._url = b""
+                self._headers = []
                 data = data[offset:]
                 if not data:
                     return
@@ -124,11 +126,8 @@ class HttptoolsConnection(HttpConnection):
         self._parser = _DETACHED_PARSER
         self._headers = self._trailers = []
 
-    # llhttp callbacks
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
+    # llhttp callbacks. There is no on_message_begin (a call per request): what a request head collects
+    # is reset once the head has been handed over, and once its message is complete.
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -145,7 +144,8 @@ class HttptoolsConnection(HttpConnection):
         # llhttp reports a chunked body's trailer fields through on_header too: they must not land in
         # the list the app holds as scope["headers"]. They are counted, then dropped, as on the h11 path.
         self._headers = self._trailers
-        self.on_request_head(parser.get_method(), self._url, _VERSIONS.get(version) or version.encode("ascii"), headers)
+        url, self._url = self._url, b""
+        self.on_request_head(parser.get_method(), url, _VERSIONS.get(version) or version.encode("ascii"), headers)
 
     def on_chunk_header(self) -> None:
         self._after_chunk = True
@@ -157,4 +157,5 @@ class HttptoolsConnection(HttpConnection):
 
     def on_message_complete(self) -> None:
         self._after_chunk = False
+        self._headers = []  # the next request's, from its first field on
         self.on_request_complete()

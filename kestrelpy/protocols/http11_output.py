@@ -25,6 +25,7 @@ from kestrelpy.protocols.writer import (
     Framing,
     HeaderError,
     body_framing,
+    checked_line,
     chunk,
     encode_headers,
     header_line,
@@ -135,7 +136,11 @@ class Http1Output(asyncio.Protocol):
         lines = [b""]  # the response start goes first, once we know whether the app brings Server or Date
         own_server = own_date = has_length = False
         for raw_name, value in headers:
-            name, line = header_line(raw_name, value)
+            try:
+                known = checked_line((raw_name, value))  # a header already checked: no call
+            except TypeError:  # a bytearray: header_line copies it
+                known = None
+            name, line = known if known is not None else header_line(raw_name, value)
             special = _SPECIAL_HEADERS.get(name)
             if special is not None:
                 if special == _CONTENT_LENGTH:
@@ -219,9 +224,7 @@ class Http1Output(asyncio.Protocol):
             self._bytes_left = len(whole_body)
             if status >= 200 and status not in (204, 304):
                 extra = b"content-length: %d\r\n" % len(whole_body)
-        framing = body_framing(
-            status=status, head_request=self._head_request, has_content_length=has_length, http11=self._http11
-        )
+        framing = body_framing(status, self._head_request, has_length, self._http11)
         self._framing = framing
         if framing is Framing.CHUNKED:
             extra += b"transfer-encoding: chunked\r\n"

@@ -63,15 +63,16 @@ def version_rejection(version: bytes) -> RequestRejection:
 
 def scan_headers(
     known_hosts: set[bytes], headers: list[tuple[bytes, bytes]], http11: bool
-) -> tuple[bool, bool, bool, bool, int, int, bool, bool, int]:
+) -> tuple[bool, bool, bool, bool, int, int, bytes | None, bool, int]:
     """One pass over the header fields the connection itself looks at. Returns (keep_alive,
-    expect_continue, trailers accepted, upgrade asked, Host weight, Transfer-Encoding weight, has
-    Content-Length, body declared empty, Content-Type count); the weights count fields, with a large
-    step for a bad value."""
+    expect_continue, trailers accepted, upgrade asked, Host weight, Transfer-Encoding weight, the
+    (first) Content-Length value or None, body declared empty, Content-Type count); the weights count
+    fields, with a large step for a bad value. The length is handed back as found, so a body limit
+    needs no second pass over the fields (see content_length)."""
     keep_alive = http11
     expect_continue = trailers = upgrade = False
     hosts = codings = content_types = 0
-    has_length = False
+    length: bytes | None = None
     empty_body = True
     for name, value in headers:
         kind = _REQUEST_HEADERS.get(name)
@@ -80,7 +81,8 @@ def scan_headers(
         if kind == _HOST:
             hosts += 1 if value in known_hosts else _host_weight(known_hosts, value)
         elif kind == _CONTENT_LENGTH:
-            has_length = True
+            if length is None:
+                length = value
             empty_body = empty_body and value.strip() == b"0"
         elif kind == _TRANSFER_ENCODING:
             # Only `chunked` is implemented; llhttp accepts "gzip, chunked", which h11 refuses.
@@ -98,15 +100,15 @@ def scan_headers(
             content_types += 1
         else:
             trailers = b"trailers" in _connection_tokens(value)
-    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, has_length, empty_body, content_types
+    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types
 
 
 def head_refusal(
-    method: bytes, target: bytes, http11: bool, hosts: int, codings: int, has_length: bool, content_types: int
+    method: bytes, target: bytes, http11: bool, hosts: int, codings: int, length: bytes | None, content_types: int
 ) -> RequestRejection | None:
     """What a head is refused for on its framing, its Host or its semantics, if anything (the same
-    answer whichever parser read it)."""
-    if codings > 1 or (codings and has_length):
+    answer whichever parser read it); `length` is scan_headers' Content-Length value."""
+    if codings > 1 or (codings and length is not None):
         # RFC 9112 section 6.1 allows refusing Content-Length with Transfer-Encoding (a smuggling
         # vector); h11 would read such a body as chunked and keep the connection open.
         return RequestRejection.MALFORMED_REQUEST
@@ -168,12 +170,18 @@ def over_head_limits(
     return None
 
 
+def content_length(value: bytes) -> int:
+    """A Content-Length value as a number (the parsers have already refused malformed or conflicting ones;
+    h11 passes a list of equal values on as it came)."""
+    try:
+        return int(value.split(b",")[0])
+    except ValueError:
+        return 0
+
+
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int:
-    """The Content-Length value (the parsers have already refused malformed or conflicting ones)."""
+    """The Content-Length value of a header list, 0 without one."""
     for name, value in headers:
         if name == b"content-length":
-            try:
-                return int(value.split(b",")[0])
-            except ValueError:
-                return 0
+            return content_length(value)
     return 0

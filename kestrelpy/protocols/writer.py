@@ -28,14 +28,9 @@ class Framing(Enum):
     UNTIL_CLOSE = "until-close"  # HTTP/1.0 peer, unknown length: the close marks the end
 
 
-def body_framing(
-    *,
-    status: int,
-    head_request: bool,
-    has_content_length: bool,
-    http11: bool,
-) -> Framing:
-    """How the response body is delimited on the wire.
+def body_framing(status: int, head_request: bool, has_content_length: bool, http11: bool) -> Framing:
+    """How the response body is delimited on the wire (called once per response: positional arguments
+    cost less than keywords).
 
     HEAD keeps GET's header framing (RFC 9110 section 9.3.2) but the writer sends no body bytes; the
     caller handles that, so this function answers as for GET except that no body is written.
@@ -79,6 +74,8 @@ def validate_header(name: bytes, value: bytes) -> None:
 # values can vary freely.
 _CHECKED: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 _CHECKED_MAX = 4096
+# The hot path looks a pair up itself and calls header_line only when it is missing (or unhashable).
+checked_line = _CHECKED.get
 
 
 def header_line(name: bytes, value: bytes) -> tuple[bytes, bytes]:
