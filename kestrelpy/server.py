@@ -630,9 +630,10 @@ async def _listen(
 class MeteredHandshake(asyncio.Protocol):
     """With metrics on, what a TLS listener makes for each connection it accepts: it times the handshake,
     then hands the transport to the connection `make` builds. A failed handshake is never announced to
-    the protocol; this object, which takes part in no reference cycle, is then freed at once, and the
+    the protocol; this object, which takes part in no reference cycle of its own, is then freed, and the
     metrics' weak reference to it counts the failure (a connection object, with its parser, would wait
-    for the garbage collector)."""
+    for the garbage collector). At once on uvloop and on asyncio before 3.12; from 3.12 asyncio's accept
+    coroutine keeps it in a cycle (its frame, through the exception its waiter stores) until a collection."""
 
     __slots__ = ("__weakref__", "_make", "_metrics")
 

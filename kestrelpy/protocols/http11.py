@@ -222,6 +222,9 @@ class HttpConnection(Http1Output):
         self.state.connection_closed(self, self._pending_rejection)
         self.flow.connection_lost()
         self.transport = LOST_TRANSPORT  # (see LostTransport)
+        # A request whose app answered and closed inside the read that carried its head (eagerly, on
+        # 3.12) is still `_reading`: dropped here, or connection and request keep each other alive.
+        self._reading = None
         if self.cycle is not None:
             self.cycle.on_disconnect()
         pipeline, self._pipeline = self._pipeline, None

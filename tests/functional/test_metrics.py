@@ -4,8 +4,10 @@ with prometheus_client's parser. (Several workers: tests/supervisor/test_metrics
 from __future__ import annotations
 
 import dataclasses
+import gc
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -204,13 +206,18 @@ def test_tls_handshakes_are_timed_and_a_failed_one_is_counted(
 
 
 def test_an_idle_tls_connection_is_an_active_handshake(
-    serve_app: Callable[..., LiveServer], tls_files: tuple[TlsOptions, ssl.SSLContext]
+    serve_app: Callable[..., LiveServer], tls_files: tuple[TlsOptions, ssl.SSLContext], loop_kind: str
 ) -> None:
     options, _ = tls_files
-    live = serve_app(app, tls=options, metrics_bind="127.0.0.1:0")
+    live = serve_app(app, tls=options, metrics_bind="127.0.0.1:0", loop_kind=loop_kind)
     port = metrics_port(live)
     with socket.create_connection(("127.0.0.1", live.port), timeout=WAIT):  # says nothing
         scrape_until(port, "kestrel_active_tls_handshakes", 1)
+    if loop_kind == "asyncio" and sys.version_info >= (3, 12):
+        # asyncio keeps a failed handshake's protocol in a reference cycle from 3.12 on (the accept
+        # coroutine's frame, through the exception stored in its waiter): counted once that is collected.
+        scrape_until(port, "kestrel_active_tls_handshakes", 1)
+        gc.collect()
     scrape_until(port, "kestrel_active_tls_handshakes", 0)
 
 
