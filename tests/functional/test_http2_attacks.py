@@ -175,7 +175,9 @@ def test_rapid_reset_gets_goaway_enhance_your_calm(h2_server: Callable[..., Atta
         attacks = repeated_and_shown(lambda: rapid_reset(server.target, server_pid=server.pid))
     for observed in attacks:
         assert observed.goaway_code == ENHANCE_YOUR_CALM, observed.summary()
-        assert observed.streams_opened < 20_000
+        # Cut off after a few hundred streams (the last one it took names it), whatever the client managed
+        # to push into the socket buffers meanwhile.
+        assert observed.goaway_last_stream is not None and observed.goaway_last_stream < 4_000, observed.summary()
         assert_memory_bounded(observed)
     assert_ordinary_client_served(ordinary, "rapid reset")
 
