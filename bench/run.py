@@ -154,10 +154,10 @@ def hypercorn_tls(tls: TlsFiles) -> list[str]:
     return ["--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)]
 
 
-def kestrelpy_args(http: str | None) -> Callable[[str, int], list[str]]:
+def kestrelpy_args(http: str | None, *flags: str) -> Callable[[str, int], list[str]]:
     def build(app: str, port: int) -> list[str]:
         extra = ["--http", http] if http else []
-        return ["-m", "kestrelpy", app, "--host", HOST, "--port", str(port), "--no-access-log", *extra]
+        return ["-m", "kestrelpy", app, "--host", HOST, "--port", str(port), "--no-access-log", *extra, *flags]
 
     return build
 
@@ -250,6 +250,13 @@ SERVERS: dict[str, Server] = {
     for s in (
         Server("kestrelpy", "kestrelpy", kestrelpy_args(None), tls_args=uvicorn_style_tls),
         Server("kestrelpy-h11", "kestrelpy", kestrelpy_args("h11"), tls_args=uvicorn_style_tls),
+        # the cost of metrics: the same server with its Prometheus listener on (an ephemeral port)
+        Server(
+            "kestrelpy-metrics",
+            "kestrelpy",
+            kestrelpy_args(None, "--metrics-bind", f"{HOST}:0"),
+            tls_args=uvicorn_style_tls,
+        ),
         Server("uvicorn", "uvicorn", uvicorn_args("httptools"), tls_args=uvicorn_style_tls),
         Server("uvicorn-h11", "uvicorn", uvicorn_args("h11"), tls_args=uvicorn_style_tls),
         Server("hypercorn", "hypercorn", hypercorn_args, tls_args=hypercorn_tls),
