@@ -632,8 +632,8 @@ class MeteredHandshake(asyncio.Protocol):
     then hands the transport to the connection `make` builds. A failed handshake is never announced to
     the protocol; this object, which takes part in no reference cycle of its own, is then freed, and the
     metrics' weak reference to it counts the failure (a connection object, with its parser, would wait
-    for the garbage collector). At once on uvloop and on asyncio before 3.12; from 3.12 asyncio's accept
-    coroutine keeps it in a cycle (its frame, through the exception its waiter stores) until a collection."""
+    for the garbage collector). At once on uvloop; asyncio's accept coroutine keeps it in a cycle (its
+    frame, through the exception its waiter stores) until the collector's next pass."""
 
     __slots__ = ("__weakref__", "_make", "_metrics")
 
