@@ -54,6 +54,7 @@ from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import split_target
+from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE, error_type
 from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
 from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, start_task
@@ -1227,6 +1228,7 @@ class Http2Connection(asyncio.Protocol):
         too_slow = self.timeouts.check_rates(now, 0, written, self.flow.write_paused)
         if too_slow is not None:
             logger.debug("Aborted %s: HTTP/2 output read slower than --limit-min-response-rate", self.client)
+            self._ending(MIN_RESPONSE_DATA_RATE)
             self.abort()
             return
         for stream in list(self.streams.values()):
@@ -1260,13 +1262,21 @@ class Http2Connection(asyncio.Protocol):
         expired = timeouts.expired(now)
         if expired is TimeoutReason.REQUEST_HEADERS:
             logger.debug("HTTP/2 request headers from %s did not arrive in time", self.client)
+            self._ending(error_type(RequestRejection.REQUEST_HEADERS_TIMEOUT))
             self._fail_connection(ErrorCodes.PROTOCOL_ERROR, b"request headers timeout")
             return
         if expired is TimeoutReason.KEEP_ALIVE:
+            self._ending(KEEP_ALIVE_TIMEOUT)
             self._goaway_sent = True
             self._fail_connection(ErrorCodes.NO_ERROR, b"idle")
             return
         self._keep_alive_ping(now)
+
+    def _ending(self, why: str) -> None:
+        """The metrics' error.type of the close that follows (as HttpConnection._ending)."""
+        metrics = self.state.metrics
+        if metrics is not None:
+            metrics.connection_ending(self, why)
 
     def _keep_alive_ping(self, now: float) -> None:
         limits = self.service.limits

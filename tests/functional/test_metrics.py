@@ -302,6 +302,24 @@ def test_a_keep_alive_timeout_is_the_connections_error_type(
     assert result.total(CONNECTIONS) == 1
 
 
+def test_an_http2_connections_keep_alive_timeout_is_its_error_type(
+    running_server: Callable[..., LiveServer], manual_clock: ManualClock
+) -> None:
+    from tests.functional.test_http2 import H2Client
+
+    live = running_server(app, metrics_bind="127.0.0.1:0", keep_alive_timeout=5)
+    client = H2Client(live.port)  # cleartext, by prior knowledge
+    try:
+        assert client.response(client.request("/"))[0] == 200
+        manual_clock.beat(6.0)
+        goaway = client.goaway()
+        assert goaway is not None and goaway.additional_data == b"idle"
+    finally:
+        client.close()
+    result = scrape_until(metrics_port(live), CONNECTIONS, 1, error_type="keep_alive_timeout")
+    assert result.total(CONNECTIONS) == 1
+
+
 def test_a_client_reading_too_slowly_is_the_connections_error_type(
     running_server: Callable[..., LiveServer], raw_client: Callable[..., RawClient], manual_clock: ManualClock
 ) -> None:
