@@ -290,6 +290,13 @@ class Server:
         serving = self._serving = Serving(state, loop, protocol, http2)
         try:
             await self._open_listeners(sockets, tls)
+            # The handlers before the lines that say the server is up: whoever reads them (a test, a
+            # process manager) may signal at once, and SIGTERM would otherwise kill rather than drain.
+            restore_signals = (
+                platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
+            )
+            reloads = self.handle_signals and self.reread is not None and bool(self._owned)
+            restore_reload = platform.install_reload_handler(loop, self._on_reload) if reloads else lambda: None
             logger.info(
                 "Started server process [%d] (%s, %s)",
                 os.getpid(),
@@ -298,11 +305,6 @@ class Server:
             )
             for listener in serving.listeners:
                 logger.info("Listening on %s (press CTRL+C to quit)", listener.url())
-            restore_signals = (
-                platform.install_shutdown_handlers(loop, self._on_signal) if self.handle_signals else lambda: None
-            )
-            reloads = self.handle_signals and self.reread is not None and bool(self._owned)
-            restore_reload = platform.install_reload_handler(loop, self._on_reload) if reloads else lambda: None
             self.started.set()
             try:
                 await self._shutdown_requested.wait()
