@@ -59,7 +59,7 @@ from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
 from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, start_task
 from kestrelpy.protocols.rejection import RequestRejection
-from kestrelpy.protocols.request_head import declared_length, head_refusal, over_head_limits, scan_headers
+from kestrelpy.protocols.request_head import content_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
 from kestrelpy.protocols.writer import HeaderError, header_line
 
@@ -855,11 +855,11 @@ class Http2Connection(asyncio.Protocol):
         if rejection is not None:
             self._refuse(stream, rejection)
             return
-        _keep, expect_continue, trailers, _up, hosts, codings, has_length, _empty, content_types = scan_headers(
+        _keep, expect_continue, trailers, _up, hosts, codings, length, _empty, content_types = scan_headers(
             state.known_hosts, headers, True
         )
         if hosts > 1 or content_types > 1:  # (HTTP/2 needs no Host: :authority may stand for it)
-            refusal = head_refusal(method, raw_target, True, hosts, codings, has_length, content_types)
+            refusal = head_refusal(method, raw_target, True, hosts, codings, length, content_types)
             if refusal is not None:
                 self._refuse(stream, refusal)
                 return
@@ -867,7 +867,7 @@ class Http2Connection(asyncio.Protocol):
         if parts is None:
             self._refuse(stream, RequestRejection.MALFORMED_REQUEST)
             return
-        if state.max_body_size and has_length and declared_length(headers) > state.max_body_size:
+        if state.max_body_size and length is not None and content_length(length) > state.max_body_size:
             self._refuse(stream, RequestRejection.BODY_TOO_LARGE)
             return
         cycle = RequestCycle(stream, self._scope(method, parts[0], parts[1], headers, trailers), expect_continue)

@@ -177,11 +177,3 @@ def content_length(value: bytes) -> int:
         return int(value.split(b",")[0])
     except ValueError:
         return 0
-
-
-def declared_length(headers: list[tuple[bytes, bytes]]) -> int:
-    """The Content-Length value of a header list, 0 without one."""
-    for name, value in headers:
-        if name == b"content-length":
-            return content_length(value)
-    return 0
