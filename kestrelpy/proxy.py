@@ -182,7 +182,8 @@ def parse_node(value: str) -> tuple[str, int] | None:
     ip = _ip(host)
     if ip is None:
         return None
-    port = int(port_text) if port_text.isdigit() and int(port_text) <= 65535 else 0
+    # (isdigit() alone takes `²`, which int() refuses: a value decoded as latin-1 may hold one)
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535 else 0
     return str(ip), port
 
 

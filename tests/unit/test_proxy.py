@@ -60,6 +60,7 @@ def test_trusted_parsing() -> None:
         ("_hidden", None),
         ("", None),
         ("1.2.3.4:99999", ("1.2.3.4", 0)),
+        ("1.2.3.4:\u00b2", ("1.2.3.4", 0)),  # a digit to isdigit(), not to int()
     ],
 )
 def test_parse_node(text: str, node: tuple[str, int] | None) -> None:
