@@ -2,9 +2,10 @@
 """In-process cost of kestrelpy's HTTP/2 connection code: µs and Python calls per request, no sockets.
 
 One Http2Connection is fed, through bench/micro.py's fake transport on a uvloop loop, batches of
-concurrent streams as h2load sends them (`-m 10`: ten requests in one read), the app wrapped as the server
-wraps it. The client's frames are made beforehand by an h2 client (so its cost is not counted); the
-server's output is counted and dropped, the client having opened its windows to the maximum.
+concurrent streams as h2load sends them (`-m 10`: ten requests in one read), the app served as the
+server serves it (proxy headers on; the fake peer is a trusted loopback one). The client's frames are
+made beforehand by an h2 client (so its cost is not counted); the server's output is counted and
+dropped, the client having opened its windows to the maximum.
 
     python bench/http2_micro.py                          # both workloads, µs per request
     python bench/http2_micro.py --profile plaintext      # cProfile: calls per request, top functions
@@ -33,7 +34,7 @@ from hyperframe.frame import SettingsFrame
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO_ROOT))
-from bench.micro import FakeTransport, import_tree  # noqa: E402
+from bench.micro import FakeTransport, as_served, import_tree  # noqa: E402
 
 BATCH = 10  # concurrent streams per read, as h2load -m 10
 MAX_WINDOW = 2**31 - 1
@@ -98,13 +99,11 @@ async def run(
     from kestrelpy.config import Config
     from kestrelpy.heartbeat import date_line
     from kestrelpy.protocols.http2 import Http2Connection, Http2Service
-    from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
     from kestrelpy.state import ServerState
 
     app: Any = getattr(apps, APPS[workload])
     config = Config(app=app, access_log=False)
-    app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
-    state = ServerState(config, app, asyncio.get_running_loop(), access_log=False)
+    state = ServerState(config, as_served(app, config), asyncio.get_running_loop(), access_log=False)
     state.date_line = date_line(time.time())
     service = Http2Service(config.http2_limits, True, ())
     conn = Http2Connection(state, service, "http", None)

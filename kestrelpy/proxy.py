@@ -1,4 +1,5 @@
-"""Forwarded headers from a trusted reverse proxy: pure functions plus a thin ASGI middleware.
+"""Forwarded headers from a trusted reverse proxy: pure functions, the server's per-peer verdicts, and
+an ASGI middleware for apps composed by hand.
 
 A proxy in front of kestrelpy connects from its own address, so the app would see the proxy as the
 client and `http` as the scheme. When the connecting peer is trusted (`--forwarded-allow-ips`:
@@ -10,6 +11,11 @@ Which hop becomes the client: the address list is read right to left (each proxy
 it received the connection from); trusted proxies are skipped and the first untrusted address is the
 client. Everything left of it was written by the client itself and is never believed. A request from
 an untrusted peer is passed through unchanged, whatever headers it carries.
+
+The server applies this itself, without a middleware layer: each connection takes its peer's verdict
+once, when it is made (PeerVerdicts, a dict of verdicts per address), and the request cycle (and the
+WebSocket connection) calls rewrite_forwarded just before the app, for a trusted peer only. A request
+from an untrusted peer costs one attribute test; one from a trusted peer a pass over its header names.
 """
 
 from __future__ import annotations
@@ -176,7 +182,8 @@ def parse_node(value: str) -> tuple[str, int] | None:
     ip = _ip(host)
     if ip is None:
         return None
-    port = int(port_text) if port_text.isdigit() and int(port_text) <= 65535 else 0
+    # (isdigit() alone takes `²`, which int() refuses: a value decoded as latin-1 may hold one)
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535 else 0
     return str(ip), port
 
 
@@ -273,12 +280,27 @@ def forwarded_info(headers: Iterable[tuple[bytes, bytes]], trusted: TrustedPeers
 def apply_forwarded(scope: Scope, trusted: TrustedPeers) -> Scope:
     """The scope as the app should see it: rewritten (in place) when the peer is trusted, else untouched."""
     client = scope.get("client")
-    peer = client[0] if client else None
-    if not trusted.trusts(peer):
-        return scope
+    if trusted.trusts(client[0] if client else None):
+        _rewrite(scope, trusted)
+    return scope
+
+
+_FORWARDED_NAMES = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+
+
+def rewrite_forwarded(scope: Scope, trusted: TrustedPeers) -> None:
+    """For a request from a trusted peer: rewrite the scope in place if it carries a forwarded header.
+    The pass over the header names is all that a request without one pays."""
+    for name, _ in scope["headers"]:
+        if name in _FORWARDED_NAMES:
+            _rewrite(scope, trusted)
+            return
+
+
+def _rewrite(scope: Scope, trusted: TrustedPeers) -> None:
     info = forwarded_info(scope.get("headers", ()), trusted)
     if info is None:
-        return scope
+        return
     # Rewritten in place, so the access log (which holds the same scope) names the real client too.
     if info.client is not None:
         scope["client"] = info.client
@@ -290,37 +312,45 @@ def apply_forwarded(scope: Scope, trusted: TrustedPeers) -> Scope:
     if info.host is not None:
         host = info.host.encode("latin-1")
         scope["headers"] = [(n, v) for n, v in scope["headers"] if n != b"host"] + [(b"host", host)]
-    return scope
 
 
-_FORWARDED_NAMES = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+class PeerVerdicts(dict[str | None, TrustedPeers | None]):
+    """Whether a peer address (None: a Unix-socket peer) may set forwarded headers: `verdicts[peer]` is
+    the TrustedPeers to read them with, or None. An address not seen yet is decided and remembered;
+    bounded, since peers are few behind a proxy and many without one."""
+
+    __slots__ = ("trusted",)
+
+    def __init__(self, trusted: TrustedPeers) -> None:
+        super().__init__()
+        self.trusted = trusted
+
+    def __missing__(self, peer: str | None) -> TrustedPeers | None:
+        verdict = self.trusted if self.trusted.trusts(peer) else None
+        if len(self) < 4096:
+            self[peer] = verdict
+        return verdict
+
+    def for_client(self, client: tuple[str, int] | None) -> TrustedPeers | None:
+        """The verdict for a scope's `client`."""
+        return self[client[0] if client else None]
 
 
 class ProxyHeadersMiddleware:
-    """Wrap an ASGI app so http and websocket scopes see the original client, scheme and host.
-
-    Per request this costs a dict lookup (the trust verdict for the peer's address is remembered) and,
-    for a trusted peer, one pass over the header names."""
+    """Wrap an ASGI app so http and websocket scopes see the original client, scheme and host: what the
+    server does itself (see the module docstring), for an app composed by hand or served by another
+    server. Per request this costs a dict lookup and, for a trusted peer, one pass over the header names."""
 
     __slots__ = ("_verdicts", "app", "trusted")
 
     def __init__(self, app: ASGIApp, trusted: TrustedPeers | str = DEFAULT_TRUSTED) -> None:
         self.app = app
         self.trusted = parse_trusted(trusted) if isinstance(trusted, str) else trusted
-        self._verdicts: dict[str | None, bool] = {}
+        self._verdicts = PeerVerdicts(self.trusted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            client = scope.get("client")
-            peer = client[0] if client else None
-            trusted = self._verdicts.get(peer)
-            if trusted is None:
-                trusted = self.trusted.trusts(peer)
-                if len(self._verdicts) < 4096:  # bounded: peers are few behind a proxy, many without
-                    self._verdicts[peer] = trusted
-            if trusted:
-                for name, _ in scope["headers"]:
-                    if name in _FORWARDED_NAMES:
-                        apply_forwarded(scope, self.trusted)
-                        break
+            trusted = self._verdicts.for_client(scope.get("client"))
+            if trusted is not None:
+                rewrite_forwarded(scope, trusted)
         await self.app(scope, receive, send)

@@ -40,7 +40,6 @@ from kestrelpy.metrics.listener import METRICS_BACKLOG, MetricsConnection
 from kestrelpy.metrics.recorder import Metrics, Snapshot
 from kestrelpy.protocols.http11 import HttpConnection, tls_connection_class
 from kestrelpy.protocols.websocket import MissingLibrary, WebSocketUpgrade, upgrade_handler
-from kestrelpy.proxy import ProxyHeadersMiddleware, parse_trusted
 from kestrelpy.sockets import bind_endpoints, close_sockets, listen_url, socket_address
 from kestrelpy.state import ServerState
 from kestrelpy.tls import ServerTls, TlsListeners
@@ -248,8 +247,6 @@ class Server:
         tls: TlsListeners | None,
     ) -> None:
         config = self.config
-        if config.proxy_headers:
-            app = ProxyHeadersMiddleware(app, parse_trusted(config.forwarded_allow_ips))
         loop = asyncio.get_running_loop()
         lifespan = Lifespan(app, config.lifespan)
         startup_error: KestrelpyError | None = None

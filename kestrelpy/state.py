@@ -14,6 +14,7 @@ from kestrelpy.config import Config
 from kestrelpy.metrics.recorder import Metrics
 from kestrelpy.protocols.timeouts import DataRates, timeout_durations
 from kestrelpy.protocols.writer import encode_headers, status_line
+from kestrelpy.proxy import PeerVerdicts, parse_trusted
 
 if TYPE_CHECKING:
     from kestrelpy.protocols.http2 import Http2Connection
@@ -41,6 +42,7 @@ class ServerState:
         "date_line",
         "draining",
         "extra_header_lines",
+        "forwarded_verdicts",
         "known_hosts",
         "lifespan_state",
         "linger_on_shutdown",
@@ -83,6 +85,10 @@ class ServerState:
         self.connections: set[HttpConnection | Http2Connection | WebSocketConnection] = set()
         self.lifespan_state: dict[str, Any] = {}
         self.known_hosts: set[bytes] = set()  # Host values already found valid (see HttpConnection)
+        # Which peers may set forwarded headers, asked once per connection (None: --no-proxy-headers).
+        self.forwarded_verdicts = (
+            PeerVerdicts(parse_trusted(config.forwarded_allow_ips)) if config.proxy_headers else None
+        )
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
         limits = config.limits

@@ -31,6 +31,8 @@ flow-control windows. Everything the protocols must agree on is decided here, on
       flow                                        send-side backpressure: `write_paused`, `await drain()`
       timeouts                                    a TimeoutControl: timing the app's waits for body bytes
       state                                       the ServerState (access log switch, format, clock)
+      forwarded                                   the TrustedPeers when the connection's peer may set
+                                                  forwarded headers, else None (kestrelpy/proxy.py)
 
 The access log has one line per request, written when the response is complete or cut short, so it can
 say the status, the body bytes sent and how long the exchange took. With the log off, a request pays for
@@ -49,10 +51,12 @@ from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGIApp, Message, Scope
 from kestrelpy.metrics.instruments import REQUEST_BOUNDS
 from kestrelpy.protocols.timeouts import TIMING_ON, TIMING_STOPPING
+from kestrelpy.proxy import rewrite_forwarded
 
 if TYPE_CHECKING:
     from kestrelpy.protocols.flow import FlowControl
     from kestrelpy.protocols.timeouts import TimeoutControl
+    from kestrelpy.proxy import TrustedPeers
     from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
@@ -76,6 +80,8 @@ class Stream(Protocol):
     def timeouts(self) -> TimeoutControl: ...
     @property
     def response_on_wire(self) -> bool: ...
+    @property
+    def forwarded(self) -> TrustedPeers | None: ...
 
     def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None: ...
     def send_body(self, body: bytes, more_body: bool) -> None: ...
@@ -190,6 +196,8 @@ class RequestCycle:
             started = clock()
         failure: BaseException | None = None
         try:
+            if (forwarded := self._stream.forwarded) is not None:  # the peer may set forwarded headers
+                rewrite_forwarded(self.scope, forwarded)
             await app(self.scope, self.receive, self.send)
         except GeneratorExit:
             raise  # the task is being garbage-collected (it leaked): nothing is left to answer

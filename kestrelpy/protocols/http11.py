@@ -79,6 +79,7 @@ from kestrelpy.protocols.request_head import (
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
 
 if TYPE_CHECKING:
+    from kestrelpy.proxy import TrustedPeers
     from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
@@ -146,6 +147,7 @@ class HttpConnection(Http1Output):
         "closing",
         "cycle",
         "flow",
+        "forwarded",
         "fresh",
         "ignore_input",
         "scheme",
@@ -163,6 +165,7 @@ class HttpConnection(Http1Output):
         self.timeouts: TimeoutControl = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None  # (path, None) on a Unix socket, as ASGI says
         self.client: tuple[str, int] | None = None
+        self.forwarded: TrustedPeers | None = None  # whether the peer may set forwarded headers (connection_made)
         self.scheme = "http"
         self.cycle: RequestCycle | None = None  # the request the app is answering
         self._reading: RequestCycle | None = None  # the request whose body is arriving
@@ -199,6 +202,10 @@ class HttpConnection(Http1Output):
         # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport they make, and asking for
         # the socket costs uvloop a wrapper object per connection.
         state = self.state
+        verdicts = state.forwarded_verdicts
+        if verdicts is not None:  # decided once: every request of the connection comes from this peer
+            client = self.client
+            self.forwarded = verdicts[client[0] if client else None]
         now = state.clock()
         self.timeouts = timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
         timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)  # before the first byte, as in Kestrel

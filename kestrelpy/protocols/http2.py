@@ -65,6 +65,7 @@ from kestrelpy.protocols.writer import HeaderError, header_line
 
 if TYPE_CHECKING:
     from kestrelpy.config import Http2Limits
+    from kestrelpy.proxy import TrustedPeers
     from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
@@ -399,6 +400,7 @@ class Http2Stream:
         "cycle",
         "ended",
         "flow",
+        "forwarded",
         "received",
         "request_ended",
         "state",
@@ -410,6 +412,7 @@ class Http2Stream:
     def __init__(self, conn: Http2Connection, stream_id: int, now: float, head_request: bool) -> None:
         self._conn = conn
         self.state = state = conn.state
+        self.forwarded = conn.forwarded  # the connection's verdict on its peer
         self.stream_id = stream_id
         self.cycle: RequestCycle | None = None
         self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)  # (no timeout running)
@@ -596,6 +599,7 @@ class Http2Connection(asyncio.Protocol):
         "closing",
         "data_frames",
         "flow",
+        "forwarded",
         "h2",
         "scheme",
         "server",
@@ -617,6 +621,7 @@ class Http2Connection(asyncio.Protocol):
         self.timeouts: TimeoutControl = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
+        self.forwarded: TrustedPeers | None = None  # whether the peer may set forwarded headers (connection_made)
         self.closing = False  # set by the server during --shutdown-delay; HTTP/2 keeps serving then
         self.streams: dict[int, Http2Stream] = {}
         self._ready: deque[Http2Stream] = deque()  # streams with DATA to send, in turn
@@ -677,6 +682,8 @@ class Http2Connection(asyncio.Protocol):
         self.client = address(transport.get_extra_info("peername"))
         # (TCP_NODELAY: asyncio and uvloop set it on every TCP transport, TLS ones included)
         state = self.state
+        if state.forwarded_verdicts is not None:
+            self.forwarded = state.forwarded_verdicts.for_client(self.client)
         now = state.clock()
         self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)
         self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)

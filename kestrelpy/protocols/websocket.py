@@ -44,6 +44,7 @@ from kestrelpy.protocols.http11_output import closing_response
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.timeouts import TimeoutReason
 from kestrelpy.protocols.writer import HeaderError, header_line
+from kestrelpy.proxy import rewrite_forwarded
 
 if TYPE_CHECKING:
     from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -332,6 +333,7 @@ class WebSocketConnection(asyncio.Protocol):
         "closing",
         "disconnected",
         "flow",
+        "forwarded",
         "protocol",
         "responded",
         "scope",
@@ -356,6 +358,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.timeouts = conn.timeouts  # taken over: used for the close handshake and ping timeouts
         self.timeouts.cancel_timeout()
         self.scope = scope
+        self.forwarded = conn.forwarded  # the connection's verdict on its peer
         self.protocol = protocol
         self._handshake = handshake  # Upgrade, Connection, Sec-WebSocket-Accept and -Extensions for the 101
         self.settings = settings
@@ -496,6 +499,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     async def run(self, app: ASGIApp) -> None:
         try:
+            if (forwarded := self.forwarded) is not None:  # the peer may set forwarded headers
+                rewrite_forwarded(self.scope, forwarded)
             await app(self.scope, self.receive, self.send)
         except BaseException as exc:
             self._on_app_error(exc)

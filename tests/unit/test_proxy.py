@@ -10,11 +10,13 @@ import pytest
 from kestrelpy.asgi import Scope
 from kestrelpy.proxy import (
     Forwarded,
+    PeerVerdicts,
     ProxyHeadersMiddleware,
     apply_forwarded,
     forwarded_info,
     parse_node,
     parse_trusted,
+    rewrite_forwarded,
 )
 
 LOOPBACK = parse_trusted("127.0.0.0/8,::1,unix")
@@ -58,6 +60,7 @@ def test_trusted_parsing() -> None:
         ("_hidden", None),
         ("", None),
         ("1.2.3.4:99999", ("1.2.3.4", 0)),
+        ("1.2.3.4:\u00b2", ("1.2.3.4", 0)),  # a digit to isdigit(), not to int()
     ],
 )
 def test_parse_node(text: str, node: tuple[str, int] | None) -> None:
@@ -182,6 +185,29 @@ def test_websocket_scheme() -> None:
 def test_no_headers_no_copy() -> None:
     original = scope(("127.0.0.1", 1))
     assert apply_forwarded(original, LOOPBACK) is original
+
+
+def test_rewrite_only_when_a_forwarded_header_is_there() -> None:
+    plain = scope(("127.0.0.1", 1), ("x-request-id", "1"))
+    headers = plain["headers"]
+    rewrite_forwarded(plain, LOOPBACK)
+    assert plain["client"] == ("127.0.0.1", 1) and plain["headers"] is headers
+    forwarded = scope(("127.0.0.1", 1), ("x-forwarded-host", "shop.example"), ("x-forwarded-for", "203.0.113.7"))
+    rewrite_forwarded(forwarded, LOOPBACK)  # the peer's trust is the caller's verdict
+    assert forwarded["client"] == ("203.0.113.7", 0) and host_of(forwarded) == b"shop.example"
+
+
+def test_peer_verdicts_are_remembered_and_bounded() -> None:
+    verdicts = PeerVerdicts(parse_trusted("10.0.0.0/8,unix"))
+    assert verdicts.for_client(("10.1.2.3", 5)) is verdicts.trusted
+    assert verdicts.for_client(("192.0.2.1", 5)) is None
+    assert verdicts.for_client(None) is verdicts.trusted  # a Unix-socket peer
+    assert dict(verdicts) == {"10.1.2.3": verdicts.trusted, "192.0.2.1": None, None: verdicts.trusted}
+    for i in range(5000):
+        verdicts.for_client((f"192.0.{i // 256}.{i % 256}", 1))
+    assert len(verdicts) == 4096
+    assert verdicts.for_client(("10.9.9.9", 1)) is verdicts.trusted  # decided still, not remembered
+    assert "10.9.9.9" not in verdicts
 
 
 def test_middleware_rewrites_http_and_passes_lifespan() -> None:
