@@ -196,8 +196,7 @@ class HttpConnection(Http1Output):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.flow = FlowControl(self.transport)
-        sockname = transport.get_extra_info("sockname")
-        self.server = (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
+        self.server = server_address(transport.get_extra_info("sockname"))
         self.client = address(transport.get_extra_info("peername"))
         # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport they make, and asking for
         # the socket costs uvloop a wrapper object per connection.
@@ -745,6 +744,29 @@ def address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
         return str(info[0]), int(info[1])
     return None
+
+
+# The scope's `server` tuples handed out so far, one per local address. A request's scope holds its
+# connection's tuple (a reference count written on the way in and out): with a tuple per connection
+# and many busy connections, that was one more cache line per request that had left the CPU's caches.
+_SERVER_ADDRESSES: dict[tuple[str, int | None], tuple[str, int | None]] = {}
+_SERVER_ADDRESSES_MAX = 256  # local addresses are few; past this many (a bind to many IPs) no more are shared
+
+
+def server_address(sockname: Any) -> tuple[str, int | None] | None:
+    """The ASGI `server` of a connection: (host, port), or (path, None) on a Unix socket; connections
+    to the same local address share one tuple."""
+    here: tuple[str, int | None] | None = (
+        (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
+    )
+    if here is None:
+        return None
+    shared = _SERVER_ADDRESSES.get(here)
+    if shared is None:
+        if len(_SERVER_ADDRESSES) >= _SERVER_ADDRESSES_MAX:
+            return here
+        shared = _SERVER_ADDRESSES[here] = here
+    return shared
 
 
 class TlsConnection(HttpConnection):

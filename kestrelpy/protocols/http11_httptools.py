@@ -126,10 +126,14 @@ class HttptoolsConnection(HttpConnection):
         self._parser = _DETACHED_PARSER
         self._headers = self._trailers = []
 
-    # llhttp callbacks. There is no on_message_begin (a call per request): what a request head collects
-    # is reset once the head has been handed over, and once its message is complete.
+    # llhttp callbacks. There is no on_message_begin (a call per request): a request head's field list is
+    # made with the first piece of its target, which comes first, and the target is reset once the head
+    # has been handed over. (Made when the previous message completed, the list would sit unused until
+    # this connection's next request: with many busy connections, one more cache line gone cold.)
 
     def on_url(self, url: bytes) -> None:
+        if not self._url:
+            self._headers = []
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -157,5 +161,4 @@ class HttptoolsConnection(HttpConnection):
 
     def on_message_complete(self) -> None:
         self._after_chunk = False
-        self._headers = []  # the next request's, from its first field on
         self.on_request_complete()

@@ -57,7 +57,7 @@ from kestrelpy.asgi import split_target
 from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE, error_type
 from kestrelpy.protocols.cycle import RequestCycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
-from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, start_task
+from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, server_address, start_task
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import content_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
@@ -677,8 +677,7 @@ class Http2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.flow = FlowControl(self.transport)
-        sockname = transport.get_extra_info("sockname")
-        self.server = (sockname, None) if isinstance(sockname, str) and sockname else address(sockname)
+        self.server = server_address(transport.get_extra_info("sockname"))
         self.client = address(transport.get_extra_info("peername"))
         # (TCP_NODELAY: asyncio and uvloop set it on every TCP transport, TLS ones included)
         state = self.state

@@ -62,6 +62,20 @@ def test_http_scope_has_every_key_with_the_right_types(running_server: Start, ra
     assert "extensions" not in scope or "http.response.trailers" not in scope["extensions"]
 
 
+def test_connections_to_one_address_share_the_server_tuple(running_server: Start, raw_client: Start) -> None:
+    """One `server` object for every connection of a listener: a tuple per connection would be one more
+    cache line touched per request, out of the caches once there are many busy connections."""
+    scopes: list[dict[str, Any]] = []
+    live = running_server(recording_app(scopes))
+    for _ in range(2):
+        client = raw_client(live.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert client.read_response().status == 200
+    assert scopes[0]["client"] != scopes[1]["client"]
+    assert scopes[0]["server"] == ("127.0.0.1", live.port)
+    assert scopes[0]["server"] is scopes[1]["server"]
+
+
 def test_http10_scope_and_methods(running_server: Start, raw_client: Start) -> None:
     scopes: list[dict[str, Any]] = []
     live = running_server(recording_app(scopes))
