@@ -274,7 +274,7 @@ class HttpConnection(Http1Output):
         if http11 is None:
             self.on_reject(version_rejection(http_version))
             return
-        keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types = (
+        keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types, _fwd = (
             scan_headers(state.known_hosts, headers, http11)
         )
         if codings or hosts != 1 or content_types > 1 or target == b"*":  # (an ordinary head is none of these)

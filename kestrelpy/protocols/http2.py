@@ -862,7 +862,7 @@ class Http2Connection(asyncio.Protocol):
         if rejection is not None:
             self._refuse(stream, rejection)
             return
-        _keep, expect_continue, trailers, _up, hosts, codings, length, _empty, content_types = scan_headers(
+        _keep, expect_continue, trailers, _up, hosts, codings, length, _empty, content_types, _fwd = scan_headers(
             state.known_hosts, headers, True
         )
         if hosts > 1 or content_types > 1:  # (HTTP/2 needs no Host: :authority may stand for it)
