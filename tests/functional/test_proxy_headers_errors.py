@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from kestrelpy.proxy import PeerVerdicts, TrustedPeers, parse_trusted
+from tests.functional.test_asgi_http import recording_app
 from tests.support.live_server import LiveServer
 from tests.support.waiting import WAIT
 
@@ -41,17 +42,6 @@ def with_failing_trust(live: LiveServer) -> None:
         state.forwarded_verdicts = PeerVerdicts(FailingTrust(defaults.networks, unix=True))
 
     live.call(install)
-
-
-def recording_app(seen: list[dict[str, Any]]) -> Any:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        seen.append(scope)
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    return app
 
 
 def traceback_logged(caplog: pytest.LogCaptureFixture) -> bool:
