@@ -13,9 +13,10 @@ client. Everything left of it was written by the client itself and is never beli
 an untrusted peer is passed through unchanged, whatever headers it carries.
 
 The server applies this itself, without a middleware layer: each connection takes its peer's verdict
-once, when it is made (PeerVerdicts, a dict of verdicts per address), and the request cycle (and the
-WebSocket connection) calls rewrite_forwarded just before the app, for a trusted peer only. A request
-from an untrusted peer costs one attribute test; one from a trusted peer a pass over its header names.
+once, when it is made (PeerVerdicts, a dict of verdicts per address), and notices a forwarded field in
+the pass over the request's fields it makes anyway (protocols/request_head.py, scan_headers). Where it
+builds the scope of a request that carries one, from a trusted peer, it calls rewrite_scope. A request
+without a forwarded field pays nothing for them, whoever its peer.
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ def apply_forwarded(scope: Scope, trusted: TrustedPeers) -> Scope:
     """The scope as the app should see it: rewritten (in place) when the peer is trusted, else untouched."""
     client = scope.get("client")
     if trusted.trusts(client[0] if client else None):
-        _rewrite(scope, trusted)
+        rewrite_scope(scope, trusted)
     return scope
 
 
@@ -293,11 +294,13 @@ def rewrite_forwarded(scope: Scope, trusted: TrustedPeers) -> None:
     The pass over the header names is all that a request without one pays."""
     for name, _ in scope["headers"]:
         if name in _FORWARDED_NAMES:
-            _rewrite(scope, trusted)
+            rewrite_scope(scope, trusted)
             return
 
 
-def _rewrite(scope: Scope, trusted: TrustedPeers) -> None:
+def rewrite_scope(scope: Scope, trusted: TrustedPeers) -> None:
+    """Rewrite the scope in place from its forwarded headers: for a request from a trusted peer, known
+    to carry one (rewrite_forwarded looks for one first)."""
     info = forwarded_info(scope.get("headers", ()), trusted)
     if info is None:
         return

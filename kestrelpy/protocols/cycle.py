@@ -31,8 +31,6 @@ flow-control windows. Everything the protocols must agree on is decided here, on
       flow                                        send-side backpressure: `write_paused`, `await drain()`
       timeouts                                    a TimeoutControl: timing the app's waits for body bytes
       state                                       the ServerState (access log switch, format, clock)
-      forwarded                                   the TrustedPeers when the connection's peer may set
-                                                  forwarded headers, else None (kestrelpy/proxy.py)
 
 The access log has one line per request, written when the response is complete or cut short, so it can
 say the status, the body bytes sent and how long the exchange took. With the log off, a request pays for
@@ -51,7 +49,7 @@ from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGIApp, Message, Scope
 from kestrelpy.metrics.instruments import REQUEST_BOUNDS
 from kestrelpy.protocols.timeouts import TIMING_ON, TIMING_STOPPING
-from kestrelpy.proxy import rewrite_forwarded
+from kestrelpy.proxy import rewrite_scope
 
 if TYPE_CHECKING:
     from kestrelpy.protocols.flow import FlowControl
@@ -80,8 +78,6 @@ class Stream(Protocol):
     def timeouts(self) -> TimeoutControl: ...
     @property
     def response_on_wire(self) -> bool: ...
-    @property
-    def forwarded(self) -> TrustedPeers | None: ...
 
     def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None: ...
     def send_body(self, body: bytes, more_body: bool) -> None: ...
@@ -196,8 +192,6 @@ class RequestCycle:
             started = clock()
         failure: BaseException | None = None
         try:
-            if (forwarded := self._stream.forwarded) is not None:  # the peer may set forwarded headers
-                rewrite_forwarded(self.scope, forwarded)
             await app(self.scope, self.receive, self.send)
         except GeneratorExit:
             raise  # the task is being garbage-collected (it leaked): nothing is left to answer
@@ -390,3 +384,49 @@ class RequestCycle:
                 response_headers=self._response_headers,
             )
         )
+
+
+def forwarded_cycle(stream: Stream, scope: Scope, expect_continue: bool, trusted: TrustedPeers) -> RequestCycle:
+    """The cycle of a request from a trusted peer that carries a forwarded field, its scope rewritten
+    (kestrelpy/proxy.py) before the app sees it."""
+    failed = rewrite_or_fail(scope, trusted)
+    if failed is not None:
+        return _FailedCycle(stream, scope, expect_continue, failed)
+    return RequestCycle(stream, scope, expect_continue)
+
+
+def rewrite_or_fail(scope: Scope, trusted: TrustedPeers) -> RaisingApp | None:
+    """Rewrite the scope from its forwarded fields; if that raises, the RaisingApp to run instead of the
+    app: the request is answered as an app that raises is (logged, then a 500), and the app never sees
+    the scope unrewritten."""
+    try:
+        rewrite_scope(scope, trusted)
+    except Exception as exc:
+        return RaisingApp(exc)
+    return None
+
+
+class RaisingApp:
+    """An app that raises `error`: what runs instead of the app for a request that cannot be handed to
+    it, so the failure takes the app error's path (the log, the 500, the access log, the metrics)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        raise self.error
+
+
+class _FailedCycle(RequestCycle):
+    """A request whose app is replaced by a RaisingApp (see forwarded_cycle)."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, stream: Stream, scope: Scope, expect_continue: bool, app: RaisingApp) -> None:
+        super().__init__(stream, scope, expect_continue)
+        self._app = app
+
+    async def run(self, app: ASGIApp) -> None:
+        await super().run(self._app)

@@ -63,7 +63,7 @@ from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
 from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE
 from kestrelpy.platform import peer_hung_up
-from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle
+from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle, forwarded_cycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
 from kestrelpy.protocols.http11_output import Http1Output, closing_response
 from kestrelpy.protocols.rejection import RequestRejection
@@ -273,7 +273,7 @@ class HttpConnection(Http1Output):
         if http11 is None:
             self.on_reject(version_rejection(http_version))
             return
-        keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types = (
+        keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types, forwarded = (
             scan_headers(state.known_hosts, headers, http11)
         )
         if codings or hosts != 1 or content_types > 1 or target == b"*":  # (an ordinary head is none of these)
@@ -301,9 +301,14 @@ class HttpConnection(Http1Output):
             raw_path, query = parts
         if upgrade and method == b"GET" and http11 and empty_body and self.cycle is None and not self._pipeline:
             self._flush_batch()  # responses ahead of it leave before its answer
-            if state.upgrade is not None and state.upgrade(self, raw_path, query, headers):
+            trusted = self.forwarded if forwarded else None  # the verdict, when there is something to believe
+            if state.upgrade is not None and state.upgrade(self, raw_path, query, headers, trusted):
                 return  # taken over (or refused) by the upgrade hand-off: protocols/websocket.py
-        cycle = RequestCycle(self, self._scope(method, raw_path, query, headers, http11, trailers), expect_continue)
+        scope = self._scope(method, raw_path, query, headers, http11, trailers)
+        if forwarded and self.forwarded is not None:  # a forwarded field, from a peer that may set one
+            cycle = forwarded_cycle(self, scope, expect_continue, self.forwarded)
+        else:
+            cycle = RequestCycle(self, scope, expect_continue)
         if empty_body:
             # RFC 9112 section 6.3: no Content-Length and no Transfer-Encoding means no body. Marking it
             # now lets an app that answers at once keep the connection alive.

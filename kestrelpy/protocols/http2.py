@@ -55,7 +55,7 @@ from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import split_target
 from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE, error_type
-from kestrelpy.protocols.cycle import RequestCycle
+from kestrelpy.protocols.cycle import RequestCycle, forwarded_cycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
 from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, server_address, start_task
 from kestrelpy.protocols.rejection import RequestRejection
@@ -400,7 +400,6 @@ class Http2Stream:
         "cycle",
         "ended",
         "flow",
-        "forwarded",
         "received",
         "request_ended",
         "state",
@@ -412,7 +411,6 @@ class Http2Stream:
     def __init__(self, conn: Http2Connection, stream_id: int, now: float, head_request: bool) -> None:
         self._conn = conn
         self.state = state = conn.state
-        self.forwarded = conn.forwarded  # the connection's verdict on its peer
         self.stream_id = stream_id
         self.cycle: RequestCycle | None = None
         self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)  # (no timeout running)
@@ -861,7 +859,7 @@ class Http2Connection(asyncio.Protocol):
         if rejection is not None:
             self._refuse(stream, rejection)
             return
-        _keep, expect_continue, trailers, _up, hosts, codings, length, _empty, content_types = scan_headers(
+        _keep, expect_continue, trailers, _up, hosts, codings, length, _empty, content_types, forwarded = scan_headers(
             state.known_hosts, headers, True
         )
         if hosts > 1 or content_types > 1:  # (HTTP/2 needs no Host: :authority may stand for it)
@@ -876,7 +874,11 @@ class Http2Connection(asyncio.Protocol):
         if state.max_body_size and length is not None and content_length(length) > state.max_body_size:
             self._refuse(stream, RequestRejection.BODY_TOO_LARGE)
             return
-        cycle = RequestCycle(stream, self._scope(method, parts[0], parts[1], headers, trailers), expect_continue)
+        scope = self._scope(method, parts[0], parts[1], headers, trailers)
+        if forwarded and self.forwarded is not None:  # a forwarded field, from a peer that may set one
+            cycle = forwarded_cycle(stream, scope, expect_continue, self.forwarded)
+        else:
+            cycle = RequestCycle(stream, scope, expect_continue)
         stream.cycle = cycle
         self._app_running += 1
         if stream.request_ended:

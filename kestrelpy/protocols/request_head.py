@@ -15,8 +15,10 @@ from kestrelpy.protocols.rejection import RequestRejection
 if TYPE_CHECKING:
     from kestrelpy.state import ServerState
 
-# Request headers the connection itself looks at; the rest go to the app untouched.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _TE, _CONTENT_TYPE = range(7)
+# Request headers the connection itself looks at; the rest go to the app untouched. The forwarded ones
+# are only noticed: a request from a trusted peer that carries one has its scope rewritten (proxy.py),
+# and one that carries none pays nothing more for it than this lookup, which every field pays anyway.
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _TE, _CONTENT_TYPE, _FORWARDED = range(8)
 _REQUEST_HEADERS = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -25,6 +27,10 @@ _REQUEST_HEADERS = {
     b"expect": _EXPECT,
     b"te": _TE,
     b"content-type": _CONTENT_TYPE,
+    b"forwarded": _FORWARDED,
+    b"x-forwarded-for": _FORWARDED,
+    b"x-forwarded-proto": _FORWARDED,
+    b"x-forwarded-host": _FORWARDED,
 }
 
 
@@ -63,14 +69,14 @@ def version_rejection(version: bytes) -> RequestRejection:
 
 def scan_headers(
     known_hosts: set[bytes], headers: list[tuple[bytes, bytes]], http11: bool
-) -> tuple[bool, bool, bool, bool, int, int, bytes | None, bool, int]:
+) -> tuple[bool, bool, bool, bool, int, int, bytes | None, bool, int, bool]:
     """One pass over the header fields the connection itself looks at. Returns (keep_alive,
     expect_continue, trailers accepted, upgrade asked, Host weight, Transfer-Encoding weight, the
-    (first) Content-Length value or None, body declared empty, Content-Type count); the weights count
-    fields, with a large step for a bad value. The length is handed back as found, so a body limit
-    needs no second pass over the fields (see content_length)."""
+    (first) Content-Length value or None, body declared empty, Content-Type count, a forwarded field
+    present); the weights count fields, with a large step for a bad value. The length is handed back
+    as found, so a body limit needs no second pass over the fields (see content_length)."""
     keep_alive = http11
-    expect_continue = trailers = upgrade = False
+    expect_continue = trailers = upgrade = forwarded = False
     hosts = codings = content_types = 0
     length: bytes | None = None
     empty_body = True
@@ -98,9 +104,11 @@ def scan_headers(
             expect_continue = http11 and value.lower() == b"100-continue"
         elif kind == _CONTENT_TYPE:
             content_types += 1
+        elif kind == _FORWARDED:
+            forwarded = True
         else:
             trailers = b"trailers" in _connection_tokens(value)
-    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types
+    return keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types, forwarded
 
 
 def head_refusal(

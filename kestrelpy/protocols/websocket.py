@@ -37,14 +37,13 @@ from typing import TYPE_CHECKING, Any
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, ASGIApp, Message, Scope, decode_path
 from kestrelpy.errors import ConfigError
-from kestrelpy.protocols.cycle import ClientDisconnected
+from kestrelpy.protocols.cycle import ClientDisconnected, rewrite_or_fail
 from kestrelpy.protocols.flow import LOST_TRANSPORT
 from kestrelpy.protocols.http11 import HttpConnection, start_task
 from kestrelpy.protocols.http11_output import closing_response
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.timeouts import TimeoutReason
 from kestrelpy.protocols.writer import HeaderError, header_line
-from kestrelpy.proxy import rewrite_forwarded
 
 if TYPE_CHECKING:
     from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
 
     from kestrelpy.config import Config
     from kestrelpy.protocols.flow import FlowControl
+    from kestrelpy.proxy import TrustedPeers
     from kestrelpy.state import ServerState
 
 logger = logging.getLogger("kestrelpy.error")
@@ -196,7 +196,14 @@ class MissingLibrary:
     def __init__(self) -> None:
         self.warned = False
 
-    def __call__(self, conn: HttpConnection, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    def __call__(
+        self,
+        conn: HttpConnection,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        forwarded: TrustedPeers | None,
+    ) -> bool:
         if not self.warned and asks_for_websocket(headers):
             self.warned = True
             logger.warning(
@@ -220,7 +227,15 @@ class WebSocketUpgrade:
     def __init__(self, settings: WebSocketSettings) -> None:
         self.settings = settings
 
-    def __call__(self, conn: HttpConnection, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    def __call__(
+        self,
+        conn: HttpConnection,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        forwarded: TrustedPeers | None,
+    ) -> bool:
+        """`forwarded`: the verdict on the peer when the head carries a forwarded field, else None."""
         if not asks_for_websocket(headers):
             return False
         state = conn.state
@@ -238,7 +253,11 @@ class WebSocketUpgrade:
             conn.close()
             return True
         protocol, handshake = negotiated
-        ws = WebSocketConnection(conn, _scope(conn, raw_path, query, headers), protocol, handshake, self.settings)
+        scope = _scope(conn, raw_path, query, headers)
+        app = state.app
+        if forwarded is not None:  # (a proxy's https makes it wss)
+            app = rewrite_or_fail(scope, forwarded) or app
+        ws = WebSocketConnection(conn, scope, protocol, handshake, self.settings)
         conn.transport.set_protocol(ws)
         conn.transport = LOST_TRANSPORT  # the HTTP connection is done with it: the WebSocket owns it now
         state.connections.discard(conn)
@@ -246,7 +265,7 @@ class WebSocketUpgrade:
         state.upgraded += 1
         if state.metrics is not None:
             state.metrics.connection_upgraded(conn, ws)
-        ws.start()
+        ws.start(app)
         return True
 
     def _negotiate(self, headers: list[tuple[bytes, bytes]]) -> tuple[ServerProtocol, list[tuple[bytes, bytes]]] | None:
@@ -333,7 +352,6 @@ class WebSocketConnection(asyncio.Protocol):
         "closing",
         "disconnected",
         "flow",
-        "forwarded",
         "protocol",
         "responded",
         "scope",
@@ -358,7 +376,6 @@ class WebSocketConnection(asyncio.Protocol):
         self.timeouts = conn.timeouts  # taken over: used for the close handshake and ping timeouts
         self.timeouts.cancel_timeout()
         self.scope = scope
-        self.forwarded = conn.forwarded  # the connection's verdict on its peer
         self.protocol = protocol
         self._handshake = handshake  # Upgrade, Connection, Sec-WebSocket-Accept and -Extensions for the 101
         self.settings = settings
@@ -380,9 +397,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._ping_payload: bytes | None = None
         self._accepted_at = 0.0  # when the 101 went out (the server's clock)
 
-    def start(self) -> None:
+    def start(self, app: ASGIApp) -> None:
         state = self.state
-        task = start_task(self.run(state.app), state.loop, state.base_context.copy())
+        task = start_task(self.run(app), state.loop, state.base_context.copy())
         if not self._app_done:
             self.task = task
 
@@ -499,8 +516,6 @@ class WebSocketConnection(asyncio.Protocol):
 
     async def run(self, app: ASGIApp) -> None:
         try:
-            if (forwarded := self.forwarded) is not None:  # the peer may set forwarded headers
-                rewrite_forwarded(self.scope, forwarded)
             await app(self.scope, self.receive, self.send)
         except BaseException as exc:
             self._on_app_error(exc)

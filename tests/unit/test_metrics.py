@@ -95,7 +95,6 @@ class Stream:
         return self.completed_at
 
     completed_at: float | None = None  # the clock the stream read as the response completed, if it did
-    forwarded = None  # a peer that may not set forwarded headers
 
     def abort(self) -> None:
         pass
