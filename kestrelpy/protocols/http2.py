@@ -402,6 +402,7 @@ class Http2Stream:
         "flow",
         "received",
         "request_ended",
+        "request_table",
         "state",
         "stream_id",
         "timeouts",
@@ -411,6 +412,7 @@ class Http2Stream:
     def __init__(self, conn: Http2Connection, stream_id: int, now: float, head_request: bool) -> None:
         self._conn = conn
         self.state = state = conn.state
+        self.request_table = conn.request_table
         self.stream_id = stream_id
         self.cycle: RequestCycle | None = None
         self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)  # (no timeout running)
@@ -599,6 +601,7 @@ class Http2Connection(asyncio.Protocol):
         "flow",
         "forwarded",
         "h2",
+        "request_table",
         "scheme",
         "server",
         "service",
@@ -614,6 +617,8 @@ class Http2Connection(asyncio.Protocol):
         self.service = service
         self.scheme = scheme
         self.tls_extension = tls_extension
+        # the metrics' series for this scheme, which every stream offers its RequestCycle (see cycle.py)
+        self.request_table = state.metrics.request_table(scheme, "2") if state.metrics is not None else None
         self.transport: asyncio.Transport = LOST_TRANSPORT
         self.flow = FlowControl(LOST_TRANSPORT)
         self.timeouts: TimeoutControl = None  # type: ignore[assignment]
