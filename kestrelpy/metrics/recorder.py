@@ -38,7 +38,9 @@ from kestrelpy.protocols.rejection import RequestRejection
 Series = list[float]  # a histogram's counts per bucket (the last is +Inf), then the sum of the values
 Value = float | Series
 Snapshot = dict[str, dict[tuple[str, ...], Value]]  # instrument name -> attribute values -> value
-RequestTable = dict[str, dict[int, Series]]  # one scheme's and HTTP version's series: method, status -> series
+# One scheme's and HTTP version's series of whole responses: method -> series by status, a list (indexing
+# one costs less than a dictionary lookup; a status outside 100..999 never reaches it, see check_status).
+RequestTable = dict[str, list[Series | None]]
 
 # error.type of a connection a rejection ended: Kestrel's value where it names the same cause, else the
 # rejection's own name (Kestrel lumps the others together as invalid_request_headers / _line).
@@ -136,8 +138,12 @@ class Metrics:
         series = self._requests.get(key)
         if series is None:
             series = self._requests[key] = new_series(inst.REQUEST_BOUNDS)
-        if method != inst.OTHER_METHOD and not aborted and self.index is not None:
-            self.index.setdefault((scheme, version), {}).setdefault(method, {})[status] = series
+        if method != inst.OTHER_METHOD and not aborted and self.index is not None and 100 <= status <= 999:
+            table = self.index.setdefault((scheme, version), {})
+            by_status = table.get(method)
+            if by_status is None:
+                by_status = table[method] = [None] * 1000
+            by_status[status] = series
         return series
 
     def request_table(self, scheme: str, version: str) -> RequestTable | None:

@@ -229,12 +229,11 @@ class RequestCycle:
             # (the rest, and what the fast path means: kestrelpy/metrics/recorder.py, Metrics.index).
             table = self._stream.request_table
             if table is not None and self.response_complete:
-                scope = self.scope
                 if self.counted_by_scope:  # (rare: see ScopeCountedCycle; an empty table finds nothing)
-                    table = metrics.request_table(scope["scheme"], scope["http_version"]) or {}
+                    table = metrics.request_table(self.scope["scheme"], self.scope["http_version"]) or {}
                 try:
-                    series = table[scope["method"]][self.status]
-                except KeyError:
+                    series = table[self.scope["method"]][self.status]
+                except LookupError:
                     series = None
                 if series is not None:
                     if elapsed <= 0.005:
