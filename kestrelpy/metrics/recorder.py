@@ -9,11 +9,13 @@ one attribute test for it when off. What a protocol calls, whichever protocol it
     ServerState.connection_closed(conn, why) when it is gone; `why` is the RequestRejection that ended
                                              it, an error.type string, or None
     handshake_started(conn) / handshake_done(conn, ssl_object)   around a TLS handshake
-    clock() / index / request_done(cycle, elapsed, why)   once per request, as its app starts and
-                                             ends: RequestCycle.run counts a whole response whose
-                                             series is in `index` itself and calls request_done for
-                                             the rest, so a protocol that carries its requests in
-                                             RequestCycles has nothing more to do
+    request_table(scheme)                    once per connection: what its Streams offer RequestCycle.run
+                                             as `request_table`
+    clock() / request_done(cycle, elapsed, why)   once per request, as its app starts and ends:
+                                             RequestCycle.run counts a whole response whose series is
+                                             in its stream's request table itself and calls
+                                             request_done for the rest, so a protocol that carries its
+                                             requests in RequestCycles has nothing more to do
     conn.active_cycles                       the RequestCycles a connection's apps are answering now,
                                              read for each snapshot (http.server.active_requests):
                                              no per-request cost
@@ -36,7 +38,9 @@ from kestrelpy.protocols.rejection import RequestRejection
 Series = list[float]  # a histogram's counts per bucket (the last is +Inf), then the sum of the values
 Value = float | Series
 Snapshot = dict[str, dict[tuple[str, ...], Value]]  # instrument name -> attribute values -> value
-RequestIndex = dict[str, dict[str, dict[str, dict[int, Series]]]]  # method, scheme, version, status -> series
+# One scheme's and HTTP version's series of whole responses: method -> series by status, a list (indexing
+# one costs less than a dictionary lookup; a status outside 100..999 never reaches it, see check_status).
+RequestTable = dict[str, list[Series | None]]
 
 # error.type of a connection a rejection ended: Kestrel's value where it names the same cause, else the
 # rejection's own name (Kestrel lumps the others together as invalid_request_headers / _line).
@@ -101,9 +105,10 @@ class Metrics:
         self.handshake_timeout = handshake_timeout  # the loop closes a handshake still running after this
         # (method, scheme, version, status, aborted) -> Series; status 0 = none was sent
         self._requests: dict[tuple[str, str, str, int, str], Series] = {}
-        # The same series of whole responses, by method, scheme, version and status: what RequestCycle.run
-        # looks up itself (None: it calls request_done for every request, as OtelMetrics wants).
-        self.index: RequestIndex | None = {}
+        # The same series of whole responses, by scheme, version, method and status: what RequestCycle.run
+        # looks up itself, in the table of its scheme and version (None: it calls request_done for every
+        # request, as OtelMetrics wants).
+        self.index: dict[tuple[str, str], RequestTable] | None = {}
         self._opened: dict[object, float] = {}  # live connection -> when it was accepted
         self._accepted: dict[object, float] = {}  # connection past its TLS handshake -> when it was accepted
         self._ending: dict[object, str] = {}  # connection being closed by the server -> the error.type why
@@ -133,9 +138,20 @@ class Metrics:
         series = self._requests.get(key)
         if series is None:
             series = self._requests[key] = new_series(inst.REQUEST_BOUNDS)
-        if method != inst.OTHER_METHOD and not aborted and self.index is not None:
-            self.index.setdefault(method, {}).setdefault(scheme, {}).setdefault(version, {})[status] = series
+        if method != inst.OTHER_METHOD and not aborted and self.index is not None and 100 <= status <= 999:
+            table = self.index.setdefault((scheme, version), {})
+            by_status = table.get(method)
+            if by_status is None:
+                by_status = table[method] = [None] * 1000
+            by_status[status] = series
         return series
+
+    def request_table(self, scheme: str, version: str) -> RequestTable | None:
+        """The index's series of whole responses with this scheme and HTTP version, looked up once per
+        connection, so that a request need not read either from its scope (None: RequestCycle.run is
+        not to count any itself). A request with others (HTTP/1.0 on an HTTP/1.1 connection, a scheme
+        rewritten from forwarded fields) is a ScopeCountedCycle, which looks its own up."""
+        return None if self.index is None else self.index.setdefault((scheme, version), {})
 
     # -- connections ------------------------------------------------------------------------------
 

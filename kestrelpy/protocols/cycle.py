@@ -31,6 +31,9 @@ flow-control windows. Everything the protocols must agree on is decided here, on
       flow                                        send-side backpressure: `write_paused`, `await drain()`
       timeouts                                    a TimeoutControl: timing the app's waits for body bytes
       state                                       the ServerState (access log switch, format, clock)
+      request_table                               the metrics' series of its connection's scheme and HTTP
+                                                  version, from Metrics.request_table once per connection;
+                                                  None when off
 
 The access log has one line per request, written when the response is complete or cut short, so it can
 say the status, the body bytes sent and how long the exchange took. With the log off, a request pays for
@@ -43,7 +46,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGIApp, Message, Scope
@@ -52,6 +55,7 @@ from kestrelpy.protocols.timeouts import TIMING_ON, TIMING_STOPPING
 from kestrelpy.proxy import rewrite_scope
 
 if TYPE_CHECKING:
+    from kestrelpy.metrics.recorder import RequestTable
     from kestrelpy.protocols.flow import FlowControl
     from kestrelpy.protocols.timeouts import TimeoutControl
     from kestrelpy.proxy import TrustedPeers
@@ -78,6 +82,8 @@ class Stream(Protocol):
     def timeouts(self) -> TimeoutControl: ...
     @property
     def response_on_wire(self) -> bool: ...
+    @property
+    def request_table(self) -> RequestTable | None: ...
 
     def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None: ...
     def send_body(self, body: bytes, more_body: bool) -> None: ...
@@ -96,6 +102,9 @@ class ClientDisconnected(OSError):
 
 class RequestCycle:
     """One request and its response. Created by the protocol when a request head arrives."""
+
+    # Whether the metrics count it under its scope's scheme and HTTP version rather than its stream's
+    counted_by_scope: ClassVar[bool] = False
 
     __slots__ = (
         "_body",
@@ -211,31 +220,33 @@ class RequestCycle:
             self.task = None
             if self._log_started is not None and not self.response_complete:
                 self._log_access(self._abort_reason(failure))
-            if metrics is not None:
-                # A whole response whose series exists is counted here: a call would cost as much again
-                # (the rest, and what the fast path means: kestrelpy/metrics/recorder.py, Metrics.index).
-                # Its end is the clock the stream read as the response completed, when it read it.
-                elapsed = (self._completed_at or clock()) - started
-                index = metrics.index if self.response_complete else None
-                if index is not None:
-                    scope = self.scope
-                    try:
-                        series = index[scope["method"]][scope["scheme"]][scope["http_version"]][self.status]
-                    except KeyError:
-                        index = None
+        # (Not counted when the task ends by GeneratorExit, KeyboardInterrupt or SystemExit: no process
+        # that would report it goes on.)
+        if metrics is not None:
+            # Its end is the clock the stream read as the response completed, when it read it.
+            elapsed = (self._completed_at or clock()) - started
+            # A whole response whose series exists is counted here: a call would cost as much again
+            # (the rest, and what the fast path means: kestrelpy/metrics/recorder.py, Metrics.index).
+            table = self._stream.request_table
+            if table is not None and self.response_complete:
+                if self.counted_by_scope:  # (rare: see ScopeCountedCycle; an empty table finds nothing)
+                    table = metrics.request_table(self.scope["scheme"], self.scope["http_version"]) or {}
+                try:
+                    series = table[self.scope["method"]][self.status]
+                except LookupError:
+                    series = None
+                if series is not None:
+                    if elapsed <= 0.005:
+                        series[0] += 1.0
+                    elif elapsed <= 0.01:
+                        series[1] += 1.0
+                    elif elapsed <= 0.025:
+                        series[2] += 1.0
                     else:
-                        if elapsed <= 0.005:
-                            series[0] += 1.0
-                        elif elapsed <= 0.01:
-                            series[1] += 1.0
-                        elif elapsed <= 0.025:
-                            series[2] += 1.0
-                        else:
-                            series[bisect_left(REQUEST_BOUNDS, elapsed)] += 1.0
-                        series[15] += elapsed
-                if index is None:
-                    reason = "" if self.response_complete else self._abort_reason(failure).lower()
-                    metrics.request_done(self, elapsed, reason)
+                        series[bisect_left(REQUEST_BOUNDS, elapsed)] += 1.0
+                    series[15] += elapsed
+                    return
+            metrics.request_done(self, elapsed, "" if self.response_complete else self._abort_reason(failure).lower())
 
     def _on_app_error(self, exc: BaseException) -> None:
         if self.disconnected:
@@ -386,13 +397,22 @@ class RequestCycle:
         )
 
 
+class ScopeCountedCycle(RequestCycle):
+    """A request whose scheme or HTTP version is not its stream's (HTTP/1.0 on an HTTP/1.1 connection,
+    a scheme rewritten from forwarded fields): the metrics find its series by its scope, a lookup the
+    other requests are spared (Metrics.request_table)."""
+
+    __slots__ = ()
+    counted_by_scope = True
+
+
 def forwarded_cycle(stream: Stream, scope: Scope, expect_continue: bool, trusted: TrustedPeers) -> RequestCycle:
     """The cycle of a request from a trusted peer that carries a forwarded field, its scope rewritten
     (kestrelpy/proxy.py) before the app sees it."""
     failed = rewrite_or_fail(scope, trusted)
     if failed is not None:
         return _FailedCycle(stream, scope, expect_continue, failed)
-    return RequestCycle(stream, scope, expect_continue)
+    return ScopeCountedCycle(stream, scope, expect_continue)  # (its scheme may not be its stream's)
 
 
 def rewrite_or_fail(scope: Scope, trusted: TrustedPeers) -> RaisingApp | None:
@@ -419,7 +439,7 @@ class RaisingApp:
         raise self.error
 
 
-class _FailedCycle(RequestCycle):
+class _FailedCycle(ScopeCountedCycle):
     """A request whose app is replaced by a RaisingApp (see forwarded_cycle)."""
 
     __slots__ = ("_app",)

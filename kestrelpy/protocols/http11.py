@@ -61,9 +61,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from kestrelpy.access_log import AccessEntry
 from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
-from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE
+from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE, RequestTable
 from kestrelpy.platform import peer_hung_up
-from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle, forwarded_cycle
+from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle, ScopeCountedCycle, forwarded_cycle
 from kestrelpy.protocols.flow import LOST_TRANSPORT, FlowControl
 from kestrelpy.protocols.http11_output import Http1Output, closing_response
 from kestrelpy.protocols.rejection import RequestRejection
@@ -150,6 +150,7 @@ class HttpConnection(Http1Output):
         "forwarded",
         "fresh",
         "ignore_input",
+        "request_table",
         "scheme",
         "server",
         "state",
@@ -167,6 +168,7 @@ class HttpConnection(Http1Output):
         self.client: tuple[str, int] | None = None
         self.forwarded: TrustedPeers | None = None  # whether the peer may set forwarded headers (connection_made)
         self.scheme = "http"
+        self.request_table: RequestTable | None = None  # the metrics' series for this scheme (Stream)
         self.cycle: RequestCycle | None = None  # the request the app is answering
         self._reading: RequestCycle | None = None  # the request whose body is arriving
         self._held: RequestCycle | None = None  # started, its app not yet run: see _start
@@ -212,6 +214,7 @@ class HttpConnection(Http1Output):
         state.connections.add(self)
         if state.metrics is not None:
             state.metrics.connection_opened(self, now, over_limit)
+            self.request_table = state.metrics.request_table(self.scheme, "1.1")
         if over_limit:
             if self.http2 is not None and self.scheme == "http":
                 self.http2.refuse_over_limit(self)  # (the first bytes say whose refusal: HTTP/2's or a 503)
@@ -308,7 +311,8 @@ class HttpConnection(Http1Output):
         if forwarded and self.forwarded is not None:  # a forwarded field, from a peer that may set one
             cycle = forwarded_cycle(self, scope, expect_continue, self.forwarded)
         else:
-            cycle = RequestCycle(self, scope, expect_continue)
+            # (an HTTP/1.0 request is counted by its scope's version: see ScopeCountedCycle)
+            cycle = (RequestCycle if http11 else ScopeCountedCycle)(self, scope, expect_continue)
         if empty_body:
             # RFC 9112 section 6.3: no Content-Length and no Transfer-Encoding means no body. Marking it
             # now lets an app that answers at once keep the connection alive.

@@ -61,7 +61,7 @@ from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection, address, s
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.request_head import content_length, head_refusal, over_head_limits, scan_headers
 from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
-from kestrelpy.protocols.writer import HeaderError, header_line
+from kestrelpy.protocols.writer import HeaderError, check_status, header_line
 
 if TYPE_CHECKING:
     from kestrelpy.config import Http2Limits
@@ -83,6 +83,13 @@ WINDOW_UPDATE_BUDGET = 1000  # on top of two per DATA frame sent (one for the st
 _CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _PLAIN_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
+
+
+def _status_value(status: int) -> bytes:
+    check_status(status)  # (as HTTP/1.1's status line: an app error)
+    return str(status).encode()
+
+
 # hpack counts 32 bytes per field on top of name and value (RFC 7541 section 4.1), the head limits 4 (`: `
 # and CRLF): the decoder's limit leaves room for the difference, and the head limits then count exactly.
 _HPACK_FIELD_OVERHEAD = 28
@@ -402,6 +409,7 @@ class Http2Stream:
         "flow",
         "received",
         "request_ended",
+        "request_table",
         "state",
         "stream_id",
         "timeouts",
@@ -411,6 +419,7 @@ class Http2Stream:
     def __init__(self, conn: Http2Connection, stream_id: int, now: float, head_request: bool) -> None:
         self._conn = conn
         self.state = state = conn.state
+        self.request_table = conn.request_table
         self.stream_id = stream_id
         self.cycle: RequestCycle | None = None
         self.timeouts = TimeoutControl(state.timeout_durations, state.data_rates, now)  # (no timeout running)
@@ -436,7 +445,7 @@ class Http2Stream:
 
     def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None:
         conn = self._conn
-        head = [(b":status", _STATUS.get(status) or str(status).encode())]
+        head = [(b":status", _STATUS.get(status) or _status_value(status))]
         own_server = own_date = False
         length = -1
         for raw_name, value in headers:
@@ -599,6 +608,7 @@ class Http2Connection(asyncio.Protocol):
         "flow",
         "forwarded",
         "h2",
+        "request_table",
         "scheme",
         "server",
         "service",
@@ -614,6 +624,8 @@ class Http2Connection(asyncio.Protocol):
         self.service = service
         self.scheme = scheme
         self.tls_extension = tls_extension
+        # the metrics' series for this scheme, which every stream offers its RequestCycle (see cycle.py)
+        self.request_table = state.metrics.request_table(scheme, "2") if state.metrics is not None else None
         self.transport: asyncio.Transport = LOST_TRANSPORT
         self.flow = FlowControl(LOST_TRANSPORT)
         self.timeouts: TimeoutControl = None  # type: ignore[assignment]

@@ -48,17 +48,22 @@ _STATUS_LINES: dict[int, bytes] = {}
 
 
 def status_line(status: int) -> bytes:
-    """`HTTP/1.1 200 OK\\r\\n`, built once per status code."""
+    """`HTTP/1.1 200 OK\\r\\n`, built once per status code. Raises ValueError for a status that is not
+    three digits (RFC 9112 section 4), which the app's `send` passes on: answered as an app error."""
     line = _STATUS_LINES.get(status)
     if line is None:
+        check_status(status)
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = ""
-        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
-        if 100 <= status <= 999:
-            _STATUS_LINES[status] = line
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
     return line
+
+
+def check_status(status: int) -> None:
+    if not 100 <= status <= 999:
+        raise ValueError(f"Invalid HTTP status code {status!r}: a status code is three digits (100 to 999).")
 
 
 def validate_header(name: bytes, value: bytes) -> None:

@@ -81,6 +81,7 @@ class Stream:
         self.state = SimpleNamespace(metrics=metrics, access_log=False, clock=metrics.clock)
         self.flow = SimpleNamespace(write_paused=False)
         self.response_on_wire = False
+        self.request_table = metrics.request_table("http", "1.1")
 
     def start_response(self, status: int, headers: object, trailers: bool) -> None:
         pass
@@ -161,7 +162,7 @@ def test_the_request_fast_path_buckets_as_observe_does() -> None:
         clock.now = 0.0  # from 0, a value on a bound is the bound exactly
         serve(metrics, clock, "GET", 200, elapsed)
         observe(expected, inst.REQUEST_BOUNDS, elapsed)
-    assert metrics.index is not None and metrics.index["GET"]["http"]["1.1"][200] is not None
+    assert metrics.index is not None and metrics.index["http", "1.1"]["GET"][200] is not None
     assert metrics.snapshot()[inst.REQUEST_DURATION.name][("GET", "http", "1.1", "200", "")] == expected
 
 
