@@ -184,7 +184,10 @@ def parse_node(value: str) -> tuple[str, int] | None:
     if ip is None:
         return None
     # (isdigit() alone takes `²`, which int() refuses: a value decoded as latin-1 may hold one)
-    port = int(port_text) if port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535 else 0
+    # (at most five digits before int(): past 4,300 digits int() raises rather than converting)
+    port = int(port_text) if len(port_text) <= 5 and port_text.isascii() and port_text.isdigit() else 0
+    if port > 65535:
+        port = 0
     return str(ip), port
 
 

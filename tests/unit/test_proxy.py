@@ -61,6 +61,8 @@ def test_trusted_parsing() -> None:
         ("", None),
         ("1.2.3.4:99999", ("1.2.3.4", 0)),
         ("1.2.3.4:\u00b2", ("1.2.3.4", 0)),  # a digit to isdigit(), not to int()
+        ("1.2.3.4:" + "9" * 5000, ("1.2.3.4", 0)),  # int() refuses more than 4,300 digits
+        ("1.2.3.4:00080", ("1.2.3.4", 80)),
     ],
 )
 def test_parse_node(text: str, node: tuple[str, int] | None) -> None:
