@@ -9,7 +9,7 @@ one attribute test for it when off. What a protocol calls, whichever protocol it
     ServerState.connection_closed(conn, why) when it is gone; `why` is the RequestRejection that ended
                                              it, an error.type string, or None
     handshake_started(conn) / handshake_done(conn, ssl_object)   around a TLS handshake
-    request_table(scheme)                    once per connection: what its Streams offer RequestCycle.run
+    request_table(scheme, version)           once per connection: what its Streams offer RequestCycle.run
                                              as `request_table`
     clock() / request_done(cycle, elapsed, why)   once per request, as its app starts and ends:
                                              RequestCycle.run counts a whole response whose series is

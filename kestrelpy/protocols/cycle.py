@@ -409,10 +409,14 @@ class ScopeCountedCycle(RequestCycle):
 def forwarded_cycle(stream: Stream, scope: Scope, expect_continue: bool, trusted: TrustedPeers) -> RequestCycle:
     """The cycle of a request from a trusted peer that carries a forwarded field, its scope rewritten
     (kestrelpy/proxy.py) before the app sees it."""
+    scheme = scope["scheme"]
     failed = rewrite_or_fail(scope, trusted)
     if failed is not None:
         return _FailedCycle(stream, scope, expect_continue, failed)
-    return ScopeCountedCycle(stream, scope, expect_continue)  # (its scheme may not be its stream's)
+    # (most proxied requests keep their connection's scheme: only one whose proto changed it is counted
+    # by its scope, at the cost of a lookup)
+    cycle_class = RequestCycle if scope["scheme"] == scheme else ScopeCountedCycle
+    return cycle_class(stream, scope, expect_continue)
 
 
 def rewrite_or_fail(scope: Scope, trusted: TrustedPeers) -> RaisingApp | None:

@@ -103,14 +103,16 @@ def test_each_request_is_counted_by_its_own_version_and_forwarded_scheme(
     running_server: Callable[..., LiveServer],
 ) -> None:
     # One keep-alive connection from a trusted peer (loopback) whose requests take turns: HTTP/1.1, HTTP/1.0,
-    # and HTTP/1.1 with X-Forwarded-Proto. A connection looks its scheme's and version's series up once;
-    # the others must still land under their own (each twice, so the second finds its series made).
+    # HTTP/1.1 with X-Forwarded-Proto, and with X-Forwarded-For alone. A connection looks its scheme's and
+    # version's series up once; the others must still land under their own (each twice, so the second
+    # finds its series made).
     live = running_server(app, metrics_bind="127.0.0.1:0")
     client = RawClient(live.port)
     heads = (
         b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
         b"GET / HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-Proto: https\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",  # forwarded, scheme kept
     )
     for _ in range(2):
         for head in heads:
@@ -119,10 +121,10 @@ def test_each_request_is_counted_by_its_own_version_and_forwarded_scheme(
     client.close()
     result = scrape_until(metrics_port(live), CONNECTIONS, 1)
     labels = {"http_request_method": "GET", "http_response_status_code": "200"}
-    assert result.value(REQUESTS, url_scheme="http", network_protocol_version="1.1", **labels) == 2
+    assert result.value(REQUESTS, url_scheme="http", network_protocol_version="1.1", **labels) == 4
     assert result.value(REQUESTS, url_scheme="http", network_protocol_version="1.0", **labels) == 2
     assert result.value(REQUESTS, url_scheme="https", network_protocol_version="1.1", **labels) == 2
-    assert result.total(REQUESTS) == 6
+    assert result.total(REQUESTS) == 8
 
 
 def test_active_gauges_count_a_request_in_progress_and_return_to_zero(serve_app: Callable[..., LiveServer]) -> None:
