@@ -25,7 +25,6 @@ from kestrelpy.protocols.writer import (
     Framing,
     HeaderError,
     body_framing,
-    checked_line,
     chunk,
     encode_headers,
     header_line,
@@ -45,27 +44,52 @@ _SPECIAL_HEADERS = {
     b"server": _SERVER,
     b"date": _DATE,
 }
+# What a response header means to the framing (see _framed): a Content-Length is its value (>= 0).
+_PASS, _DROP, _CLOSE, _OWN_SERVER, _OWN_DATE = -1, -2, -3, -4, -5
 _PLAIN_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
-_LENGTHS: dict[bytes, int] = {}  # parsed response Content-Length values: most responses repeat a few
-_LENGTHS_MAX = 1024
+# (name, value) -> (its line, what it means to the framing), for pairs already checked: apps send the
+# same few headers over and over, so the common case is one dict lookup per header. Bounded, since
+# values can vary freely.
+_FRAMED: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
+_FRAMED_MAX = 4096
+_framed_get = _FRAMED.get
+
+
+def _framed(name: bytes, value: bytes) -> tuple[bytes, int]:
+    """A response header's line and what it means to the framing (a Content-Length as its number);
+    raises HeaderError for one that cannot be sent. Remembered when the pair is hashable."""
+    lowered, line = header_line(name, value)
+    special = _SPECIAL_HEADERS.get(lowered)
+    if special is None:
+        role = _PASS
+    elif special == _CONTENT_LENGTH:
+        role = _content_length(value)
+    elif special == _TRANSFER_ENCODING:
+        role = _DROP  # framing is ours to choose
+    elif special == _CONNECTION:
+        role = _CLOSE if b"close" in bytes(value).lower() else _PASS
+    else:
+        role = _OWN_SERVER if special == _SERVER else _OWN_DATE  # the app's own replaces ours
+    known = (line, role)
+    try:
+        if len(_FRAMED) >= _FRAMED_MAX:
+            _FRAMED.clear()
+        _FRAMED[(name, value)] = known
+    except TypeError:  # bytearray and other unhashable buffers: checked every time
+        pass
+    return known
 
 
 def _content_length(value: Any) -> int:
     """A response Content-Length value as a number: digits only (RFC 9110 section 8.6)."""
     try:
-        length = _LENGTHS.get(value)
+        hash(value)
     except TypeError:  # bytearray and other unhashable buffers
         value = bytes(value)
-        length = None
-    if length is None:
-        if not isinstance(value, bytes) or not value.isdigit():
-            raise HeaderError(f"invalid content-length {value!r}")
-        length = int(value)
-        if len(_LENGTHS) >= _LENGTHS_MAX:
-            _LENGTHS.clear()
-        _LENGTHS[value] = length
-    return length
+    if not isinstance(value, bytes) or not value.isdigit():
+        raise HeaderError(f"invalid content-length {value!r}")
+    return int(value)
 
 
 def closing_response(state: ServerState, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
@@ -135,32 +159,29 @@ class Http1Output(asyncio.Protocol):
     def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None:
         lines = [b""]  # the response start goes first, once we know whether the app brings Server or Date
         own_server = own_date = has_length = False
-        for raw_name, value in headers:
+        for name, value in headers:
             try:
-                known = checked_line((raw_name, value))  # a header already checked: no call
-            except TypeError:  # a bytearray: header_line copies it
+                known = _framed_get((name, value))  # a header already checked: no call
+            except TypeError:  # a bytearray
                 known = None
-            name, line = known if known is not None else header_line(raw_name, value)
-            special = _SPECIAL_HEADERS.get(name)
-            if special is not None:
-                if special == _CONTENT_LENGTH:
-                    try:
-                        length = _LENGTHS.get(value)  # the cache first: most responses repeat a few
-                    except TypeError:  # a bytearray
-                        length = None
-                    self._bytes_left = _content_length(value) if length is None else length
+            line, role = known if known is not None else _framed(name, value)
+            if role != _PASS:
+                if role >= 0:
+                    self._bytes_left = role
                     has_length = True
-                elif special == _TRANSFER_ENCODING:
-                    continue  # framing is ours to choose
-                elif special == _CONNECTION:
-                    if b"close" in bytes(value).lower():
-                        self.keep_alive = False
-                elif special == _SERVER:
-                    own_server = True  # the app's own Server header replaces ours
+                elif role == _DROP:
+                    continue
+                elif role == _CLOSE:
+                    self.keep_alive = False
+                elif role == _OWN_SERVER:
+                    own_server = True
                 else:
-                    own_date = True  # likewise its Date
+                    own_date = True
             lines.append(line)
-        lines[0] = self.state.response_start(status, own_server, own_date)
+        state = self.state
+        # The usual start is looked up here; response_start builds it (and the app's own Server or Date).
+        start = None if own_server or own_date else state.response_starts.get(status)
+        lines[0] = start if start is not None else state.response_start(status, own_server, own_date)
         self._with_trailers = trailers
         self._framing = Framing.CONTENT_LENGTH if has_length else Framing.NONE
         self._pending_head = b"".join(lines)

@@ -79,8 +79,6 @@ def validate_header(name: bytes, value: bytes) -> None:
 # values can vary freely.
 _CHECKED: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 _CHECKED_MAX = 4096
-# The hot path looks a pair up itself and calls header_line only when it is missing (or unhashable).
-checked_line = _CHECKED.get
 
 
 def header_line(name: bytes, value: bytes) -> tuple[bytes, bytes]:
