@@ -47,6 +47,8 @@ _SPECIAL_HEADERS = {
 # What a response header means to the framing (see _framed): a Content-Length is its value (>= 0).
 _PASS, _DROP, _CLOSE, _OWN_SERVER, _OWN_DATE = -1, -2, -3, -4, -5
 _PLAIN_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+# The framings, as module globals: each test of one costs a load less than `Framing.X`.
+_NO_BODY, _BY_LENGTH, _BY_CHUNKS, _BY_CLOSE = Framing.NONE, Framing.CONTENT_LENGTH, Framing.CHUNKED, Framing.UNTIL_CLOSE
 
 # (name, value) -> (its line, what it means to the framing), for pairs already checked: apps send the
 # same few headers over and over, so the common case is one dict lookup per header. Bounded, since
@@ -133,28 +135,21 @@ class Http1Output(asyncio.Protocol):
         raise NotImplementedError
 
     def _init_output(self) -> None:
-        self._framing = Framing.NONE
+        self._framing = _NO_BODY
         self._bytes_left = 0
-        self._pending_head = b""
+        self._pending_head: list[bytes] | None = None
         self._status = 0
         self._with_trailers = False
         self._head_request = False
         self._http11 = True
         self.keep_alive = True  # whether the connection stays open after the current response
 
-    def _begin_response(self, http11: bool, keep_alive: bool, head_request: bool) -> None:
-        """The request about to be answered: what its framing depends on."""
-        self._http11 = http11
-        self.keep_alive = keep_alive
-        self._head_request = head_request
-        self._pending_head = b""
-
     # -- the Stream interface (see cycle.py) ------------------------------------------------------
 
     @property
     def response_on_wire(self) -> bool:
         """Whether the response head has been handed to the transport (after the first body message)."""
-        return not self._pending_head
+        return self._pending_head is None
 
     def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None:
         lines = [b""]  # the response start goes first, once we know whether the app brings Server or Date
@@ -183,36 +178,44 @@ class Http1Output(asyncio.Protocol):
         start = None if own_server or own_date else state.response_starts.get(status)
         lines[0] = start if start is not None else state.response_start(status, own_server, own_date)
         self._with_trailers = trailers
-        self._framing = Framing.CONTENT_LENGTH if has_length else Framing.NONE
-        self._pending_head = b"".join(lines)
+        self._framing = _BY_LENGTH if has_length else _NO_BODY
+        self._pending_head = lines  # held until the first body message, and joined with it
         self._status = status
 
     def send_body(self, body: bytes, more_body: bool) -> None:
-        out = b""
-        if self._pending_head:
-            out = self._finish_head(None if more_body else bytes(body))
+        head = self._pending_head
+        if head is not None:
+            # (a whole body's length counts its bytes; bytes() also refuses what is no body before the
+            # head is decided, so that the app's error is still answered with a 500)
+            self._finish_head(head, None if more_body else body if type(body) is bytes else bytes(body))
         framing = self._framing
-        send_bytes = not self._head_request and framing is not Framing.NONE
-        if body and send_bytes:
-            if framing is Framing.CONTENT_LENGTH:
-                if len(body) > self._bytes_left:
-                    self._flush(out)
-                    raise RuntimeError("Response content longer than Content-Length.")
-                self._bytes_left -= len(body)
-                out += body
-            elif framing is Framing.CHUNKED:
-                out += chunk(body)
-            else:
-                out += body
-        if not more_body and send_bytes:
-            if framing is Framing.CONTENT_LENGTH and self._bytes_left:
-                self._flush(out)
-                raise RuntimeError("Response content shorter than Content-Length.")
-            if framing is Framing.CHUNKED:
-                # With trailers, the last chunk only: the trailer section and its blank line follow.
-                out += b"0\r\n" if self._with_trailers else LAST_CHUNK
-        if out:
-            self.write(out)
+        out = b""
+        if framing is not _NO_BODY and not self._head_request:
+            if body:
+                if framing is _BY_LENGTH:
+                    left = self._bytes_left - len(body)
+                    if left < 0:
+                        self._flush(head, b"")
+                        raise RuntimeError("Response content longer than Content-Length.")
+                    self._bytes_left = left
+                    out = body
+                elif framing is _BY_CHUNKS:
+                    out = chunk(body)
+                else:
+                    out = body
+            if not more_body:
+                if framing is _BY_LENGTH:
+                    if self._bytes_left:
+                        self._flush(head, out)
+                        raise RuntimeError("Response content shorter than Content-Length.")
+                elif framing is _BY_CHUNKS:
+                    # With trailers, the last chunk only: the trailer section and its blank line follow.
+                    out += b"0\r\n" if self._with_trailers else LAST_CHUNK
+        if head is not None:
+            head.append(out)
+            self.write(b"".join(head))  # the head and the first body bytes in one piece
+        elif out:
+            self.write(out if type(out) is bytes else bytes(out))  # (an app may reuse its buffer)
 
     def send_trailers(self, headers: Iterable[tuple[bytes, bytes]], more_trailers: bool) -> None:
         lines = []
@@ -220,8 +223,8 @@ class Http1Output(asyncio.Protocol):
             name, value = bytes(name).lower(), bytes(value)
             validate_header(name, value)
             lines.append((name, value))
-        if self._framing is Framing.CHUNKED and not self._head_request:
-            self._flush(encode_headers(lines) + (b"" if more_trailers else b"\r\n"))
+        if self._framing is _BY_CHUNKS and not self._head_request:
+            self._flush(None, encode_headers(lines) + (b"" if more_trailers else b"\r\n"))
 
     def send_continue(self) -> None:
         self.write(CONTINUE_100)
@@ -235,34 +238,38 @@ class Http1Output(asyncio.Protocol):
 
     # -- framing ---------------------------------------------------------------------------------
 
-    def _finish_head(self, whole_body: bytes | None) -> bytes:
-        """The head's framing lines, once the first body event shows whether the length is known."""
+    def _finish_head(self, head: list[bytes], whole_body: bytes | None) -> None:
+        """Add the head's framing lines and its blank line, once the first body message shows whether the
+        length is known; the head is no longer held."""
+        self._pending_head = None
         status = self._status
-        has_length = self._framing is Framing.CONTENT_LENGTH
-        extra = b""
+        has_length = self._framing is _BY_LENGTH
         if not has_length and whole_body is not None and not self._with_trailers:
             has_length = True
             self._bytes_left = len(whole_body)
             if status >= 200 and status not in (204, 304):
-                extra = b"content-length: %d\r\n" % len(whole_body)
+                head.append(b"content-length: %d\r\n" % len(whole_body))
         framing = body_framing(status, self._head_request, has_length, self._http11)
         self._framing = framing
-        if framing is Framing.CHUNKED:
-            extra += b"transfer-encoding: chunked\r\n"
-        elif framing is Framing.UNTIL_CLOSE:
+        if framing is _BY_CHUNKS:
+            head.append(b"transfer-encoding: chunked\r\n")
+        elif framing is _BY_CLOSE:
             self.keep_alive = False
         cycle = self.cycle
         if (cycle is not None and not cycle.body_complete) or self.closing:
             # Unread request body or shutting down: this response ends the connection.
             self.keep_alive = False
         if not self.keep_alive:
-            extra += b"connection: close\r\n"
+            head.append(b"connection: close\r\n")
         elif not self._http11:
-            extra += b"connection: keep-alive\r\n"
-        head = self._pending_head + extra + b"\r\n"
-        self._pending_head = b""
-        return head
+            head.append(b"connection: keep-alive\r\n")
+        head.append(b"\r\n")
 
-    def _flush(self, data: bytes) -> None:
-        if data:
-            self.write(data)
+    def _flush(self, head: list[bytes] | None, out: bytes) -> None:
+        """Write what is ready, the held head (if any) first; before a body error, the head and the body
+        that fit."""
+        if head is not None:
+            head.append(out)
+            out = b"".join(head)
+        if out:
+            self.write(out if type(out) is bytes else bytes(out))
