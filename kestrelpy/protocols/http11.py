@@ -76,7 +76,7 @@ from kestrelpy.protocols.request_head import (
     scan_headers,
     version_rejection,
 )
-from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
+from kestrelpy.protocols.timeouts import TIMING_OFF, TimeoutControl, TimeoutReason
 
 if TYPE_CHECKING:
     from kestrelpy.proxy import TrustedPeers
@@ -110,6 +110,8 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Output held back during one read before it is handed to the transport anyway.
 BATCH_LIMIT = 64 * 1024
 
+
+_KEEP_ALIVE = TimeoutReason.KEEP_ALIVE  # (a global: an Enum member is a full attribute lookup)
 
 _METHOD_NAMES = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
@@ -566,7 +568,9 @@ class HttpConnection(Http1Output):
             self._send_rejection()
         else:
             now = self.state.clock()
-            self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)
+            timeouts = self.timeouts
+            timeouts.reason = _KEEP_ALIVE  # timeouts.set_timeout(KEEP_ALIVE, now), without the call
+            timeouts.since = now
             flow = self.flow
             if flow.read_paused:
                 reading = self._reading
@@ -583,7 +587,11 @@ class HttpConnection(Http1Output):
         self._http11 = http11
         self.keep_alive = keep_alive
         self._head_request = head_request
-        self.timeouts.start_request()
+        # timeouts.start_request(), without the call: no connection timeout runs, the body rate starts anew
+        timeouts = self.timeouts
+        timeouts.reason = None
+        timeouts.read_timing = TIMING_OFF
+        timeouts.read_elapsed = 0.0
         if not cycle.body_complete and self._batch is not None:
             # Inside a read, the body bytes that came with this head are parsed only after this hook
             # returns. An app started now (eagerly, on 3.12) would find no body yet, wait for it and be

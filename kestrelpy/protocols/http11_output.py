@@ -20,9 +20,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from kestrelpy.protocols.writer import (
+    BY_CHUNKS,
+    BY_CLOSE,
+    BY_LENGTH,
     CONTINUE_100,
     LAST_CHUNK,
-    Framing,
+    NO_BODY,
     HeaderError,
     body_framing,
     chunk,
@@ -47,8 +50,6 @@ _SPECIAL_HEADERS = {
 # What a response header means to the framing (see _framed): a Content-Length is its value (>= 0).
 _PASS, _DROP, _CLOSE, _OWN_SERVER, _OWN_DATE = -1, -2, -3, -4, -5
 _PLAIN_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
-# The framings, as module globals: each test of one costs a load less than `Framing.X`.
-_NO_BODY, _BY_LENGTH, _BY_CHUNKS, _BY_CLOSE = Framing.NONE, Framing.CONTENT_LENGTH, Framing.CHUNKED, Framing.UNTIL_CLOSE
 
 # (name, value) -> (its line, what it means to the framing), for pairs already checked: apps send the
 # same few headers over and over, so the common case is one dict lookup per header. Bounded, since
@@ -135,7 +136,7 @@ class Http1Output(asyncio.Protocol):
         raise NotImplementedError
 
     def _init_output(self) -> None:
-        self._framing = _NO_BODY
+        self._framing = NO_BODY
         self._bytes_left = 0
         self._pending_head: list[bytes] | None = None
         self._status = 0
@@ -178,7 +179,7 @@ class Http1Output(asyncio.Protocol):
         start = None if own_server or own_date else state.response_starts.get(status)
         lines[0] = start if start is not None else state.response_start(status, own_server, own_date)
         self._with_trailers = trailers
-        self._framing = _BY_LENGTH if has_length else _NO_BODY
+        self._framing = BY_LENGTH if has_length else NO_BODY
         self._pending_head = lines  # held until the first body message, and joined with it
         self._status = status
 
@@ -190,25 +191,25 @@ class Http1Output(asyncio.Protocol):
             self._finish_head(head, None if more_body else body if type(body) is bytes else bytes(body))
         framing = self._framing
         out = b""
-        if framing is not _NO_BODY and not self._head_request:
+        if framing is not NO_BODY and not self._head_request:
             if body:
-                if framing is _BY_LENGTH:
+                if framing is BY_LENGTH:
                     left = self._bytes_left - len(body)
                     if left < 0:
                         self._flush(head, b"")
                         raise RuntimeError("Response content longer than Content-Length.")
                     self._bytes_left = left
                     out = body
-                elif framing is _BY_CHUNKS:
+                elif framing is BY_CHUNKS:
                     out = chunk(body)
                 else:
                     out = body
             if not more_body:
-                if framing is _BY_LENGTH:
+                if framing is BY_LENGTH:
                     if self._bytes_left:
                         self._flush(head, out)
                         raise RuntimeError("Response content shorter than Content-Length.")
-                elif framing is _BY_CHUNKS:
+                elif framing is BY_CHUNKS:
                     # With trailers, the last chunk only: the trailer section and its blank line follow.
                     out += b"0\r\n" if self._with_trailers else LAST_CHUNK
         if head is not None:
@@ -223,7 +224,7 @@ class Http1Output(asyncio.Protocol):
             name, value = bytes(name).lower(), bytes(value)
             validate_header(name, value)
             lines.append((name, value))
-        if self._framing is _BY_CHUNKS and not self._head_request:
+        if self._framing is BY_CHUNKS and not self._head_request:
             self._flush(None, encode_headers(lines) + (b"" if more_trailers else b"\r\n"))
 
     def send_continue(self) -> None:
@@ -243,7 +244,7 @@ class Http1Output(asyncio.Protocol):
         length is known; the head is no longer held."""
         self._pending_head = None
         status = self._status
-        has_length = self._framing is _BY_LENGTH
+        has_length = self._framing is BY_LENGTH
         if not has_length and whole_body is not None and not self._with_trailers:
             has_length = True
             self._bytes_left = len(whole_body)
@@ -251,9 +252,9 @@ class Http1Output(asyncio.Protocol):
                 head.append(b"content-length: %d\r\n" % len(whole_body))
         framing = body_framing(status, self._head_request, has_length, self._http11)
         self._framing = framing
-        if framing is _BY_CHUNKS:
+        if framing is BY_CHUNKS:
             head.append(b"transfer-encoding: chunked\r\n")
-        elif framing is _BY_CLOSE:
+        elif framing is BY_CLOSE:
             self.keep_alive = False
         cycle = self.cycle
         if (cycle is not None and not cycle.body_complete) or self.closing:

@@ -28,6 +28,10 @@ class Framing(Enum):
     UNTIL_CLOSE = "until-close"  # HTTP/1.0 peer, unknown length: the close marks the end
 
 
+# The framings as globals, for the hot path: `Framing.NONE` costs a full attribute lookup on the Enum class.
+NO_BODY, BY_LENGTH, BY_CHUNKS, BY_CLOSE = Framing.NONE, Framing.CONTENT_LENGTH, Framing.CHUNKED, Framing.UNTIL_CLOSE
+
+
 def body_framing(status: int, head_request: bool, has_content_length: bool, http11: bool) -> Framing:
     """How the response body is delimited on the wire (called once per response: positional arguments
     cost less than keywords).
@@ -36,12 +40,12 @@ def body_framing(status: int, head_request: bool, has_content_length: bool, http
     caller handles that, so this function answers as for GET except that no body is written.
     """
     if status < 200 or status in (204, 304):
-        return Framing.NONE
+        return NO_BODY
     if has_content_length:
-        return Framing.CONTENT_LENGTH
+        return BY_LENGTH
     if http11:
-        return Framing.CHUNKED
-    return Framing.UNTIL_CLOSE
+        return BY_CHUNKS
+    return BY_CLOSE
 
 
 _STATUS_LINES: dict[int, bytes] = {}
