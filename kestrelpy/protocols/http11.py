@@ -60,7 +60,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from kestrelpy.access_log import AccessEntry
-from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
+from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, decoded_path, split_target
 from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE, RequestTable
 from kestrelpy.platform import peer_hung_up
 from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle, ScopeCountedCycle, forwarded_cycle
@@ -264,16 +264,17 @@ class HttpConnection(Http1Output):
         # A bound within both the line and the header-size limits needs only the fields counted (a read
         # that carries a small body with its head lands here). Fields are measured as `name: value\r\n`,
         # up to two bytes more than a client may send for one (`name:value\n`): hence the margin.
-        fields = len(headers)
-        if bound > state.small_head and (
-            bound > state.max_line_size
-            or bound + 2 * fields > state.max_headers_size
-            or fields > state.max_header_count
-        ):
-            too_large = over_head_limits(state, method, target, headers)
-            if too_large is not None:
-                self.on_reject(too_large)
-                return
+        if bound > state.small_head:
+            fields = len(headers)
+            if (
+                bound > state.max_line_size
+                or bound + 2 * fields > state.max_headers_size
+                or fields > state.max_header_count
+            ):
+                too_large = over_head_limits(state, method, target, headers)
+                if too_large is not None:
+                    self.on_reject(too_large)
+                    return
         http11 = http_version == b"1.1" or is_http11(http_version)
         if http11 is None:
             self.on_reject(version_rejection(http_version))
@@ -319,7 +320,18 @@ class HttpConnection(Http1Output):
             # RFC 9112 section 6.3: no Content-Length and no Transfer-Encoding means no body. Marking it
             # now lets an app that answers at once keep the connection alive.
             cycle.body_complete = True
-        self._dispatch(cycle, keep_alive, http11, method == b"HEAD")
+        # Start the request now, or queue it behind the one being answered (reading pauses meanwhile).
+        left = self._requests_left
+        if left:
+            self._requests_left = left - 1
+            if left == 1:
+                keep_alive = False  # the last request this connection serves: it says `connection: close`
+        keep_alive = keep_alive and not self.closing
+        self._reading = cycle
+        if self.cycle is None:
+            self._start(cycle, keep_alive, http11, method == b"HEAD")
+        else:
+            self._queue(cycle, keep_alive, http11, method == b"HEAD")
 
     def _scope(
         self,
@@ -340,32 +352,22 @@ class HttpConnection(Http1Output):
             "scheme": self.scheme,
             "method": _METHOD_NAMES.get(method) or method.decode("ascii"),
             "root_path": state.root_path,
-            "path": state.root_path + decode_path(raw_path),
+            "path": state.root_path + (decoded_path(raw_path) or decode_path(raw_path)),
             "raw_path": state.root_path_bytes + raw_path,
             "query_string": query,
             "headers": headers,
-            "state": state.lifespan_state.copy(),
+            "state": state.lifespan_state.copy() if state.lifespan_state else {},  # (the same, without a call)
         }
         if trailers:
             scope["extensions"] = {"http.response.trailers": {}}
         return scope
 
-    def _dispatch(self, cycle: RequestCycle, keep_alive: bool, http11: bool, head_request: bool) -> None:
-        """Start the request now, or queue it behind the one being answered (reading pauses meanwhile)."""
-        left = self._requests_left
-        if left:
-            self._requests_left = left - 1
-            if left == 1:
-                keep_alive = False  # the last request this connection serves: it says `connection: close`
-        keep_alive = keep_alive and not self.closing
-        self._reading = cycle
-        if self.cycle is None:
-            self._start(cycle, keep_alive, http11, head_request)
-        else:
-            if self._pipeline is None:
-                self._pipeline = deque()
-            self._pipeline.append((cycle, keep_alive, http11, head_request))
-            self.flow.pause_reading()
+    def _queue(self, cycle: RequestCycle, keep_alive: bool, http11: bool, head_request: bool) -> None:
+        """Queue a request behind the one being answered; reading pauses meanwhile."""
+        if self._pipeline is None:
+            self._pipeline = deque()
+        self._pipeline.append((cycle, keep_alive, http11, head_request))
+        self.flow.pause_reading()
 
     def on_request_body(self, data: bytes | bytearray) -> None:
         reading = self._reading

@@ -248,7 +248,7 @@ class Http1Output(asyncio.Protocol):
         if not has_length and whole_body is not None and not self._with_trailers:
             has_length = True
             self._bytes_left = len(whole_body)
-            if status >= 200 and status not in (204, 304):
+            if status >= 200 and status != 204 and status != 304:
                 head.append(b"content-length: %d\r\n" % len(whole_body))
         framing = body_framing(status, self._head_request, has_length, self._http11)
         self._framing = framing

@@ -39,7 +39,7 @@ def body_framing(status: int, head_request: bool, has_content_length: bool, http
     HEAD keeps GET's header framing (RFC 9110 section 9.3.2) but the writer sends no body bytes; the
     caller handles that, so this function answers as for GET except that no body is written.
     """
-    if status < 200 or status in (204, 304):
+    if status < 200 or status == 204 or status == 304:  # (comparisons: `in` a tuple costs more)
         return NO_BODY
     if has_content_length:
         return BY_LENGTH
