@@ -353,7 +353,7 @@ class HttpConnection(Http1Output):
             "method": _METHOD_NAMES.get(method) or method.decode("ascii"),
             "root_path": state.root_path,
             "path": state.root_path + (decoded_path(raw_path) or decode_path(raw_path)),
-            "raw_path": state.root_path_bytes + raw_path,
+            "raw_path": state.root_path_bytes + raw_path if state.root_path_bytes else raw_path,
             "query_string": query,
             "headers": headers,
             "state": state.lifespan_state.copy() if state.lifespan_state else {},  # (the same, without a call)

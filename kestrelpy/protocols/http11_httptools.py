@@ -132,9 +132,11 @@ class HttptoolsConnection(HttpConnection):
     # this connection's next request: with many busy connections, one more cache line gone cold.)
 
     def on_url(self, url: bytes) -> None:
-        if not self._url:
+        if self._url:  # the target came in pieces (over several reads)
+            self._url += url
+        else:
             self._headers = []
-        self._url += url
+            self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops the whitespace before a value but keeps the whitespace after it; RFC 9110
