@@ -78,12 +78,15 @@ class HttptoolsConnection(HttpConnection):
         # A chunk header with no data after it is the last one: what follows is the trailer section,
         # which llhttp buffers until each field is complete. Whole reads of it are counted, so that a
         # field that never ends is refused as on the h11 path (its line bound), one read late at most.
+        # It stays set once the message is complete (no callback per request resets it): it counts only
+        # while a request is being read, and the next head resets it.
         self._after_chunk = False
         self._trailer_bytes = 0
         self._trailer_max = state.max_headers_size + CHUNK_LINE_MAX
 
     def feed(self, data: bytes) -> None:
-        if self._after_chunk:  # the previous read, if counted, was all trailer section
+        # (the previous read, if counted, was all trailer section)
+        if self._after_chunk and self._reading is not None:
             if self._trailer_bytes > self._trailer_max:
                 self.on_reject(RequestRejection.MALFORMED_REQUEST)
                 return
@@ -107,7 +110,7 @@ class HttptoolsConnection(HttpConnection):
                 if self.http2 is not None and str(exc).startswith("Pause on PRI") and self._switch_with(data):
                     return
                 # (a zero-size chunk header leaves _after_chunk set through the trailer section)
-                self.on_reject(_rejection_for(exc, self._after_chunk))
+                self.on_reject(_rejection_for(exc, self._after_chunk and self._reading is not None))
                 return
 
     def _switch_with(self, data: bytes) -> bool:
@@ -146,6 +149,7 @@ class HttptoolsConnection(HttpConnection):
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
+        self._after_chunk = False  # (left set by the previous request's chunked body, if it had one)
         headers = self._headers
         # llhttp reports a chunked body's trailer fields through on_header too: they must not land in
         # the list the app holds as scope["headers"]. They are counted, then dropped, as on the h11 path.
@@ -161,6 +165,5 @@ class HttptoolsConnection(HttpConnection):
         self._after_chunk = False
         self.on_request_body(body)
 
-    def on_message_complete(self) -> None:
-        self._after_chunk = False
-        self.on_request_complete()
+    # (No method of its own: a call less per request. _after_chunk is reset by the next head.)
+    on_message_complete = HttpConnection.on_request_complete
