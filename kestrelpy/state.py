@@ -42,6 +42,7 @@ class ServerState:
         "draining",
         "extra_header_lines",
         "forwarded_verdicts",
+        "http_scope",
         "known_hosts",
         "lifespan_state",
         "linger_on_shutdown",
@@ -91,6 +92,15 @@ class ServerState:
         )
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
+        # What an HTTP/1.1 request's scope starts from (a copy, the rest set per request; see
+        # HttpConnection._scope): every key in the order the scope lists them.
+        self.http_scope: dict[str, Any] = dict.fromkeys(
+            (
+                "type", "asgi", "http_version", "server", "client", "scheme", "method", "root_path", "path",
+                "raw_path", "query_string", "headers", "state",
+            )
+        )  # fmt: skip
+        self.http_scope.update(type="http", http_version="1.1", root_path=config.root_path)
         limits = config.limits
         self.max_line_size = limits.max_request_line_size
         self.max_headers_size = limits.max_request_headers_size
