@@ -104,6 +104,10 @@ else:
         return context.run(loop.create_task, coro)
 
 
+# The version an adapter may pass for HTTP/1.1: this very object is recognised by identity, which costs
+# less than comparing bytes (any other equal bytes are recognised too).
+HTTP_11 = b"1.1"
+
 # RFC 9113 section 3.4: what an HTTP/2 client sends first.
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -275,7 +279,7 @@ class HttpConnection(Http1Output):
                 if too_large is not None:
                     self.on_reject(too_large)
                     return
-        http11 = http_version == b"1.1" or is_http11(http_version)
+        http11 = http_version is HTTP_11 or http_version == b"1.1" or is_http11(http_version)
         if http11 is None:
             self.on_reject(version_rejection(http_version))
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httptools
 
-from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection
+from kestrelpy.protocols.http11 import HTTP2_PREFACE, HTTP_11, HttpConnection
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.screen import CHUNK_LINE_MAX
 from kestrelpy.state import ServerState
@@ -29,7 +29,7 @@ def _rejection_for(exc: httptools.HttpParserError, in_trailers: bool) -> Request
     return RequestRejection.MALFORMED_REQUEST
 
 
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_VERSIONS = {"1.0": b"1.0"}  # (and 1.1: HTTP_11)
 
 
 _LENIENCIES = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")  # not in every release
@@ -155,7 +155,8 @@ class HttptoolsConnection(HttpConnection):
         # the list the app holds as scope["headers"]. They are counted, then dropped, as on the h11 path.
         self._headers = self._trailers
         url, self._url = self._url, b""
-        self.on_request_head(parser.get_method(), url, _VERSIONS.get(version) or version.encode("ascii"), headers)
+        http_version = HTTP_11 if version == "1.1" else _VERSIONS.get(version) or version.encode("ascii")
+        self.on_request_head(parser.get_method(), url, http_version, headers)
 
     def on_chunk_header(self) -> None:
         self._after_chunk = True
