@@ -39,6 +39,8 @@ def split_target(target: bytes) -> tuple[bytes, bytes] | None:
 # Most traffic asks for a handful of paths: remember recent decodings (bounded; cleared when full).
 _DECODED: dict[bytes, str] = {}
 _DECODED_MAX = 1024
+# The hot path looks a path up itself and calls decode_path only when it is missing.
+decoded_path = _DECODED.get
 
 
 def decode_path(raw_path: bytes) -> str:

@@ -30,7 +30,6 @@ class ServerState:
 
     __slots__ = (
         "_all_closed",
-        "_response_starts",
         "access_format",
         "access_log",
         "app",
@@ -43,6 +42,7 @@ class ServerState:
         "draining",
         "extra_header_lines",
         "forwarded_verdicts",
+        "http_scope",
         "known_hosts",
         "lifespan_state",
         "linger_on_shutdown",
@@ -56,6 +56,7 @@ class ServerState:
         "max_requests_per_connection",
         "metrics",
         "requests_served",
+        "response_starts",
         "root_path",
         "root_path_bytes",
         "server_line",
@@ -91,6 +92,15 @@ class ServerState:
         )
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
+        # What an HTTP/1.1 request's scope starts from (a copy, the rest set per request; see
+        # HttpConnection._scope): every key in the order the scope lists them.
+        self.http_scope: dict[str, Any] = dict.fromkeys(
+            (
+                "type", "asgi", "http_version", "server", "client", "scheme", "method", "root_path", "path",
+                "raw_path", "query_string", "headers", "state",
+            )
+        )  # fmt: skip
+        self.http_scope.update(type="http", http_version="1.1", root_path=config.root_path)
         limits = config.limits
         self.max_line_size = limits.max_request_line_size
         self.max_headers_size = limits.max_request_headers_size
@@ -123,7 +133,8 @@ class ServerState:
         self.server_line = b"server: %s\r\n" % SERVER_NAME if config.server_header else b""
         self.date_header = config.date_header
         self.date_line = b""  # kept by the heartbeat (set_date_line); empty with --no-date-header
-        self._response_starts: dict[int, bytes] = {}  # response_start() per status, until the Date changes
+        # response_start() per status, until the Date changes (the HTTP/1.1 output looks a status up itself)
+        self.response_starts: dict[int, bytes] = {}
         self.extra_header_lines = encode_headers(
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in config.headers
         )
@@ -145,7 +156,7 @@ class ServerState:
         """The Date header line for this second (the heartbeat's); nothing when the header is off."""
         if self.date_header:
             self.date_line = line
-            self._response_starts.clear()
+            self.response_starts.clear()
 
     def response_start(self, status: int, own_server: bool = False, own_date: bool = False) -> bytes:
         """The lines every response head begins with: the status line, Server and Date (unless the app
@@ -159,11 +170,11 @@ class ServerState:
                     self.extra_header_lines,
                 )
             )
-        start = self._response_starts.get(status)
+        start = self.response_starts.get(status)
         if start is None:
             start = status_line(status) + self.server_line + self.date_line + self.extra_header_lines
-            if len(self._response_starts) < 64:
-                self._response_starts[status] = start
+            if len(self.response_starts) < 64:
+                self.response_starts[status] = start
         return start
 
     def connection_closed(

@@ -327,7 +327,9 @@ class RequestCycle:
         if not self.response_started:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected 'http.response.start' first, got {kind!r}.")
-            status = int(message["status"])
+            status = message["status"]
+            if type(status) is not int:  # (an IntEnum such as HTTPStatus; a call less for a plain int)
+                status = int(status)
             trailers = message.get("trailers", False)
             if trailers:  # only for a request that said it accepts them (te: trailers)
                 trailers = "http.response.trailers" in self.scope.get("extensions", ())
@@ -348,8 +350,12 @@ class RequestCycle:
                 if not more_body and not self._trailers_expected:
                     self._log_access(None)
             stream.send_body(body, more_body)
-            if not more_body and not self._trailers_expected:
-                self._complete()  # otherwise the trailers message completes it
+            if not more_body and not self._trailers_expected:  # otherwise the trailers message completes it
+                # _complete(), inlined: this is every response's last message
+                self.response_complete = True
+                if self._body_waiter is not None:
+                    self._wake()
+                self._completed_at = stream.complete_response(self)
         elif kind == "http.response.trailers" and self._trailers_expected:
             more_trailers = message.get("more_trailers", False)
             if self._log_started is not None and not more_trailers:

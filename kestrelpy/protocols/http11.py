@@ -60,7 +60,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from kestrelpy.access_log import AccessEntry
-from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, split_target
+from kestrelpy.asgi import ASGI_VERSION, HTTP_SPEC_VERSION, decode_path, decoded_path, split_target
 from kestrelpy.metrics.recorder import KEEP_ALIVE_TIMEOUT, MIN_RESPONSE_DATA_RATE, RequestTable
 from kestrelpy.platform import peer_hung_up
 from kestrelpy.protocols.cycle import BODY_BUFFER_HIGH_WATER, RequestCycle, ScopeCountedCycle, forwarded_cycle
@@ -76,7 +76,7 @@ from kestrelpy.protocols.request_head import (
     scan_headers,
     version_rejection,
 )
-from kestrelpy.protocols.timeouts import TimeoutControl, TimeoutReason
+from kestrelpy.protocols.timeouts import TIMING_OFF, TimeoutControl, TimeoutReason
 
 if TYPE_CHECKING:
     from kestrelpy.proxy import TrustedPeers
@@ -104,12 +104,18 @@ else:
         return context.run(loop.create_task, coro)
 
 
+# The version an adapter may pass for HTTP/1.1: this very object is recognised by identity, which costs
+# less than comparing bytes (any other equal bytes are recognised too).
+HTTP_11 = b"1.1"
+
 # RFC 9113 section 3.4: what an HTTP/2 client sends first.
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # Output held back during one read before it is handed to the transport anyway.
 BATCH_LIMIT = 64 * 1024
 
+
+_KEEP_ALIVE = TimeoutReason.KEEP_ALIVE  # (a global: an Enum member is a full attribute lookup)
 
 _METHOD_NAMES = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
@@ -262,24 +268,26 @@ class HttpConnection(Http1Output):
         # A bound within both the line and the header-size limits needs only the fields counted (a read
         # that carries a small body with its head lands here). Fields are measured as `name: value\r\n`,
         # up to two bytes more than a client may send for one (`name:value\n`): hence the margin.
-        fields = len(headers)
-        if bound > state.small_head and (
-            bound > state.max_line_size
-            or bound + 2 * fields > state.max_headers_size
-            or fields > state.max_header_count
-        ):
-            too_large = over_head_limits(state, method, target, headers)
-            if too_large is not None:
-                self.on_reject(too_large)
-                return
-        http11 = http_version == b"1.1" or is_http11(http_version)
+        if bound > state.small_head:
+            fields = len(headers)
+            if (
+                bound > state.max_line_size
+                or bound + 2 * fields > state.max_headers_size
+                or fields > state.max_header_count
+            ):
+                too_large = over_head_limits(state, method, target, headers)
+                if too_large is not None:
+                    self.on_reject(too_large)
+                    return
+        http11 = http_version is HTTP_11 or http_version == b"1.1" or is_http11(http_version)
         if http11 is None:
             self.on_reject(version_rejection(http_version))
             return
         keep_alive, expect_continue, trailers, upgrade, hosts, codings, length, empty_body, content_types, forwarded = (
             scan_headers(state.known_hosts, headers, http11)
         )
-        if codings or hosts != 1 or content_types > 1 or target == b"*":  # (an ordinary head is none of these)
+        origin_form = target[:1] == b"/"  # nearly every request's target: `*` and the others are tested below
+        if codings or hosts != 1 or content_types > 1 or (not origin_form and target == b"*"):  # (ordinary: none)
             refusal = head_refusal(method, target, http11, hosts, codings, length, content_types)
             if refusal is not None:
                 self.on_reject(refusal)
@@ -293,7 +301,7 @@ class HttpConnection(Http1Output):
                 if length is not None and content_length(length) > state.max_body_size:
                     self.on_reject(RequestRejection.BODY_TOO_LARGE)  # before a byte of it is read, as Kestrel
                     return
-        if target[:1] == b"/":  # origin-form, nearly every request: split_target's first case, without the call
+        if origin_form:  # split_target's first case, without the call
             raw_path, _, query = target.partition(b"?")
         else:
             parts = split_target(target)
@@ -317,7 +325,19 @@ class HttpConnection(Http1Output):
             # RFC 9112 section 6.3: no Content-Length and no Transfer-Encoding means no body. Marking it
             # now lets an app that answers at once keep the connection alive.
             cycle.body_complete = True
-        self._dispatch(cycle, keep_alive, http11, method == b"HEAD")
+        # Start the request now, or queue it behind the one being answered (reading pauses meanwhile).
+        left = self._requests_left
+        if left:
+            self._requests_left = left - 1
+            if left == 1:
+                keep_alive = False  # the last request this connection serves: it says `connection: close`
+        keep_alive = keep_alive and not self.closing
+        self._reading = cycle
+        head_request = scope["method"] == "HEAD"  # (a str comparison costs less than a bytes one)
+        if self.cycle is None:
+            self._start(cycle, keep_alive, http11, head_request)
+        else:
+            self._queue(cycle, keep_alive, http11, head_request)
 
     def _scope(
         self,
@@ -329,41 +349,31 @@ class HttpConnection(Http1Output):
         trailers: bool,
     ) -> dict[str, Any]:
         state = self.state
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
-            "http_version": "1.1" if http11 else "1.0",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": _METHOD_NAMES.get(method) or method.decode("ascii"),
-            "root_path": state.root_path,
-            "path": state.root_path + decode_path(raw_path),
-            "raw_path": state.root_path_bytes + raw_path,
-            "query_string": query,
-            "headers": headers,
-            "state": state.lifespan_state.copy(),
-        }
+        # A copy of the server's scope, its keys in order and those every request shares filled in: a
+        # dict copied and its other keys set cost about half of what a dict display of them all costs.
+        scope = state.http_scope.copy()
+        scope["asgi"] = {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION}
+        if not http11:
+            scope["http_version"] = "1.0"
+        scope["server"] = self.server
+        scope["client"] = self.client
+        scope["scheme"] = self.scheme
+        scope["method"] = _METHOD_NAMES.get(method) or method.decode("ascii")
+        scope["path"] = state.root_path + (decoded_path(raw_path) or decode_path(raw_path))
+        scope["raw_path"] = state.root_path_bytes + raw_path if state.root_path_bytes else raw_path
+        scope["query_string"] = query
+        scope["headers"] = headers
+        scope["state"] = state.lifespan_state.copy() if state.lifespan_state else {}  # (the same, without a call)
         if trailers:
             scope["extensions"] = {"http.response.trailers": {}}
         return scope
 
-    def _dispatch(self, cycle: RequestCycle, keep_alive: bool, http11: bool, head_request: bool) -> None:
-        """Start the request now, or queue it behind the one being answered (reading pauses meanwhile)."""
-        left = self._requests_left
-        if left:
-            self._requests_left = left - 1
-            if left == 1:
-                keep_alive = False  # the last request this connection serves: it says `connection: close`
-        keep_alive = keep_alive and not self.closing
-        self._reading = cycle
-        if self.cycle is None:
-            self._start(cycle, keep_alive, http11, head_request)
-        else:
-            if self._pipeline is None:
-                self._pipeline = deque()
-            self._pipeline.append((cycle, keep_alive, http11, head_request))
-            self.flow.pause_reading()
+    def _queue(self, cycle: RequestCycle, keep_alive: bool, http11: bool, head_request: bool) -> None:
+        """Queue a request behind the one being answered; reading pauses meanwhile."""
+        if self._pipeline is None:
+            self._pipeline = deque()
+        self._pipeline.append((cycle, keep_alive, http11, head_request))
+        self.flow.pause_reading()
 
     def on_request_body(self, data: bytes | bytearray) -> None:
         reading = self._reading
@@ -566,7 +576,9 @@ class HttpConnection(Http1Output):
             self._send_rejection()
         else:
             now = self.state.clock()
-            self.timeouts.set_timeout(TimeoutReason.KEEP_ALIVE, now)
+            timeouts = self.timeouts
+            timeouts.reason = _KEEP_ALIVE  # timeouts.set_timeout(KEEP_ALIVE, now), without the call
+            timeouts.since = now
             flow = self.flow
             if flow.read_paused:
                 reading = self._reading
@@ -583,7 +595,11 @@ class HttpConnection(Http1Output):
         self._http11 = http11
         self.keep_alive = keep_alive
         self._head_request = head_request
-        self.timeouts.start_request()
+        # timeouts.start_request(), without the call: no connection timeout runs, the body rate starts anew
+        timeouts = self.timeouts
+        timeouts.reason = None
+        timeouts.read_timing = TIMING_OFF
+        timeouts.read_elapsed = 0.0
         if not cycle.body_complete and self._batch is not None:
             # Inside a read, the body bytes that came with this head are parsed only after this hook
             # returns. An app started now (eagerly, on 3.12) would find no body yet, wait for it and be

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httptools
 
-from kestrelpy.protocols.http11 import HTTP2_PREFACE, HttpConnection
+from kestrelpy.protocols.http11 import HTTP2_PREFACE, HTTP_11, HttpConnection
 from kestrelpy.protocols.rejection import RequestRejection
 from kestrelpy.protocols.screen import CHUNK_LINE_MAX
 from kestrelpy.state import ServerState
@@ -29,7 +29,7 @@ def _rejection_for(exc: httptools.HttpParserError, in_trailers: bool) -> Request
     return RequestRejection.MALFORMED_REQUEST
 
 
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_VERSIONS = {"1.0": b"1.0"}  # (and 1.1: HTTP_11)
 
 
 _LENIENCIES = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")  # not in every release
@@ -78,12 +78,15 @@ class HttptoolsConnection(HttpConnection):
         # A chunk header with no data after it is the last one: what follows is the trailer section,
         # which llhttp buffers until each field is complete. Whole reads of it are counted, so that a
         # field that never ends is refused as on the h11 path (its line bound), one read late at most.
+        # It stays set once the message is complete (no callback per request resets it): it counts only
+        # while a request is being read, and the next head resets it.
         self._after_chunk = False
         self._trailer_bytes = 0
         self._trailer_max = state.max_headers_size + CHUNK_LINE_MAX
 
     def feed(self, data: bytes) -> None:
-        if self._after_chunk:  # the previous read, if counted, was all trailer section
+        # (the previous read, if counted, was all trailer section)
+        if self._after_chunk and self._reading is not None:
             if self._trailer_bytes > self._trailer_max:
                 self.on_reject(RequestRejection.MALFORMED_REQUEST)
                 return
@@ -107,7 +110,7 @@ class HttptoolsConnection(HttpConnection):
                 if self.http2 is not None and str(exc).startswith("Pause on PRI") and self._switch_with(data):
                     return
                 # (a zero-size chunk header leaves _after_chunk set through the trailer section)
-                self.on_reject(_rejection_for(exc, self._after_chunk))
+                self.on_reject(_rejection_for(exc, self._after_chunk and self._reading is not None))
                 return
 
     def _switch_with(self, data: bytes) -> bool:
@@ -132,9 +135,11 @@ class HttptoolsConnection(HttpConnection):
     # this connection's next request: with many busy connections, one more cache line gone cold.)
 
     def on_url(self, url: bytes) -> None:
-        if not self._url:
+        if self._url:  # the target came in pieces (over several reads)
+            self._url += url
+        else:
             self._headers = []
-        self._url += url
+            self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops the whitespace before a value but keeps the whitespace after it; RFC 9110
@@ -144,12 +149,14 @@ class HttptoolsConnection(HttpConnection):
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
+        self._after_chunk = False  # (left set by the previous request's chunked body, if it had one)
         headers = self._headers
         # llhttp reports a chunked body's trailer fields through on_header too: they must not land in
         # the list the app holds as scope["headers"]. They are counted, then dropped, as on the h11 path.
         self._headers = self._trailers
         url, self._url = self._url, b""
-        self.on_request_head(parser.get_method(), url, _VERSIONS.get(version) or version.encode("ascii"), headers)
+        http_version = HTTP_11 if version == "1.1" else _VERSIONS.get(version) or version.encode("ascii")
+        self.on_request_head(parser.get_method(), url, http_version, headers)
 
     def on_chunk_header(self) -> None:
         self._after_chunk = True
@@ -159,6 +166,5 @@ class HttptoolsConnection(HttpConnection):
         self._after_chunk = False
         self.on_request_body(body)
 
-    def on_message_complete(self) -> None:
-        self._after_chunk = False
-        self.on_request_complete()
+    # (No method of its own: a call less per request. _after_chunk is reset by the next head.)
+    on_message_complete = HttpConnection.on_request_complete

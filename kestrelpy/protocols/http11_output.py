@@ -20,12 +20,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from kestrelpy.protocols.writer import (
+    BY_CHUNKS,
+    BY_CLOSE,
+    BY_LENGTH,
     CONTINUE_100,
     LAST_CHUNK,
-    Framing,
+    NO_BODY,
     HeaderError,
     body_framing,
-    checked_line,
     chunk,
     encode_headers,
     header_line,
@@ -45,27 +47,52 @@ _SPECIAL_HEADERS = {
     b"server": _SERVER,
     b"date": _DATE,
 }
+# What a response header means to the framing (see _framed): a Content-Length is its value (>= 0).
+_PASS, _DROP, _CLOSE, _OWN_SERVER, _OWN_DATE = -1, -2, -3, -4, -5
 _PLAIN_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
-_LENGTHS: dict[bytes, int] = {}  # parsed response Content-Length values: most responses repeat a few
-_LENGTHS_MAX = 1024
+# (name, value) -> (its line, what it means to the framing), for pairs already checked: apps send the
+# same few headers over and over, so the common case is one dict lookup per header. Bounded, since
+# values can vary freely.
+_FRAMED: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
+_FRAMED_MAX = 4096
+_framed_get = _FRAMED.get
+
+
+def _framed(name: bytes, value: bytes) -> tuple[bytes, int]:
+    """A response header's line and what it means to the framing (a Content-Length as its number);
+    raises HeaderError for one that cannot be sent. Remembered when the pair is hashable."""
+    lowered, line = header_line(name, value)
+    special = _SPECIAL_HEADERS.get(lowered)
+    if special is None:
+        role = _PASS
+    elif special == _CONTENT_LENGTH:
+        role = _content_length(value)
+    elif special == _TRANSFER_ENCODING:
+        role = _DROP  # framing is ours to choose
+    elif special == _CONNECTION:
+        role = _CLOSE if b"close" in bytes(value).lower() else _PASS
+    else:
+        role = _OWN_SERVER if special == _SERVER else _OWN_DATE  # the app's own replaces ours
+    known = (line, role)
+    try:
+        if len(_FRAMED) >= _FRAMED_MAX:
+            _FRAMED.clear()
+        _FRAMED[(name, value)] = known
+    except TypeError:  # bytearray and other unhashable buffers: checked every time
+        pass
+    return known
 
 
 def _content_length(value: Any) -> int:
     """A response Content-Length value as a number: digits only (RFC 9110 section 8.6)."""
     try:
-        length = _LENGTHS.get(value)
+        hash(value)
     except TypeError:  # bytearray and other unhashable buffers
         value = bytes(value)
-        length = None
-    if length is None:
-        if not isinstance(value, bytes) or not value.isdigit():
-            raise HeaderError(f"invalid content-length {value!r}")
-        length = int(value)
-        if len(_LENGTHS) >= _LENGTHS_MAX:
-            _LENGTHS.clear()
-        _LENGTHS[value] = length
-    return length
+    if not isinstance(value, bytes) or not value.isdigit():
+        raise HeaderError(f"invalid content-length {value!r}")
+    return int(value)
 
 
 def closing_response(state: ServerState, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
@@ -109,89 +136,87 @@ class Http1Output(asyncio.Protocol):
         raise NotImplementedError
 
     def _init_output(self) -> None:
-        self._framing = Framing.NONE
+        self._framing = NO_BODY
         self._bytes_left = 0
-        self._pending_head = b""
+        self._pending_head: list[bytes] | None = None
         self._status = 0
         self._with_trailers = False
         self._head_request = False
         self._http11 = True
         self.keep_alive = True  # whether the connection stays open after the current response
 
-    def _begin_response(self, http11: bool, keep_alive: bool, head_request: bool) -> None:
-        """The request about to be answered: what its framing depends on."""
-        self._http11 = http11
-        self.keep_alive = keep_alive
-        self._head_request = head_request
-        self._pending_head = b""
-
     # -- the Stream interface (see cycle.py) ------------------------------------------------------
 
     @property
     def response_on_wire(self) -> bool:
         """Whether the response head has been handed to the transport (after the first body message)."""
-        return not self._pending_head
+        return self._pending_head is None
 
     def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool) -> None:
         lines = [b""]  # the response start goes first, once we know whether the app brings Server or Date
         own_server = own_date = has_length = False
-        for raw_name, value in headers:
+        for name, value in headers:
             try:
-                known = checked_line((raw_name, value))  # a header already checked: no call
-            except TypeError:  # a bytearray: header_line copies it
+                known = _framed_get((name, value))  # a header already checked: no call
+            except TypeError:  # a bytearray
                 known = None
-            name, line = known if known is not None else header_line(raw_name, value)
-            special = _SPECIAL_HEADERS.get(name)
-            if special is not None:
-                if special == _CONTENT_LENGTH:
-                    try:
-                        length = _LENGTHS.get(value)  # the cache first: most responses repeat a few
-                    except TypeError:  # a bytearray
-                        length = None
-                    self._bytes_left = _content_length(value) if length is None else length
+            line, role = known if known is not None else _framed(name, value)
+            if role != _PASS:
+                if role >= 0:
+                    self._bytes_left = role
                     has_length = True
-                elif special == _TRANSFER_ENCODING:
-                    continue  # framing is ours to choose
-                elif special == _CONNECTION:
-                    if b"close" in bytes(value).lower():
-                        self.keep_alive = False
-                elif special == _SERVER:
-                    own_server = True  # the app's own Server header replaces ours
+                elif role == _DROP:
+                    continue
+                elif role == _CLOSE:
+                    self.keep_alive = False
+                elif role == _OWN_SERVER:
+                    own_server = True
                 else:
-                    own_date = True  # likewise its Date
+                    own_date = True
             lines.append(line)
-        lines[0] = self.state.response_start(status, own_server, own_date)
+        state = self.state
+        # The usual start is looked up here; response_start builds it (and the app's own Server or Date).
+        start = None if own_server or own_date else state.response_starts.get(status)
+        lines[0] = start if start is not None else state.response_start(status, own_server, own_date)
         self._with_trailers = trailers
-        self._framing = Framing.CONTENT_LENGTH if has_length else Framing.NONE
-        self._pending_head = b"".join(lines)
+        self._framing = BY_LENGTH if has_length else NO_BODY
+        self._pending_head = lines  # held until the first body message, and joined with it
         self._status = status
 
     def send_body(self, body: bytes, more_body: bool) -> None:
-        out = b""
-        if self._pending_head:
-            out = self._finish_head(None if more_body else bytes(body))
+        head = self._pending_head
+        if head is not None:
+            # (a whole body's length counts its bytes; bytes() also refuses what is no body before the
+            # head is decided, so that the app's error is still answered with a 500)
+            self._finish_head(head, None if more_body else body if type(body) is bytes else bytes(body))
         framing = self._framing
-        send_bytes = not self._head_request and framing is not Framing.NONE
-        if body and send_bytes:
-            if framing is Framing.CONTENT_LENGTH:
-                if len(body) > self._bytes_left:
-                    self._flush(out)
-                    raise RuntimeError("Response content longer than Content-Length.")
-                self._bytes_left -= len(body)
-                out += body
-            elif framing is Framing.CHUNKED:
-                out += chunk(body)
-            else:
-                out += body
-        if not more_body and send_bytes:
-            if framing is Framing.CONTENT_LENGTH and self._bytes_left:
-                self._flush(out)
-                raise RuntimeError("Response content shorter than Content-Length.")
-            if framing is Framing.CHUNKED:
-                # With trailers, the last chunk only: the trailer section and its blank line follow.
-                out += b"0\r\n" if self._with_trailers else LAST_CHUNK
-        if out:
-            self.write(out)
+        out = b""
+        if framing is not NO_BODY and not self._head_request:
+            if body:
+                if framing is BY_LENGTH:
+                    left = self._bytes_left - len(body)
+                    if left < 0:
+                        self._flush(head, b"")
+                        raise RuntimeError("Response content longer than Content-Length.")
+                    self._bytes_left = left
+                    out = body
+                elif framing is BY_CHUNKS:
+                    out = chunk(body)
+                else:
+                    out = body
+            if not more_body:
+                if framing is BY_LENGTH:
+                    if self._bytes_left:
+                        self._flush(head, out)
+                        raise RuntimeError("Response content shorter than Content-Length.")
+                elif framing is BY_CHUNKS:
+                    # With trailers, the last chunk only: the trailer section and its blank line follow.
+                    out += b"0\r\n" if self._with_trailers else LAST_CHUNK
+        if head is not None:
+            head.append(out)
+            self.write(b"".join(head))  # the head and the first body bytes in one piece
+        elif out:
+            self.write(out if type(out) is bytes else bytes(out))  # (an app may reuse its buffer)
 
     def send_trailers(self, headers: Iterable[tuple[bytes, bytes]], more_trailers: bool) -> None:
         lines = []
@@ -199,8 +224,8 @@ class Http1Output(asyncio.Protocol):
             name, value = bytes(name).lower(), bytes(value)
             validate_header(name, value)
             lines.append((name, value))
-        if self._framing is Framing.CHUNKED and not self._head_request:
-            self._flush(encode_headers(lines) + (b"" if more_trailers else b"\r\n"))
+        if self._framing is BY_CHUNKS and not self._head_request:
+            self._flush(None, encode_headers(lines) + (b"" if more_trailers else b"\r\n"))
 
     def send_continue(self) -> None:
         self.write(CONTINUE_100)
@@ -214,34 +239,38 @@ class Http1Output(asyncio.Protocol):
 
     # -- framing ---------------------------------------------------------------------------------
 
-    def _finish_head(self, whole_body: bytes | None) -> bytes:
-        """The head's framing lines, once the first body event shows whether the length is known."""
+    def _finish_head(self, head: list[bytes], whole_body: bytes | None) -> None:
+        """Add the head's framing lines and its blank line, once the first body message shows whether the
+        length is known; the head is no longer held."""
+        self._pending_head = None
         status = self._status
-        has_length = self._framing is Framing.CONTENT_LENGTH
-        extra = b""
+        has_length = self._framing is BY_LENGTH
         if not has_length and whole_body is not None and not self._with_trailers:
             has_length = True
             self._bytes_left = len(whole_body)
-            if status >= 200 and status not in (204, 304):
-                extra = b"content-length: %d\r\n" % len(whole_body)
+            if status >= 200 and status != 204 and status != 304:
+                head.append(b"content-length: %d\r\n" % len(whole_body))
         framing = body_framing(status, self._head_request, has_length, self._http11)
         self._framing = framing
-        if framing is Framing.CHUNKED:
-            extra += b"transfer-encoding: chunked\r\n"
-        elif framing is Framing.UNTIL_CLOSE:
+        if framing is BY_CHUNKS:
+            head.append(b"transfer-encoding: chunked\r\n")
+        elif framing is BY_CLOSE:
             self.keep_alive = False
         cycle = self.cycle
         if (cycle is not None and not cycle.body_complete) or self.closing:
             # Unread request body or shutting down: this response ends the connection.
             self.keep_alive = False
         if not self.keep_alive:
-            extra += b"connection: close\r\n"
+            head.append(b"connection: close\r\n")
         elif not self._http11:
-            extra += b"connection: keep-alive\r\n"
-        head = self._pending_head + extra + b"\r\n"
-        self._pending_head = b""
-        return head
+            head.append(b"connection: keep-alive\r\n")
+        head.append(b"\r\n")
 
-    def _flush(self, data: bytes) -> None:
-        if data:
-            self.write(data)
+    def _flush(self, head: list[bytes] | None, out: bytes) -> None:
+        """Write what is ready, the held head (if any) first; before a body error, the head and the body
+        that fit."""
+        if head is not None:
+            head.append(out)
+            out = b"".join(head)
+        if out:
+            self.write(out if type(out) is bytes else bytes(out))

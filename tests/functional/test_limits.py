@@ -293,6 +293,27 @@ def test_trailers_count_with_the_head_against_the_header_bytes(running_server: S
     assert calls == ["/fits", "/over"]
 
 
+def test_reads_after_a_chunked_body_count_as_its_trailers_only_while_it_is_read(
+    running_server: Start, raw_client: Start
+) -> None:
+    """The reads that follow a chunked body's last chunk count towards its trailer section only until its
+    message is complete: a long request line after it, and a request after that, are served."""
+    calls: list[str] = []
+    bodies: list[dict[str, Any]] = []
+    limits = Limits(max_request_line_size=300_000, max_request_headers_size=1024)
+    live = running_server(recording_app(calls, bodies), limits=limits)
+    client = raw_client(live.port)
+    client.send(CHUNKED_HEAD.replace(b"/ ", b"/chunked ") + b"5\r\nhello\r\n0\r\n")  # up to the last chunk
+    wait_until(lambda: calls == ["/chunked"])
+    long_path = b"/" + b"p" * 200_000  # more than a trailer section may hold (1024 + 64 KiB)
+    client.send(b"\r\n" + b"GET " + long_path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert client.read_response().status == 200
+    assert client.read_response().status == 200
+    client.send(AFTER)
+    assert client.read_response().status == 200
+    assert calls == ["/chunked", long_path.decode(), "/after"]
+
+
 # -- connections -----------------------------------------------------------------------------------
 
 
