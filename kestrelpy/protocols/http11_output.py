@@ -28,6 +28,7 @@ from kestrelpy.protocols.writer import (
     NO_BODY,
     HeaderError,
     body_framing,
+    checked_line,
     chunk,
     encode_headers,
     header_line,
@@ -62,7 +63,7 @@ _framed_get = _FRAMED.get
 def _framed(name: bytes, value: bytes) -> tuple[bytes, int]:
     """A response header's line and what it means to the framing (a Content-Length as its number);
     raises HeaderError for one that cannot be sent. Remembered when the pair is hashable."""
-    lowered, line = header_line(name, value)
+    lowered, line = checked_line(name, value)  # (not header_line: this is the HTTP/1.1 output's cache)
     special = _SPECIAL_HEADERS.get(lowered)
     if special is None:
         role = _PASS

@@ -85,21 +85,26 @@ _CHECKED: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 _CHECKED_MAX = 4096
 
 
+def checked_line(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """(lower-cased name, `name: value\r\n`) for a header that is safe to send, checked every time (for
+    callers that keep their own cache); raises HeaderError."""
+    name, value = bytes(name), bytes(value)
+    validate_header(name, value)
+    lowered = name.lower()
+    return lowered, b"%s: %s\r\n" % (lowered, value)
+
+
 def header_line(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     """(lower-cased name, `name: value\r\n`) for a header that is safe to send; raises HeaderError."""
     try:
         known = _CHECKED.get((name, value))
     except TypeError:  # bytearray and other unhashable buffers: check every time
-        known = None
-        name, value = bytes(name), bytes(value)
+        return checked_line(name, value)
     if known is None:
-        name, value = bytes(name), bytes(value)
-        validate_header(name, value)
-        lowered = name.lower()
-        known = (lowered, b"%s: %s\r\n" % (lowered, value))
+        known = checked_line(name, value)
         if len(_CHECKED) >= _CHECKED_MAX:
             _CHECKED.clear()
-        _CHECKED[(name, value)] = known
+        _CHECKED[(bytes(name), bytes(value))] = known  # (a read-only memoryview is hashable: keep bytes)
     return known
 
 
